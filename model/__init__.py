@@ -1,0 +1,1 @@
+"""Denoising-EBM in pure PyTorch (never imports the web or queue stacks)."""

@@ -1,0 +1,194 @@
+"""Checkpoints: safetensors weights + one JSON document.  Nothing is ever unpickled.
+
+A checkpoint is a directory:
+
+    checkpoint.json                  format, full ExperimentConfig, step, metadata,
+                                     calibration, optimizer layout, file names + SHA-256
+    model-<step>.safetensors         weights of both networks
+    state-<step>.safetensors         optimizer moments, RNG states, replay buffer (resume only)
+
+checkpoint.json is the commit point: weight files are written first under new names, then the
+JSON is replaced atomically (temp file + fsync + rename), then files it no longer names are
+removed.  A crash at any moment leaves either the old or the new checkpoint, never a mix, and
+the SHA-256 of every file is checked on load so a truncated or corrupt file is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, ExperimentConfig
+from .networks import DenoisingEBM
+
+FORMAT = "debm-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "checkpoint.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, truncated or does not fit the model."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: DenoisingEBM
+    config: ExperimentConfig
+    step: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    path: Path | None = None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def atomic_write_json(path: Path, document: dict[str, Any]) -> None:
+    """Write JSON next to ``path`` and rename it into place (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        _fsync_write(Path(tmp), json.dumps(document, indent=2, sort_keys=True).encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(directory: str | Path, *, model: DenoisingEBM, config: ExperimentConfig,
+                    step: int, metadata: dict[str, Any] | None = None,
+                    calibration: dict[str, Any] | None = None,
+                    training_state: tuple[dict[str, torch.Tensor], dict] | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    weights = f"model-{step:08d}.safetensors"
+    _save_tensors(model.state_dict(), directory / weights)
+    files[weights] = _sha256(directory / weights)
+    document: dict[str, Any] = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
+        "step": int(step), "metadata": metadata or {}, "calibration": calibration,
+        "weights": weights, "training_state": None,
+    }
+    if training_state is not None:
+        tensors, meta = training_state
+        state_name = f"state-{step:08d}.safetensors"
+        _save_tensors(tensors, directory / state_name)
+        files[state_name] = _sha256(directory / state_name)
+        document["training_state"] = {"file": state_name, **meta}
+    document["files"] = files
+    atomic_write_json(directory / MANIFEST, document)
+    # Only now are older weight files unreferenced.
+    for stale in directory.glob("*.safetensors"):
+        if stale.name not in files:
+            stale.unlink(missing_ok=True)
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: not a checkpoint (no {MANIFEST})")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({exc})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} manifest")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: unsupported format version "
+                              f"{document.get('format_version')}")
+    return document
+
+
+def _verified_tensors(directory: Path, name: str, document: dict[str, Any]
+                      ) -> dict[str, torch.Tensor]:
+    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+        raise CheckpointError(f"{directory}: manifest names an invalid file {name!r}")
+    path = directory / name
+    expected = document.get("files", {}).get(name)
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: {name} is missing")
+    if expected is None or _sha256(path) != expected:
+        raise CheckpointError(f"{directory}: {name} is corrupt or truncated (checksum mismatch)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{directory}: {name} is unreadable ({exc})") from None
+
+
+def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
+                    ) -> LoadedCheckpoint:
+    """Rebuild the model from the stored config and load its verified weights."""
+    directory = Path(directory)
+    document = read_manifest(directory)
+    try:
+        config = ExperimentConfig.from_dict(document["config"])
+    except (ConfigError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{directory}: invalid stored config ({exc})") from None
+    tensors = _verified_tensors(directory, document.get("weights"), document)
+    model = DenoisingEBM(config.network)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{directory}: weights do not fit the stored config "
+                              f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, config=config, step=int(document.get("step", 0)),
+                            metadata=document.get("metadata") or {},
+                            calibration=document.get("calibration"), path=directory)
+
+
+def load_training_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    directory = Path(directory)
+    document = read_manifest(directory)
+    info = document.get("training_state")
+    if not info:
+        raise CheckpointError(f"{directory}: holds no training state to resume from")
+    tensors = _verified_tensors(directory, info["file"], document)
+    meta = {k: v for k, v in info.items() if k != "file"}
+    return tensors, meta
+
+
+def update_calibration(directory: str | Path, calibration: dict[str, Any]) -> None:
+    """Attach an OOD calibration to an existing checkpoint (atomic manifest rewrite)."""
+    directory = Path(directory)
+    document = read_manifest(directory)
+    document["calibration"] = calibration
+    atomic_write_json(directory / MANIFEST, document)

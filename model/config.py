@@ -1,0 +1,312 @@
+"""Typed, frozen configuration for the Denoising-EBM.
+
+Every checkpoint stores the full ``ExperimentConfig`` as JSON and the model is rebuilt from
+it, so nothing about a trained network lives only in code defaults (nanoGPT's habit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    image_size: int = 28  # square images; must be divisible by 2 ** (len(channel_mults) - 1)
+    channels: int = 1  # 1 (grey) or 3 (RGB)
+    base_width: int = 32  # channels at full resolution
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # one entry per resolution level
+    blocks_per_level: int = 1  # ResNet blocks per level in encoder and U-Net decoder
+    latent_dim: int = 64  # size of the flat latent z = f(x~, sigma) (paper 4.1)
+    decoder_width: int = 64  # channels of the semantic decoder h(z)
+    embedding_dim: int = 64  # sigma embedding width (embedding of log sigma)
+    sigma_data: float = 0.5  # data std used by the skip/out preconditioning of r(x~, sigma)
+    groups: int = 8  # GroupNorm groups
+
+    def validate(self) -> None:
+        if self.channels not in (1, 3):
+            raise ConfigError(f"channels must be 1 or 3, got {self.channels}")
+        levels = len(self.channel_mults)
+        if levels < 1:
+            raise ConfigError("channel_mults needs at least one level")
+        factor = 2 ** (levels - 1)
+        if self.image_size < 4 or self.image_size % factor:
+            raise ConfigError(
+                f"image_size {self.image_size} must be divisible by {factor} "
+                f"for {levels} resolution levels"
+            )
+        for width in [self.base_width * m for m in self.channel_mults] + [self.decoder_width]:
+            if width % self.groups:
+                raise ConfigError(f"width {width} is not divisible by groups={self.groups}")
+        if self.latent_dim < 1 or self.embedding_dim < 2 or self.embedding_dim % 2:
+            raise ConfigError("latent_dim must be >= 1 and embedding_dim a positive even number")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    # Geometric grid of S noise levels from sigma_max down to sigma_min (paper: S=128, 1 -> 0.01).
+    num_sigmas: int = 128
+    sigma_max: float = 1.0
+    sigma_min: float = 0.01
+
+    def validate(self) -> None:
+        if self.num_sigmas < 1 or not (0 < self.sigma_min <= self.sigma_max):
+            raise ConfigError("need num_sigmas >= 1 and 0 < sigma_min <= sigma_max")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Defaults used by generation (the service and ``debm sample``)."""
+
+    steps_latent: int = 20  # K, latent Langevin steps (eq. 15)
+    steps_pixel: int = 90  # T, pixel Langevin steps (eq. 16)
+    step_size_latent: float = 0.1  # eta1
+    step_size_pixel: float = 0.01  # eta2
+    # Which noise level each stage's energy is evaluated at.  U^s at a moderate sigma sees the
+    # global shape; U^c at the OOD-scoring sigma refines texture where the score is defined.
+    sigma_latent: float = 0.1
+    sigma_pixel: float = 0.05
+    # Langevin noise is sqrt(2 eta) * temperature * e.  The paper uses temperature 1; EBM code
+    # bases commonly sample colder to get crisper samples, so it is exposed.
+    temperature_latent: float = 1.0
+    temperature_pixel: float = 1.0
+    # Elementwise clip of the energy gradient inside chains (guards against 1/sigma^2 spikes).
+    grad_clip: float = 1000.0
+    clamp_pixels: bool = True  # keep pixel chains inside the data range [-1, 1]
+    annealed_steps_per_level: int = 8  # annealed baseline: steps per sigma level
+    annealed_levels: int = 128  # annealed baseline: number of levels used from the grid
+    annealed_step_size: float = 2e-5  # NCSN epsilon, scaled by sigma^2 / sigma_min^2
+
+    def validate(self) -> None:
+        for name in ("steps_latent", "steps_pixel", "annealed_steps_per_level", "annealed_levels"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        for name in ("step_size_latent", "step_size_pixel", "sigma_latent", "sigma_pixel",
+                     "annealed_step_size", "grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        for name in ("temperature_latent", "temperature_pixel"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 64
+    warmup_steps: int = 0  # reconstruction-only steps before the contrastive phase
+    iterations: int = 100  # Algorithm 1 iterations after warm-up
+    recon_steps: int = 3  # L: reconstruction steps per iteration
+    lr: float = 5e-5  # Adam for the reconstruction losses (eq. 1, eq. 13)
+    betas: tuple[float, float] = (0.9, 0.999)
+    contrastive_lr: float = 5e-5  # Adam for the contrastive updates
+    contrastive_betas: tuple[float, float] = (0.0, 0.999)  # beta1=0 is the EBM-code habit
+    contrastive_weight: float = 1.0
+    latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
+    energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
+    grad_clip_norm: float = 1.0  # clip of the parameter gradient norm
+    # Chains used for negatives.  Training chains are shorter than generation ones.
+    chain_batch_size: int = 32
+    steps_latent: int = 20
+    steps_pixel: int = 20
+    step_size_latent: float = 0.1
+    step_size_pixel: float = 0.01
+    sigma_latent: float = 0.1
+    temperature_latent: float = 1.0
+    temperature_pixel: float = 1.0
+    # Contrastive noise levels: sigma for U^c / U^s in the contrastive loss is drawn per sample
+    # from the grid restricted to [contrastive_sigma_min, contrastive_sigma_max].
+    contrastive_sigma_min: float = 0.03
+    contrastive_sigma_max: float = 0.1
+    replay_buffer_size: int = 2048  # persistent latent chains (0 disables)
+    replay_prob: float = 0.9  # chance a latent chain restarts from the buffer, not N(0, I)
+    noise_chain_fraction: float = 0.125  # share of pixel chains that start from uniform noise
+    flip: bool = False  # random horizontal flips (wrong for digits)
+    max_energy: float = 1e4  # mean energy per dimension above this is a blow-up
+    checkpoint_every: int = 0  # save every N steps when training through the CLI/worker (0: end)
+    seed: int = 0
+
+    def validate(self) -> None:
+        positive_ints = ("batch_size", "chain_batch_size")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        for name in ("warmup_steps", "iterations", "recon_steps", "steps_latent", "steps_pixel",
+                     "replay_buffer_size", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0")
+        for name in ("lr", "contrastive_lr", "step_size_latent", "step_size_pixel",
+                     "sigma_latent", "contrastive_sigma_min", "contrastive_sigma_max",
+                     "max_energy", "grad_clip_norm"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        if self.contrastive_sigma_min > self.contrastive_sigma_max:
+            raise ConfigError("contrastive_sigma_min must be <= contrastive_sigma_max")
+        for name in ("replay_prob", "noise_chain_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1]")
+        if min(self.energy_penalty, self.contrastive_weight, self.latent_moment_weight) < 0:
+            raise ConfigError("energy_penalty, contrastive_weight and latent_moment_weight "
+                              "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "mnist5k"  # built-in name or a local path (folder, zip, npz, cifar, svhn)
+    holdout_fraction: float = 0.1  # held-out split for calibration and evaluation
+    split_seed: int = 0  # seed of the train / held-out split
+
+    def validate(self) -> None:
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise ConfigError("holdout_fraction must lie in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    sigma: float = 0.05  # paper 5.2: OOD score is -U^c(x, 0.05)
+    draws: int = 8  # noise draws averaged per image; U^c is stochastic
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not (math.isfinite(self.sigma) and self.sigma > 0) or self.draws < 1:
+            raise ConfigError("scoring needs sigma > 0 and draws >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    preset: str = "custom"
+
+    def validate(self) -> "ExperimentConfig":
+        for part in (self.network, self.noise, self.sampler, self.training, self.data,
+                     self.scoring):
+            part.validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+        return _build(cls, data).validate()
+
+    def replace(self, **sections: dict[str, Any]) -> "ExperimentConfig":
+        """Return a copy with fields of the named sections overridden, e.g.
+        ``cfg.replace(training={"iterations": 5})``; unknown names raise ConfigError."""
+        current = self.to_dict()
+        for section, overrides in sections.items():
+            if section == "preset":
+                current["preset"] = overrides
+                continue
+            if section not in current:
+                raise ConfigError(f"unknown config section {section!r}")
+            for key, value in overrides.items():
+                if key not in current[section]:
+                    raise ConfigError(f"unknown setting {section}.{key}")
+                current[section][key] = value
+        return ExperimentConfig.from_dict(current)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping for {cls.__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"unknown settings for {cls.__name__}: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        spec = known[name]
+        has_factory = spec.default_factory is not dataclasses.MISSING
+        default = spec.default_factory() if has_factory else spec.default  # type: ignore[misc]
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value)
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{cls.__name__}.{name} must be true or false")
+            kwargs[name] = value
+        elif isinstance(default, int) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise ConfigError(f"{cls.__name__}.{name} must be an integer, got {value!r}")
+            kwargs[name] = int(value)
+        elif isinstance(default, float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{cls.__name__}.{name} must be a number, got {value!r}")
+            kwargs[name] = float(value)
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                raise ConfigError(f"{cls.__name__}.{name} must be a string")
+            kwargs[name] = value
+        else:  # pragma: no cover - all fields are typed above
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# --- presets -------------------------------------------------------------------------------
+
+def preset(name: str) -> ExperimentConfig:
+    """Named configurations.
+
+    tiny:  seconds on a CPU, for tests.
+    demo:  MNIST-5k on a 2-core CPU in well under an hour (see docs/RESULTS.md for timings).
+    paper: the paper's hyperparameters for CIFAR-10 32x32 on a GPU (L=3, K=20, T=90,
+           eta1=0.1, eta2=0.01, Adam 5e-5, S=128, flips on).
+    """
+    if name == "tiny":
+        return ExperimentConfig(
+            preset="tiny",
+            network=NetworkConfig(image_size=8, channels=1, base_width=8, channel_mults=(1, 2),
+                                  latent_dim=8, decoder_width=8, embedding_dim=8, groups=4),
+            sampler=SamplerConfig(steps_latent=3, steps_pixel=3, annealed_levels=4,
+                                  annealed_steps_per_level=2),
+            training=TrainingConfig(batch_size=8, warmup_steps=2, iterations=2, recon_steps=1,
+                                    chain_batch_size=4, steps_latent=2, steps_pixel=2,
+                                    replay_buffer_size=16, lr=1e-3, contrastive_lr=1e-3),
+            data=DataConfig(dataset="mnist5k"),
+            scoring=ScoringConfig(draws=2),
+        ).validate()
+    if name == "demo":
+        return ExperimentConfig(
+            preset="demo",
+            network=NetworkConfig(image_size=28, channels=1, base_width=32,
+                                  channel_mults=(1, 2, 2), latent_dim=64, decoder_width=64),
+            sampler=SamplerConfig(steps_latent=20, steps_pixel=40),
+            training=TrainingConfig(batch_size=64, warmup_steps=1500, iterations=250,
+                                    recon_steps=3, lr=1e-3, contrastive_lr=2e-5,
+                                    chain_batch_size=32, steps_latent=20, steps_pixel=15,
+                                    checkpoint_every=250),
+            data=DataConfig(dataset="mnist5k"),
+        ).validate()
+    if name == "paper":
+        return ExperimentConfig(
+            preset="paper",
+            network=NetworkConfig(image_size=32, channels=3, base_width=128,
+                                  channel_mults=(1, 2, 2, 2), blocks_per_level=2,
+                                  latent_dim=128, decoder_width=256, embedding_dim=128,
+                                  groups=32),
+            sampler=SamplerConfig(steps_latent=20, steps_pixel=90),
+            training=TrainingConfig(batch_size=128, warmup_steps=20000, iterations=100000,
+                                    recon_steps=3, lr=5e-5, contrastive_lr=5e-5,
+                                    chain_batch_size=128, steps_latent=20, steps_pixel=90,
+                                    flip=True, checkpoint_every=2000),
+            data=DataConfig(dataset="cifar10"),
+        ).validate()
+    raise ConfigError(f"unknown preset {name!r}; choose tiny, demo or paper")
+
+
+PRESETS = ("tiny", "demo", "paper")

@@ -1,0 +1,153 @@
+"""Energies of the Denoising-EBM and their gradients (paper eqs. 1, 7, 8, 13).
+
+All energies are per sample, shape (B,), summed over dimensions exactly as the paper writes
+them.  Every random draw takes an explicit ``torch.Generator`` or an explicit ``noise`` tensor,
+so a seed fixes the result (diffusers' habit).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import NoiseConfig
+from .networks import DenoisingUNet, SemanticDecoder
+
+SigmaLike = float | torch.Tensor
+
+
+def sigma_grid(noise: NoiseConfig, *, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Geometric grid of S noise levels from sigma_max down to sigma_min (paper, S=128)."""
+    return torch.logspace(torch.log10(torch.tensor(noise.sigma_max)).item(),
+                          torch.log10(torch.tensor(noise.sigma_min)).item(),
+                          noise.num_sigmas, device=device, dtype=dtype)
+
+
+def as_sigma_batch(sigma: SigmaLike, batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a scalar or (B,) sigma to a (B,) tensor on x's device and dtype."""
+    if isinstance(sigma, torch.Tensor):
+        sigma = sigma.to(device=like.device, dtype=like.dtype)
+        return sigma.expand(batch) if sigma.dim() == 0 else sigma
+    return torch.full((batch,), float(sigma), device=like.device, dtype=like.dtype)
+
+
+def draw_noise(shape: torch.Size | tuple[int, ...], *, generator: torch.Generator | None,
+               like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _flat_sq_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).pow(2).sum(dim=1)
+
+
+def texture_energy(dae: DenoisingUNet, x: torch.Tensor, sigma: SigmaLike, *,
+                   generator: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """U^c(x, sigma) = ||x - r(x + sigma e, sigma)||^2 / (2 sigma^2)   (eq. 7).
+
+    Stochastic through e; pass ``noise`` (standard normal, x's shape) to fix it."""
+    s = as_sigma_batch(sigma, x.shape[0], x)
+    if noise is None:
+        noise = draw_noise(x.shape, generator=generator, like=x)
+    s4 = s[:, None, None, None]
+    recon = dae(x + s4 * noise, s)
+    return _flat_sq_norm(x - recon) / (2 * s ** 2)
+
+
+def semantic_energy(dae: DenoisingUNet, decoder: SemanticDecoder, z: torch.Tensor,
+                    sigma: SigmaLike, *, generator: torch.Generator | None = None,
+                    noise: torch.Tensor | None = None) -> torch.Tensor:
+    """U^s(z, sigma) = ||h(z) - r(h(z) + e, sigma)||^2 / (2 sigma^2),  e ~ N(0, sigma^2 I)  (eq. 8).
+
+    It is the texture energy of the semantic image h(z)."""
+    return texture_energy(dae, decoder(z), sigma, generator=generator, noise=noise)
+
+
+def energy_and_grad(energy_fn, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample energies and d(sum of energies)/d(inputs); the graph is discarded.
+
+    Summing is exact for batched gradients because samples do not interact (GroupNorm
+    normalises within a sample)."""
+    with torch.enable_grad():
+        inputs = inputs.detach().requires_grad_(True)
+        energy = energy_fn(inputs)
+        (grad,) = torch.autograd.grad(energy.sum(), inputs)
+    return energy.detach(), grad
+
+
+def texture_energy_grad(dae: DenoisingUNet, x: torch.Tensor, sigma: SigmaLike, *,
+                        generator: torch.Generator | None = None,
+                        noise: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U^c(x), grad_x U^c(x)) with one noise draw shared by energy and gradient."""
+    if noise is None:
+        noise = draw_noise(x.shape, generator=generator, like=x)
+    return energy_and_grad(lambda v: texture_energy(dae, v, sigma, noise=noise), x)
+
+
+def semantic_energy_grad(dae: DenoisingUNet, decoder: SemanticDecoder, z: torch.Tensor,
+                         sigma: SigmaLike, *, generator: torch.Generator | None = None,
+                         noise: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U^s(z), grad_z U^s(z)); the gradient flows through both h(z) terms of eq. 8."""
+    if noise is None:
+        size = decoder.config.image_size
+        shape = (z.shape[0], decoder.config.channels, size, size)
+        noise = draw_noise(shape, generator=generator, like=z)
+    return energy_and_grad(lambda v: semantic_energy(dae, decoder, v, sigma, noise=noise), z)
+
+
+# --- training losses -----------------------------------------------------------------------
+
+def reconstruction_losses(dae: DenoisingUNet, decoder: SemanticDecoder, x: torch.Tensor,
+                          sigma: torch.Tensor, *, generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(DAE loss, decoder loss, latents) from one noise draw and one encoder pass.
+
+    DAE loss, eq. 1: E ||r(x~, sigma) - x||^2, weighted per sample by 1 / c_out(sigma)^2.
+    Unweighted, sigma = 1 dominates and the small sigmas that OOD scoring uses are barely
+    trained; the EDM weighting gives every level a unit-scale loss.  Mean per dimension.
+
+    Decoder loss, eq. 13: E ||h(f(x~, sigma)) - x||^2, mean per dimension.  Its gradient also
+    reaches the encoder, which makes z carry the image's content, not only what skips miss.
+    """
+    noise = draw_noise(x.shape, generator=generator, like=x)
+    noisy = x + sigma[:, None, None, None] * noise
+    z, skips, emb = dae.encode(noisy, sigma)
+    recon = dae.denoise_from(noisy, sigma, z, skips, emb)
+    sd = dae.config.sigma_data
+    weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
+    loss_dae = (weight * (recon - x).flatten(1).pow(2).mean(dim=1)).mean()
+    loss_decoder = (decoder(z) - x).flatten(1).pow(2).mean(dim=1).mean()
+    return loss_dae, loss_decoder, z
+
+
+def latent_moment_penalty(z: torch.Tensor) -> torch.Tensor:
+    """Pulls the batch mean of z to 0 and its per-dimension variance to 1, so that the latent
+    chains' start z0 ~ N(0, I) (eq. 15) lies where the encoder actually puts images."""
+    if z.shape[0] < 2:
+        return z.new_zeros(())
+    return z.mean(dim=0).pow(2).mean() + (z.var(dim=0) - 1.0).pow(2).mean()
+
+
+# --- OOD score -----------------------------------------------------------------------------
+
+@torch.no_grad()
+def texture_score(dae: DenoisingUNet, x: torch.Tensor, *, sigma: float, draws: int,
+                  seed: int, batch_size: int = 256) -> torch.Tensor:
+    """OOD score -U^c(x, sigma) averaged over ``draws`` noise draws (paper 5.2).
+
+    The draws come from ``seed`` and are shared by every image (common random numbers), so an
+    image's score does not depend on which other images share its request or batch, and
+    differences between images are not blurred by independent noise."""
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    noises = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device,
+                         dtype=x.dtype)
+    scores = []
+    for start in range(0, x.shape[0], batch_size):
+        chunk = x[start:start + batch_size]
+        total = torch.zeros(chunk.shape[0], device=x.device, dtype=x.dtype)
+        for noise in noises:
+            total += texture_energy(dae, chunk, sigma, noise=noise.expand_as(chunk))
+        scores.append(-total / draws)
+    return torch.cat(scores) if scores else torch.zeros(0, device=x.device)

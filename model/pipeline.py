@@ -1,0 +1,213 @@
+"""High-level operations shared by the CLI and the workers: train, generate, score, calibrate.
+
+These functions are the whole surface the worker adapters call; they take plain values and
+callbacks and know nothing of HTTP or queues.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .checkpoints import (CheckpointError, LoadedCheckpoint, load_checkpoint,
+                          load_training_state, read_manifest, save_checkpoint)
+from .config import ExperimentConfig, SamplerConfig
+from .data import ImageDataset, load_dataset, to_model_range, train_holdout_split
+from .energies import texture_score
+from .samplers import CancelFn, ProgressFn, SampleResult, sample, with_overrides
+from .training import StepCallback, StepMetrics, Trainer, TrainingCancelled
+
+CALIBRATION_QUANTILES = 101  # 0th..100th percentile of held-out scores
+OOD_FALSE_REJECT_RATE = 0.05  # is_ood threshold: 5% of held-out images fall below it
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_splits(config: ExperimentConfig, dataset: ImageDataset | None = None
+                ) -> tuple[ImageDataset, ImageDataset]:
+    net, data = config.network, config.data
+    if dataset is None:
+        dataset = load_dataset(data.dataset, image_size=net.image_size, channels=net.channels)
+    return train_holdout_split(dataset, holdout_fraction=data.holdout_fraction,
+                               seed=data.split_seed)
+
+
+# --- training ------------------------------------------------------------------------------
+
+def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool = False,
+                 init_from: str | Path | None = None,
+                 device: str = "auto", dataset: ImageDataset | None = None,
+                 on_step_end: StepCallback | None = None,
+                 should_cancel: CancelFn | None = None,
+                 extra_metadata: dict[str, Any] | None = None) -> Path:
+    """Train (or resume) into ``out_dir`` and return it.  Writes a resumable checkpoint every
+    ``training.checkpoint_every`` steps, on cancellation, and at the end; the final checkpoint
+    carries an OOD calibration computed on the held-out split.
+
+    ``init_from`` continues another run's weights, optimizer, RNG and step under this config
+    (same network), e.g. a contrastive phase with new settings after a shared warm-up."""
+    out_dir = Path(out_dir)
+    resumed_seconds = 0.0
+    if resume and (out_dir / "checkpoint.json").exists():
+        manifest = read_manifest(out_dir)
+        stored = ExperimentConfig.from_dict(manifest["config"])
+        # The stored run wins, except that the number of iterations may be extended.
+        config = stored.replace(training={"iterations": config.training.iterations})
+        resumed_seconds = float(manifest.get("metadata", {}).get("train_seconds", 0.0))
+        init_from = out_dir
+    train_set, holdout = load_splits(config, dataset)
+    trainer = Trainer(config, train_set, device=resolve_device(device))
+    if init_from is not None:
+        loaded = load_checkpoint(init_from, device=trainer.device)
+        if loaded.config.network != config.network:
+            raise CheckpointError(f"{init_from}: its network config differs from this run's")
+        trainer.model.load_state_dict(loaded.model.state_dict())
+        tensors, meta = load_training_state(init_from)
+        trainer.load_state_tensors(tensors, meta)
+        if init_from != out_dir:
+            resumed_seconds = float(loaded.metadata.get("train_seconds", 0.0))
+
+    started = time.perf_counter()
+    recent: list[StepMetrics] = []
+
+    def metadata() -> dict[str, Any]:
+        contrastive = [m for m in recent if m.phase == "contrastive"]
+        info: dict[str, Any] = {
+            "train_seconds": round(resumed_seconds + time.perf_counter() - started, 1),
+            "dataset": config.data.dataset, "train_size": len(train_set),
+            "holdout_size": len(holdout), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(trainer.device),
+            "parameters": trainer.model.parameter_count(),
+        }
+        if contrastive:
+            info["final_data_energy"] = float(np.mean([m.data_energy for m in contrastive]))
+            info["final_negative_energy"] = float(np.mean([m.negative_energy
+                                                           for m in contrastive]))
+        info.update(extra_metadata or {})
+        return info
+
+    def save(calibration: dict[str, Any] | None = None) -> None:
+        save_checkpoint(out_dir, model=trainer.model, config=config, step=trainer.step,
+                        metadata=metadata(), calibration=calibration,
+                        training_state=trainer.state_tensors())
+
+    every = config.training.checkpoint_every
+
+    def step_end(metrics: StepMetrics) -> None:
+        recent.append(metrics)
+        del recent[:-20]
+        if on_step_end is not None:
+            on_step_end(metrics)
+        if every and metrics.step % every == 0 and metrics.step < trainer.total_steps:
+            save()
+
+    try:
+        trainer.run(on_step_end=step_end, should_cancel=should_cancel)
+    except TrainingCancelled:
+        save()
+        raise
+    calibration = None
+    if len(holdout) > 0:
+        trainer.model.eval()
+        calibration = calibrate_scores(trainer.model, to_model_range(holdout.images),
+                                       config=config)
+    save(calibration)
+    return out_dir
+
+
+# --- generation ----------------------------------------------------------------------------
+
+def sampler_settings(config: ExperimentConfig, **overrides: Any) -> SamplerConfig:
+    """The checkpoint's sampler defaults with request overrides (None means default)."""
+    return with_overrides(config.sampler, **overrides)
+
+
+def generate(checkpoint: LoadedCheckpoint, *, n: int, seed: int, sampler: str = "two_stage",
+             on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
+             **overrides: Any) -> SampleResult:
+    settings = sampler_settings(checkpoint.config, **overrides)
+    return sample(checkpoint.model, sampler=sampler, n=n, seed=seed, settings=settings,
+                  noise=checkpoint.config.noise, on_progress=on_progress,
+                  should_cancel=should_cancel)
+
+
+# --- scoring and calibration ---------------------------------------------------------------
+
+def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
+                 sigma: float | None = None, draws: int | None = None,
+                 seed: int | None = None) -> torch.Tensor:
+    """-U^c(x, sigma) averaged over draws (paper 5.2), higher = more in-distribution."""
+    scoring = checkpoint.config.scoring
+    device = next(checkpoint.model.parameters()).device
+    return texture_score(checkpoint.model.dae, images.to(device),
+                         sigma=scoring.sigma if sigma is None else sigma,
+                         draws=scoring.draws if draws is None else draws,
+                         seed=scoring.seed if seed is None else seed).cpu()
+
+
+def calibrate_scores(model, holdout: torch.Tensor, *, config: ExperimentConfig
+                     ) -> dict[str, Any]:
+    """Quantiles of held-out in-distribution scores, for percentile and is_ood answers."""
+    scoring = config.scoring
+    device = next(model.parameters()).device
+    scores = texture_score(model.dae, holdout.to(device), sigma=scoring.sigma,
+                           draws=scoring.draws, seed=scoring.seed).cpu().double().numpy()
+    quantiles = np.quantile(scores, np.linspace(0, 1, CALIBRATION_QUANTILES))
+    return {
+        "sigma": scoring.sigma, "draws": scoring.draws, "seed": scoring.seed,
+        "count": int(scores.size), "quantiles": [float(q) for q in quantiles],
+        "threshold": float(np.quantile(scores, OOD_FALSE_REJECT_RATE)),
+        "false_reject_rate": OOD_FALSE_REJECT_RATE,
+    }
+
+
+def calibrate_checkpoint(directory: str | Path, images: torch.Tensor) -> dict[str, Any]:
+    from .checkpoints import update_calibration
+
+    loaded = load_checkpoint(directory)
+    calibration = calibrate_scores(loaded.model, images, config=loaded.config)
+    update_calibration(directory, calibration)
+    return calibration
+
+
+def interpret_scores(calibration: dict[str, Any] | None, scores: torch.Tensor | list[float], *,
+                     sigma: float, draws: int, seed: int) -> list[dict[str, Any]]:
+    """Percentile among held-out data and the is_ood decision, when the calibration was made
+    with the same sigma, draws and seed (otherwise the numbers are not comparable)."""
+    values = [float(s) for s in scores]
+    if not calibration or (calibration.get("sigma"), calibration.get("draws"),
+                           calibration.get("seed")) != (sigma, draws, seed):
+        return [{} for _ in values]
+    quantiles = np.asarray(calibration["quantiles"], dtype=np.float64)
+    levels = np.linspace(0.0, 100.0, quantiles.size)
+    out = []
+    for value in values:
+        percentile = float(np.interp(value, quantiles, levels, left=0.0, right=100.0))
+        out.append({"percentile": round(percentile, 2),
+                    "is_ood": bool(value < calibration["threshold"])})
+    return out
+
+
+def describe_checkpoint(directory: str | Path) -> dict[str, Any]:
+    """Summary of a checkpoint without loading weights (for listings)."""
+    try:
+        manifest = read_manifest(directory)
+    except CheckpointError as exc:
+        return {"error": str(exc)}
+    cfg = manifest.get("config", {})
+    return {"step": manifest.get("step"), "preset": cfg.get("preset"),
+            "image_size": cfg.get("network", {}).get("image_size"),
+            "channels": cfg.get("network", {}).get("channels"),
+            "calibrated": manifest.get("calibration") is not None,
+            "metadata": manifest.get("metadata", {})}
+
+
