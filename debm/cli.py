@@ -1,0 +1,349 @@
+"""The ``debm`` command line: train, sample, score, calibrate, evaluate and serve.
+
+Every failure the user can cause (missing file, non-image, wrong checkpoint, bad value) ends
+with exit code 2 and one line on stderr; tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit code 2."""
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+    return value
+
+
+def _parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """--set training.lr=1e-4 network.base_width=64 -> {"training": {"lr": 1e-4}, ...}."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise CliError(f"--set expects SECTION.NAME=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def _progress_printer(total: int, quiet: bool):
+    """A tqdm bar on a terminal, a line every 10% otherwise."""
+    if quiet:
+        return lambda metrics: None, lambda: None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="step", dynamic_ncols=True)
+
+        def on_step(metrics):
+            bar.n = metrics.step
+            shown = {k: f"{v:.3g}" for k, v in metrics.losses.items()
+                     if k in ("dae", "decoder", "data_energy", "negative_energy")}
+            bar.set_postfix(phase=metrics.phase, **shown)
+            bar.refresh()
+
+        return on_step, bar.close
+    every = max(1, total // 10)
+
+    def on_step_plain(metrics):
+        if metrics.step % every == 0 or metrics.step == total:
+            losses = " ".join(f"{k}={v:.4g}" for k, v in metrics.losses.items())
+            print(f"step {metrics.step}/{total} {metrics.phase} {losses}", file=sys.stderr,
+                  flush=True)
+
+    return on_step_plain, lambda: None
+
+
+# --- commands ------------------------------------------------------------------------------
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.config import preset
+    from model.pipeline import run_training
+
+    config = preset(args.preset)
+    overrides = _parse_set(args.set or [])
+    training = overrides.setdefault("training", {})
+    if args.iters is not None:
+        training["iterations"] = args.iters
+    if args.warmup is not None:
+        training["warmup_steps"] = args.warmup
+    if args.seed is not None:
+        training["seed"] = args.seed
+    overrides.setdefault("data", {})["dataset"] = args.dataset
+    config = config.replace(**overrides)
+    total = config.training.warmup_steps + config.training.iterations
+    on_step, close = _progress_printer(total, args.quiet)
+    started = time.perf_counter()
+    try:
+        out = run_training(config, args.out, resume=args.resume, init_from=args.init_from,
+                           device=args.device, on_step_end=on_step)
+    finally:
+        close()
+    from model.checkpoints import read_manifest
+
+    manifest = read_manifest(out)
+    summary = {"checkpoint": str(out), "step": manifest["step"],
+               "seconds": round(time.perf_counter() - started, 1),
+               **{k: manifest["metadata"].get(k) for k in ("final_data_energy",
+                                                           "final_negative_energy")}}
+    print(json.dumps(summary))
+    return 0
+
+
+def _load(checkpoint: str, device: str):
+    from model.checkpoints import load_checkpoint
+    from model.pipeline import resolve_device
+
+    return load_checkpoint(checkpoint, device=resolve_device(device))
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from model.images import grid_png
+    from model.pipeline import generate
+
+    loaded = _load(args.checkpoint, args.device)
+    result = generate(loaded, n=args.n, seed=args.seed, sampler=args.sampler,
+                      steps_latent=args.steps_latent, steps_pixel=args.steps_pixel,
+                      step_size_latent=args.step_size_latent,
+                      step_size_pixel=args.step_size_pixel)
+    images = result.semantic if args.semantic else result.images
+    if images is None:
+        raise CliError(f"--semantic needs the two_stage sampler, not {args.sampler}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(grid_png(images))
+    if args.npz:
+        np.savez(args.npz, x=images.cpu().numpy().astype(np.float32))
+    print(json.dumps({"out": str(out), "n": args.n, "sampler": args.sampler,
+                      "steps": result.steps}))
+    return 0
+
+
+def _read_images(paths: Sequence[str], *, max_pixels: int):
+    from model.imagefile import ImageRejected, read_image_file
+
+    images = []
+    for path in paths:
+        try:
+            images.append(read_image_file(path, max_pixels=max_pixels, allow_alpha=True).image)
+        except ImageRejected as exc:
+            raise CliError(f"{path}: {exc}") from None
+    return images
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from model.images import pil_to_model_tensor
+    from model.pipeline import interpret_scores, score_images
+
+    loaded = _load(args.checkpoint, args.device)
+    net, scoring = loaded.config.network, loaded.config.scoring
+    images = _read_images(args.images, max_pixels=args.max_pixels)
+    x = pil_to_model_tensor(images, image_size=net.image_size, channels=net.channels)
+    sigma = args.sigma if args.sigma is not None else scoring.sigma
+    draws = args.draws if args.draws is not None else scoring.draws
+    seed = args.seed if args.seed is not None else scoring.seed
+    scores = score_images(loaded, x, sigma=sigma, draws=draws, seed=seed)
+    extra = interpret_scores(loaded.calibration, scores, sigma=sigma, draws=draws, seed=seed)
+    rows = [{"file": path, "score": float(score), **info}
+            for path, score, info in zip(args.images, scores, extra)]
+    print(json.dumps(rows, indent=None))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from model.data import to_model_range
+    from model.pipeline import calibrate_checkpoint, load_splits
+
+    loaded = _load(args.checkpoint, "cpu")
+    config = loaded.config
+    if args.dataset:
+        config = config.replace(data={"dataset": args.dataset})
+    _, holdout = load_splits(config)
+    calibration = calibrate_checkpoint(args.checkpoint, to_model_range(holdout.images))
+    print(json.dumps({k: calibration[k] for k in ("count", "threshold", "sigma", "draws")}))
+    return 0
+
+
+def cmd_eval_ood(args: argparse.Namespace) -> int:
+    from model.evaluation import evaluate_ood, format_ood_table
+
+    report = evaluate_ood(args.checkpoint, baseline_checkpoint=args.baseline,
+                          per_set=args.per_set, seed=args.seed, device=args.device)
+    print(format_ood_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_eval_samples(args: argparse.Namespace) -> int:
+    from model.evaluation import evaluate_samples, format_samples_table
+
+    report = evaluate_samples(args.checkpoint, n=args.n, seed=args.seed, device=args.device,
+                              grids_dir=args.grids, rows=args.rows,
+                              classifier_cache=args.classifier_cache)
+    print(format_samples_table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.embedded import serve
+
+    serve(host=args.host, port=args.port, data_dir=args.data_dir)
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="debm", description="Denoising-EBM: train, sample, "
+                                     "score OOD, evaluate and serve.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train with Algorithm 1")
+    p.add_argument("--dataset", required=True,
+                   help="mnist5k, digits8x8, or a local folder / .zip / .npz / CIFAR-10 "
+                        "batch folder / SVHN .mat")
+    p.add_argument("--preset", choices=("tiny", "demo", "paper"), default="demo")
+    p.add_argument("--iters", type=_non_negative_int, help="contrastive iterations")
+    p.add_argument("--warmup", type=_non_negative_int, help="reconstruction-only steps")
+    p.add_argument("--seed", type=_non_negative_int)
+    p.add_argument("--out", required=True, help="checkpoint directory")
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--init-from", help="start from another run's checkpoint (same network)")
+    p.add_argument("--set", nargs="*", metavar="SECTION.NAME=VALUE",
+                   help="override config values, e.g. training.lr=1e-4")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="draw samples into a PNG grid")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=_positive_int, default=64)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--sampler", choices=("two_stage", "texture_only", "annealed"),
+                   default="two_stage")
+    p.add_argument("--steps-latent", type=_non_negative_int)
+    p.add_argument("--steps-pixel", type=_non_negative_int)
+    p.add_argument("--step-size-latent", type=_positive_float)
+    p.add_argument("--step-size-pixel", type=_positive_float)
+    p.add_argument("--semantic", action="store_true", help="write h(z_K) instead of x_T")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.add_argument("--npz", help="also write the samples, shape (N, C, H, W) in [-1, 1]")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("score", help="OOD scores (-U^c) of image files as JSON")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--sigma", type=_positive_float)
+    p.add_argument("--draws", type=_positive_int)
+    p.add_argument("--seed", type=_non_negative_int)
+    p.add_argument("--max-pixels", type=_positive_int, default=4096 * 4096)
+    p.add_argument("--device", default="auto")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("calibrate", help="attach held-out score quantiles to a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--dataset", help="defaults to the checkpoint's training set")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("eval-ood", help="AUROC / AUPR-in / FPR95 against OOD sets")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--baseline", help="DAE-only checkpoint (default: the checkpoint's recorded "
+                                      "warm-up checkpoint, if any)")
+    p.add_argument("--per-set", type=_positive_int, default=500)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--json")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval_ood)
+
+    p = sub.add_parser("eval-samples", help="sample quality in a classifier's feature space")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--n", type=_positive_int, default=500)
+    p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--rows", nargs="*", help="subset of rows to compute")
+    p.add_argument("--grids", help="directory for one PNG grid per row")
+    p.add_argument("--classifier-cache", help="where the feature classifier is cached")
+    p.add_argument("--json")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval_samples)
+
+    p = sub.add_parser("serve", help="run the API with an embedded worker (no Redis needed)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_positive_int, default=8000)
+    p.add_argument("--data-dir", help="default: $DEBM_DATA_DIR or ./var/debm")
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from model.checkpoints import CheckpointError
+    from model.config import ConfigError
+    from model.data import DatasetError
+    from model.training import EnergyExplosion, TrainingCancelled
+
+    user_errors = (CliError, CheckpointError, ConfigError, DatasetError, EnergyExplosion,
+                   TrainingCancelled, FileNotFoundError, PermissionError, IsADirectoryError)
+    try:
+        return args.func(args)
+    except user_errors as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"debm {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"debm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
