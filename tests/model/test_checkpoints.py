@@ -1,0 +1,76 @@
+"""Checkpoints: safetensors + JSON round trip, integrity checks, wrong shapes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from model.checkpoints import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
+from model.config import ExperimentConfig, preset
+from model.networks import DenoisingEBM
+
+from .conftest import tiny_network
+
+
+def _save(tmp_path, **kwargs):
+    config = ExperimentConfig(network=tiny_network()).validate()
+    torch.manual_seed(0)
+    model = DenoisingEBM(config.network)
+    path = save_checkpoint(tmp_path / "ck", model=model, config=config, step=12,
+                           metadata={"note": "x"}, **kwargs)
+    return path, model, config
+
+
+def test_round_trip_rebuilds_model_from_stored_config(tmp_path):
+    path, model, config = _save(tmp_path, calibration={"threshold": -1.0})
+    loaded = load_checkpoint(path)
+    assert loaded.config == config and loaded.step == 12
+    assert loaded.metadata == {"note": "x"} and loaded.calibration == {"threshold": -1.0}
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value)
+    assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in path.iterdir())
+
+
+def test_config_json_round_trip_for_every_preset():
+    for name in ("tiny", "demo", "paper"):
+        config = preset(name)
+        assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_truncated_weights_are_refused(tmp_path):
+    path, _, _ = _save(tmp_path)
+    weights = path / read_manifest(path)["weights"]
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_corrupt_manifest_is_refused(tmp_path):
+    path, _, _ = _save(tmp_path)
+    (path / "checkpoint.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        load_checkpoint(path)
+
+
+def test_weights_of_the_wrong_shape_are_refused(tmp_path):
+    path, _, _ = _save(tmp_path)
+    manifest = read_manifest(path)
+    manifest["config"]["network"]["latent_dim"] = 7  # config no longer matches the weights
+    (path / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(tmp_path / "nothing")
+
+
+def test_resave_replaces_old_files_atomically(tmp_path):
+    path, model, config = _save(tmp_path)
+    save_checkpoint(path, model=model, config=config, step=13)
+    names = sorted(p.name for p in path.iterdir())
+    assert names == ["checkpoint.json", "model-00000013.safetensors"]
+    assert load_checkpoint(path).step == 13

@@ -1,0 +1,117 @@
+"""The debm command line end to end: tiny train -> sample -> score, and clean errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def debm(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "debm.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "tiny"
+    result = debm("train", "--dataset", "mnist5k", "--preset", "tiny", "--iters", "2",
+                  "--seed", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 4 and Path(summary["checkpoint"]) == out
+    return out
+
+
+def _write_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_sample_is_byte_identical_for_a_seed(trained, tmp_path):
+    outputs = []
+    for name in ("a", "b"):
+        result = debm("sample", "--checkpoint", str(trained), "--n", "4", "--seed", "9",
+                      "--out", str(tmp_path / f"{name}.png"), "--npz", str(tmp_path / f"{name}.npz"))
+        assert result.returncode == 0, result.stderr
+        outputs.append((tmp_path / f"{name}.png").read_bytes())
+    assert outputs[0] == outputs[1]
+    arrays = np.load(tmp_path / "a.npz")["x"]
+    assert arrays.shape == (4, 1, 8, 8) and arrays.min() >= -1 and arrays.max() <= 1
+    with Image.open(io.BytesIO(outputs[0])) as grid:
+        assert grid.format == "PNG"
+    other = debm("sample", "--checkpoint", str(trained), "--n", "4", "--seed", "10",
+                 "--sampler", "annealed", "--out", str(tmp_path / "c.png"))
+    assert other.returncode == 0 and (tmp_path / "c.png").read_bytes() != outputs[0]
+
+
+def test_score_prints_json_and_is_deterministic(trained, tmp_path):
+    rng = np.random.default_rng(0)
+    files = [_write_png(tmp_path / "noise.png", rng.integers(0, 256, (28, 28), dtype=np.uint8)),
+             _write_png(tmp_path / "rgb.png", rng.integers(0, 256, (40, 30, 3), dtype=np.uint8))]
+    runs = [debm("score", "--checkpoint", str(trained), "--seed", "1", *map(str, files))
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    rows = json.loads(runs[0].stdout)
+    assert [Path(r["file"]).name for r in rows] == ["noise.png", "rgb.png"]
+    assert all(isinstance(r["score"], float) for r in rows)
+    assert runs[0].stdout == runs[1].stdout
+
+
+def test_default_scoring_uses_the_calibration(trained, tmp_path):
+    file = _write_png(tmp_path / "x.png", np.zeros((28, 28), dtype=np.uint8))
+    result = debm("score", "--checkpoint", str(trained), str(file))
+    row = json.loads(result.stdout)[0]
+    assert 0.0 <= row["percentile"] <= 100.0 and isinstance(row["is_ood"], bool)
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda ck, tmp: ["score", "--checkpoint", str(ck), str(tmp / "missing.png")],
+     "cannot read"),
+    (lambda ck, tmp: ["score", "--checkpoint", str(ck), str(tmp / "text.png")],
+     "not an accepted image"),
+    (lambda ck, tmp: ["sample", "--checkpoint", str(tmp), "--out", str(tmp / "o.png")],
+     "not a checkpoint"),
+    (lambda ck, tmp: ["train", "--dataset", str(tmp / "none.npz"), "--preset", "tiny",
+                      "--out", str(tmp / "o")], "no such file"),
+    (lambda ck, tmp: ["train", "--dataset", "mnist5k", "--preset", "tiny", "--set",
+                      "training.lr=-1", "--out", str(tmp / "o")], "lr must be"),
+    (lambda ck, tmp: ["sample", "--checkpoint", str(ck), "--n", "0", "--out", "x.png"],
+     "must be >= 1"),
+])
+def test_bad_input_exits_non_zero_with_one_line(trained, tmp_path, make_args, message):
+    (tmp_path / "text.png").write_text("this is not an image")
+    result = debm(*make_args(trained, tmp_path))
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert message in lines[-1], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_of_the_wrong_shape(trained, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    manifest = json.loads((broken / "checkpoint.json").read_text())
+    manifest["config"]["network"]["base_width"] = 16
+    (broken / "checkpoint.json").write_text(json.dumps(manifest))
+    result = debm("sample", "--checkpoint", str(broken), "--out", str(tmp_path / "o.png"))
+    assert result.returncode == 2 and "do not fit" in result.stderr
+
+
+def test_resume_continues_to_more_iterations(trained, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    result = debm("train", "--dataset", "mnist5k", "--preset", "tiny", "--iters", "3",
+                  "--seed", "3", "--out", str(run), "--resume")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 5

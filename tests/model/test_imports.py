@@ -1,0 +1,27 @@
+"""model/ is pure PyTorch: importing it must not pull in the web or queue stacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_model_imports_no_web_or_queue_packages():
+    code = ("import sys, importlib, pkgutil, model\n"
+            "for m in pkgutil.iter_modules(model.__path__):\n"
+            "    importlib.import_module('model.' + m.name)\n"
+            "bad = [n for n in ('fastapi', 'celery', 'redis', 'starlette', 'uvicorn', 'kombu')"
+            " if n in sys.modules]\n"
+            "print(','.join(bad))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+
+
+def test_imagefile_does_not_need_torch():
+    """The API process validates uploads with model.imagefile and must not import torch."""
+    code = "import sys, model.imagefile; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
