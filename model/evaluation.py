@@ -11,12 +11,20 @@ eval-ood
       knn_pixel  minus the pixel-space L2 distance to the nearest training image.
     Besides the per-set metrics the report carries ``blank_canvas``: AUROC of the all -1 image
     alone (it is the constant set's first members), the known failure of autoencoder scores.
+
+eval-samples
+    Each sampler row draws n samples (batches of 64, timed) with the checkpoint's sampler
+    defaults; quality is measured in the feature space of the project's classifier
+    (``classifier.py``, trained on the same train split and cached): the Frechet distance
+    to the held-out split's features, the mean max-softmax confidence and the histogram of
+    predicted classes (mode coverage).  See ``evaluate_samples`` for the rows.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -209,4 +217,199 @@ def format_ood_table(report: dict[str, Any]) -> str:
             if name in blank))
     for note in report.get("notes", []):
         lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+# --- sample quality ------------------------------------------------------------------------
+
+SAMPLE_ROWS: tuple[str, ...] = ("real", "two_stage", "semantic", "texture_only",
+                                "texture_only_10x", "annealed")
+# 128 samples (two batches of 64) keep the whole demo run near 20 minutes on one contended
+# CPU thread (texture_only_10x and annealed are ~600 and ~1000 network passes per batch).
+# Frechet distance is biased upward at small n, so compare rows only at equal n; the real
+# row shows the floor that n allows.
+DEFAULT_SAMPLES_N = 128
+TIMING_BATCH = 64
+
+
+def _row_metrics(classifier, images: torch.Tensor, reference: torch.Tensor
+                 ) -> dict[str, Any]:
+    """fd, confidence, class_histogram (counts) of images against reference features."""
+    from .metrics import frechet_distance_from_features
+
+    finite = torch.isfinite(images.flatten(1)).all(1)
+    feats, probs = classifier.features_and_probabilities(images[finite])
+    histogram = torch.bincount(probs.argmax(1), minlength=classifier.num_classes) \
+        if probs.shape[0] else torch.zeros(classifier.num_classes, dtype=torch.long)
+    out: dict[str, Any] = {
+        "fd": (frechet_distance_from_features(feats.double().numpy(),
+                                              reference.double().numpy())
+               if feats.shape[0] >= 2 else None),
+        "confidence": float(probs.max(1).values.mean()) if probs.shape[0] else None,
+        "class_histogram": [int(c) for c in histogram],
+        "n": int(images.shape[0]),
+    }
+    if not bool(finite.all()):
+        out["nonfinite"] = int((~finite).sum())  # diverged chains, left out of the metrics
+    out["max_class_fraction"] = (max(out["class_histogram"]) / max(1, int(finite.sum())))
+    return out
+
+
+def _run_sampler(loaded: LoadedCheckpoint, *, sampler: str, n: int, seed: int,
+                 overrides: dict[str, Any], keep_semantic: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, int, float, float]:
+    """(images, semantic images, steps, seconds for all n, seconds of the latent stage).
+
+    Samples come in batches of 64 with seeds seed, seed + 1, ...: the batch the timing is
+    quoted for, and the same images for any n that shares the first batches.  The latent
+    stage's time is read from the progress callback at its last step."""
+    from .pipeline import generate
+
+    images, semantic, steps = [], [], 0
+    total = latent = 0.0
+    for b, start in enumerate(range(0, n, TIMING_BATCH)):
+        size = min(TIMING_BATCH, n - start)
+        began = time.perf_counter()
+        marks: dict[str, float] = {}
+
+        def on_progress(stage: str, step: int, total_steps: int) -> None:
+            if stage == "latent":
+                marks["latent"] = time.perf_counter()
+
+        result = generate(loaded, n=size, seed=seed + b, sampler=sampler,
+                          on_progress=on_progress, **overrides)
+        ended = time.perf_counter()
+        total += ended - began
+        latent += marks.get("latent", began) - began
+        images.append(result.images.cpu())
+        if keep_semantic and result.semantic is not None:
+            semantic.append(result.semantic.cpu())
+        steps = result.steps
+    return (torch.cat(images), torch.cat(semantic) if semantic else None, steps, total, latent)
+
+
+def evaluate_samples(checkpoint_dir: str | Path, *, n: int = DEFAULT_SAMPLES_N, seed: int = 0,
+                     device: str = "auto", grids_dir: str | Path | None = None,
+                     rows: list[str] | tuple[str, ...] | None = None,
+                     classifier_cache: str | Path | None = None,
+                     classifier_settings=None,
+                     on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Sample quality of each sampler in the feature space of the project's classifier.
+
+    Rows (each: fd, confidence, class_histogram as counts of predicted classes summing to n,
+    seconds_per_64, steps):
+      real              n images of the train split (not the reference): the floor of fd at
+                        this n.  seconds_per_64 is 0, steps 0.
+      two_stage         the checkpoint's sampler defaults (K latent + T pixel steps).
+      semantic          h(z_K) of that same run; its time is the latent stage's.
+      texture_only      pixel Langevin from noise, K + T steps (same gradient count).
+      texture_only_10x  10 (K + T) steps.
+      annealed          annealed_levels x annealed_steps_per_level steps (the defaults).
+    fd compares against the held-out split's features.  Every sampler row uses the seeds
+    seed, seed + 1, ... per batch of 64; seconds_per_64 is the wall time of all batches
+    scaled to 64 samples."""
+    from .classifier import classifier_for
+    from .config import ConfigError
+    from .images import grid_png
+
+    started = time.perf_counter()
+    if n < 2:
+        raise ValueError("n must be >= 2 (a Frechet distance needs a covariance)")
+    rows = list(SAMPLE_ROWS if not rows else rows)
+    unknown = [r for r in rows if r not in SAMPLE_ROWS]
+    if unknown:
+        raise ConfigError(f"unknown rows {unknown}; choose from {list(SAMPLE_ROWS)}")
+    say = on_progress or (lambda message: None)
+    dev = resolve_device(device)
+    loaded = load_checkpoint(checkpoint_dir, device=dev)
+    config = loaded.config
+    settings = config.sampler
+    splits = load_splits(config)
+    train, holdout = splits
+    say("classifier")
+    classifier = classifier_for(config, splits, settings=classifier_settings,
+                                cache_dir=classifier_cache, device=dev)
+    reference = classifier.features(to_model_range(holdout.images))
+
+    pixel_steps = settings.steps_latent + settings.steps_pixel
+    plans: dict[str, tuple[str, dict[str, Any]]] = {
+        "two_stage": ("two_stage", {}),
+        "texture_only": ("texture_only", {}),
+        # texture_only runs steps_latent + steps_pixel pixel steps: put all 10x in one term.
+        "texture_only_10x": ("texture_only", {"steps_latent": 0,
+                                              "steps_pixel": 10 * pixel_steps}),
+        "annealed": ("annealed", {}),
+    }
+    results: dict[str, dict[str, Any]] = {}
+    grids: dict[str, str] = {}
+    grid_root = Path(grids_dir) if grids_dir is not None else None
+    if grid_root is not None:
+        grid_root.mkdir(parents=True, exist_ok=True)
+
+    def record(row: str, images: torch.Tensor, *, steps: int, seconds: float) -> None:
+        metrics = _row_metrics(classifier, images, reference)
+        results[row] = {**metrics, "seconds_per_64": round(seconds * TIMING_BATCH / n, 3),
+                        "steps": int(steps)}
+        if grid_root is not None:
+            path = grid_root / f"{row}.png"
+            path.write_bytes(grid_png(images[:64].nan_to_num(-1.0)))
+            grids[row] = str(path)
+
+    for row in rows:
+        if row in results:
+            continue
+        say(f"row {row}")
+        if row == "real":
+            generator = torch.Generator().manual_seed(seed)
+            passes = -(-n // len(train))
+            index = torch.cat([torch.randperm(len(train), generator=generator)
+                               for _ in range(passes)])[:n]
+            record("real", to_model_range(train.images[index]), steps=0, seconds=0.0)
+            continue
+        if row in ("two_stage", "semantic"):
+            images, semantic, steps, seconds, latent = _run_sampler(
+                loaded, sampler="two_stage", n=n, seed=seed, overrides={}, keep_semantic=True)
+            if "two_stage" in rows:
+                record("two_stage", images, steps=steps, seconds=seconds)
+            if "semantic" in rows:
+                record("semantic", semantic, steps=settings.steps_latent, seconds=latent)
+            continue
+        sampler, overrides = plans[row]
+        images, _, steps, seconds, _ = _run_sampler(loaded, sampler=sampler, n=n, seed=seed,
+                                                    overrides=overrides)
+        record(row, images, steps=steps, seconds=seconds)
+
+    report: dict[str, Any] = {
+        "classifier_accuracy": classifier.accuracy,
+        "rows": {row: results[row] for row in SAMPLE_ROWS if row in results},
+        "n": n, "seed": seed, "checkpoint": str(checkpoint_dir), "step": loaded.step,
+        "dataset": config.data.dataset, "reference_count": len(holdout),
+        "sampler": asdict(settings), "device": str(dev),
+        "classifier": classifier.describe(),
+        "class_histogram_unit": "counts of predicted classes over the row's samples",
+    }
+    if grids:
+        report["grids"] = grids
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def format_samples_table(report: dict[str, Any]) -> str:
+    rows = report["rows"]
+    lines = [f"Sample quality: {report.get('checkpoint', '')} (step {report.get('step', '?')}); "
+             f"n={report.get('n', '?')} per row vs {report.get('reference_count', '?')} "
+             f"held-out images; classifier accuracy {report['classifier_accuracy']:.3f}",
+             f"{'row':<17} {'FD':>9} {'conf':>6} {'max cls':>7} {'steps':>6} {'s/64':>8}  "
+             "class histogram",
+             "-" * 96]
+    for name, r in rows.items():
+        fd = f"{r['fd']:9.2f}" if r.get("fd") is not None else f"{'n/a':>9}"
+        conf = f"{r['confidence']:6.3f}" if r.get("confidence") is not None else f"{'n/a':>6}"
+        share = f"{r.get('max_class_fraction', 0.0):7.2f}"
+        hist = " ".join(f"{c:3d}" for c in r["class_histogram"])
+        lines.append(f"{name:<17} {fd} {conf} {share} {r['steps']:6d} "
+                     f"{r['seconds_per_64']:8.2f}  {hist}")
+        if r.get("nonfinite"):
+            lines.append(f"  note: {r['nonfinite']} {name} samples were not finite and are "
+                         "left out")
     return "\n".join(lines)

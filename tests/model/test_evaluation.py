@@ -120,3 +120,116 @@ def test_eval_ood_missing_explicit_baseline_is_a_user_error(tiny_runs, capsys):
                  "--baseline", str(tiny_runs["root"] / "nowhere"), "--device", "cpu"])
     assert code == 2
     assert "not a checkpoint" in capsys.readouterr().err
+
+
+# --- classifier and eval-samples -----------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def classifier_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("classifier-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_splits():
+    from model.pipeline import load_splits
+
+    return load_splits(preset("tiny"))
+
+
+def test_classifier_is_cached_and_separates_digits_from_noise(tiny_splits, classifier_cache):
+    from model.classifier import classifier_for
+    from model.data import to_model_range
+    from model.evaluation import _row_metrics
+
+    config = preset("tiny")
+    first = classifier_for(config, tiny_splits, cache_dir=classifier_cache)
+    second = classifier_for(config, tiny_splits, cache_dir=classifier_cache)
+    assert second.from_cache and second.key == first.key
+    assert second.accuracy == first.accuracy > 0.8  # 10 classes: chance is 0.1
+    train, holdout = tiny_splits
+    x = to_model_range(holdout.images[:64])
+    assert torch.allclose(first.features(x), second.features(x))
+    assert first.features(x).shape == (64, first.settings.feature_dim)
+    probs = first.probabilities(x)
+    assert torch.allclose(probs.sum(1), torch.ones(64), atol=1e-5)
+
+    reference = first.features(to_model_range(holdout.images))
+    noise = torch.rand((64, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    real = _row_metrics(first, to_model_range(train.images[:64]), reference)
+    fake = _row_metrics(first, noise, reference)
+    assert real["fd"] < fake["fd"] / 3
+    assert sum(real["class_histogram"]) == 64 and len(real["class_histogram"]) == 10
+
+
+def test_classifier_key_depends_on_settings_and_data(tiny_splits):
+    from model.classifier import ClassifierSettings, cache_key
+
+    train, holdout = tiny_splits
+    base = cache_key(train, holdout, settings=ClassifierSettings(), num_classes=10)
+    assert base == cache_key(train, holdout, settings=ClassifierSettings(), num_classes=10)
+    assert base != cache_key(train, holdout, settings=ClassifierSettings(epochs=1),
+                             num_classes=10)
+    assert base != cache_key(train.subset(torch.arange(100)), holdout,
+                             settings=ClassifierSettings(), num_classes=10)
+
+
+def test_classifier_refuses_unlabelled_data(tiny_splits, tmp_path):
+    from model.classifier import load_or_train
+    from model.data import DatasetError, ImageDataset
+
+    train, holdout = tiny_splits
+    with pytest.raises(DatasetError, match="labels"):
+        load_or_train(ImageDataset(train.images[:32], None, "folder"), holdout,
+                      cache_dir=tmp_path)
+
+
+def test_eval_samples_cli_json_rows_and_grids(tiny_runs, classifier_cache, tmp_path):
+    from model.evaluation import SAMPLE_ROWS
+
+    out, grids = tmp_path / "samples.json", tmp_path / "grids"
+    code = main(["eval-samples", "--checkpoint", str(tiny_runs["full"]), "--n", "6",
+                 "--grids", str(grids), "--classifier-cache", str(classifier_cache),
+                 "--json", str(out), "--device", "cpu"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"classifier_accuracy", "rows"} <= set(report)
+    assert 0.8 < report["classifier_accuracy"] <= 1.0
+    assert list(report["rows"]) == list(SAMPLE_ROWS)
+    sampler = preset("tiny").sampler
+    k_plus_t = sampler.steps_latent + sampler.steps_pixel
+    expected_steps = {"real": 0, "two_stage": k_plus_t, "semantic": sampler.steps_latent,
+                      "texture_only": k_plus_t, "texture_only_10x": 10 * k_plus_t,
+                      "annealed": sampler.annealed_levels * sampler.annealed_steps_per_level}
+    for name, row in report["rows"].items():
+        assert {"fd", "confidence", "class_histogram", "seconds_per_64", "steps"} <= set(row)
+        assert row["steps"] == expected_steps[name]
+        assert row["fd"] >= 0 and 0 < row["confidence"] <= 1
+        assert len(row["class_histogram"]) == 10 and sum(row["class_histogram"]) == 6
+        assert (row["seconds_per_64"] > 0) == (name != "real")
+        assert (grids / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    # The 10x row runs ten times the steps; its reported time must show it (loose bound: the
+    # CPU is shared).
+    rows = report["rows"]
+    assert rows["texture_only_10x"]["seconds_per_64"] > 1.5 * rows["texture_only"][
+        "seconds_per_64"]
+
+
+def test_eval_samples_semantic_row_alone_and_determinism(tiny_runs, classifier_cache):
+    from model.evaluation import evaluate_samples
+
+    kwargs = dict(n=4, seed=3, device="cpu", classifier_cache=classifier_cache)
+    a = evaluate_samples(tiny_runs["full"], rows=["semantic"], **kwargs)
+    b = evaluate_samples(tiny_runs["full"], rows=["semantic", "two_stage"], **kwargs)
+    assert list(a["rows"]) == ["semantic"]
+    assert list(b["rows"]) == ["two_stage", "semantic"]
+    # Same seed: the same semantic images, whatever else is computed.
+    assert a["rows"]["semantic"]["fd"] == b["rows"]["semantic"]["fd"]
+    assert a["rows"]["semantic"]["class_histogram"] == b["rows"]["semantic"]["class_histogram"]
+
+
+def test_eval_samples_unknown_row_is_a_user_error(tiny_runs, classifier_cache, capsys):
+    code = main(["eval-samples", "--checkpoint", str(tiny_runs["full"]), "--n", "4",
+                 "--rows", "bogus", "--classifier-cache", str(classifier_cache),
+                 "--device", "cpu"])
+    assert code == 2
+    assert "unknown rows" in capsys.readouterr().err
