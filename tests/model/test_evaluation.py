@@ -233,3 +233,23 @@ def test_eval_samples_unknown_row_is_a_user_error(tiny_runs, classifier_cache, c
                  "--device", "cpu"])
     assert code == 2
     assert "unknown rows" in capsys.readouterr().err
+
+
+def test_rgb_model_runs_both_evaluations(tmp_path, classifier_cache):
+    """3-channel models (CIFAR-like) go through the same code: OOD sets come out in RGB and
+    the classifier is trained on the RGB train split."""
+    from model.evaluation import evaluate_ood, evaluate_samples
+
+    config = preset("tiny").replace(network={"channels": 3},
+                                    training={"iterations": 0, "warmup_steps": 1})
+    run = run_training(config, tmp_path / "rgb", device="cpu")
+    ood = evaluate_ood(run, per_set=4, device="cpu")
+    _check_ood_shape(ood, {"knn_pixel"})
+    from model.classifier import ClassifierSettings
+
+    samples = evaluate_samples(run, n=4, rows=["real", "two_stage"], device="cpu",
+                               classifier_cache=classifier_cache,
+                               classifier_settings=ClassifierSettings(epochs=2))
+    assert samples["classifier"]["settings"]["epochs"] == 2
+    assert samples["classifier_accuracy"] > 0.5  # 10 classes: chance is 0.1
+    assert set(samples["rows"]) == {"real", "two_stage"}
