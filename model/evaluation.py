@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .checkpoints import MANIFEST, CheckpointError, LoadedCheckpoint, load_checkpoint
+from .config import ConfigError
 from .data import DatasetError, to_model_range
 from .metrics import auroc, ood_metrics
 from .ood_sets import OOD_SETS, blank_count, build_ood_set
@@ -104,12 +105,13 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
     set.  ``seed`` fixes the OOD sets; the score's own noise draws and seed are the
     checkpoint's scoring settings, so the numbers match what the service returns."""
     started = time.perf_counter()
+    # ConfigError (a ValueError) so that the CLI reports bad arguments as one line.
     if per_set < 1:
-        raise ValueError("per_set must be >= 1")
+        raise ConfigError("per_set must be >= 1")
     sets = tuple(sets) if sets is not None else OOD_SETS
     unknown = [s for s in sets if s not in OOD_SETS]
     if unknown:
-        raise ValueError(f"unknown OOD sets {unknown}; choose from {list(OOD_SETS)}")
+        raise ConfigError(f"unknown OOD sets {unknown}; choose from {list(OOD_SETS)}")
     say = on_progress or (lambda message: None)
     dev = resolve_device(device)
     loaded = load_checkpoint(checkpoint_dir, device=dev)
@@ -309,12 +311,11 @@ def evaluate_samples(checkpoint_dir: str | Path, *, n: int = DEFAULT_SAMPLES_N, 
     seed, seed + 1, ... per batch of 64; seconds_per_64 is the wall time of all batches
     scaled to 64 samples."""
     from .classifier import classifier_for
-    from .config import ConfigError
     from .images import grid_png
 
     started = time.perf_counter()
     if n < 2:
-        raise ValueError("n must be >= 2 (a Frechet distance needs a covariance)")
+        raise ConfigError("n must be >= 2 (a Frechet distance needs a covariance)")
     rows = list(SAMPLE_ROWS if not rows else rows)
     unknown = [r for r in rows if r not in SAMPLE_ROWS]
     if unknown:

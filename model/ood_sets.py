@@ -26,7 +26,7 @@ different resampling.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -177,7 +177,7 @@ def digits8x8(n: int, *, image_size: int, channels: int, generator: torch.Genera
     return _finish(images[index.numpy()], image_size=image_size, channels=channels)
 
 
-OOD_BUILDERS: dict[str, Callable[..., torch.Tensor]] = {
+OOD_BUILDERS: dict[str, OODBuilder] = {
     "uniform": uniform,
     "gaussian": gaussian,
     "constant": constant,

@@ -253,3 +253,10 @@ def test_rgb_model_runs_both_evaluations(tmp_path, classifier_cache):
     assert samples["classifier"]["settings"]["epochs"] == 2
     assert samples["classifier_accuracy"] > 0.5  # 10 classes: chance is 0.1
     assert set(samples["rows"]) == {"real", "two_stage"}
+
+
+def test_eval_samples_n_below_two_is_a_user_error(tiny_runs, capsys):
+    code = main(["eval-samples", "--checkpoint", str(tiny_runs["full"]), "--n", "1",
+                 "--device", "cpu"])
+    assert code == 2
+    assert "n must be >= 2" in capsys.readouterr().err
