@@ -79,6 +79,9 @@ class SamplerConfig:
     # Elementwise clip of the energy gradient inside chains (guards against 1/sigma^2 spikes).
     grad_clip: float = 1000.0
     clamp_pixels: bool = True  # keep pixel chains inside the data range [-1, 1]
+    # Pixel chains on U^c(., sigma) end in images carrying noise of scale sigma (the energy
+    # describes data + N(0, sigma^2)); one Tweedie step x <- r(x, sigma) removes it (NCSNv2).
+    final_denoise: bool = True
     annealed_steps_per_level: int = 8  # annealed baseline: steps per sigma level
     annealed_levels: int = 128  # annealed baseline: number of levels used from the grid
     annealed_step_size: float = 2e-5  # NCSN epsilon, scaled by sigma^2 / sigma_min^2

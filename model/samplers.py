@@ -105,6 +105,16 @@ def pixel_chain(model: DenoisingEBM, x: torch.Tensor, *, steps: int, step_size: 
     return x.detach()
 
 
+def final_denoise(model: DenoisingEBM, x: torch.Tensor, *, sigma: float, clamp: bool
+                  ) -> torch.Tensor:
+    """x <- r(x, sigma): Tweedie's posterior mean removes the sigma-scale noise that chains
+    on U^c(., sigma) leave in their samples (Jolicoeur-Martineau et al. 2020; NCSNv2)."""
+    with torch.no_grad():
+        x = model.dae(x, torch.full((x.shape[0],), float(sigma), device=x.device,
+                                    dtype=x.dtype))
+    return x.clamp(-1.0, 1.0) if clamp else x
+
+
 def _image_shape(model: DenoisingEBM, n: int) -> tuple[int, int, int, int]:
     cfg = model.config
     return (n, cfg.channels, cfg.image_size, cfg.image_size)
@@ -139,6 +149,8 @@ def two_stage(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                     clamp=settings.clamp_pixels, generator=generator, on_progress=on_progress,
                     should_cancel=should_cancel, progress_offset=settings.steps_latent,
                     progress_total=total)
+    if settings.final_denoise:
+        x = final_denoise(model, x, sigma=settings.sigma_pixel, clamp=settings.clamp_pixels)
     return SampleResult(images=x, semantic=semantic, steps=total)
 
 
@@ -158,6 +170,8 @@ def texture_only(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                     sigma=settings.sigma_pixel, temperature=settings.temperature_pixel,
                     grad_clip=settings.grad_clip, clamp=settings.clamp_pixels,
                     generator=generator, on_progress=on_progress, should_cancel=should_cancel)
+    if settings.final_denoise:
+        x = final_denoise(model, x, sigma=settings.sigma_pixel, clamp=settings.clamp_pixels)
     return SampleResult(images=x, steps=steps)
 
 
