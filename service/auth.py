@@ -1,0 +1,103 @@
+"""API keys.
+
+Keys come from ``DEBM_API_KEYS`` ("SECRET" or "NAME:SECRET", comma-separated).  With none
+configured the server generates one on first start, stores it with mode 0600 in the data
+directory and prints it once; later starts reuse the file silently.  The service never runs
+open by accident.
+
+A request carries its key as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``.  The
+candidate is compared with every configured key by ``secrets.compare_digest`` (no early exit),
+so timing does not reveal how much of a key matched or which key it was.
+
+Each key resolves to a ``Principal`` (key id + scopes).  Today every key holds every scope;
+the scope names already exist so that issue 5 (use / admin keys) only changes ``load_keys``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .settings import Settings, parse_api_keys
+
+SCOPES = frozenset({"use", "admin"})
+GENERATED_KEY_ID = "local"
+
+
+@dataclass(frozen=True)
+class Principal:
+    key_id: str
+    scopes: frozenset[str] = SCOPES
+
+    def can(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def owns_or_admin(self, owner: str) -> bool:
+        return owner == self.key_id or self.can("admin")
+
+
+@dataclass(frozen=True)
+class _Key:
+    principal: Principal
+    digest: bytes  # sha256 of the secret: equal length for every key, compared in constant time
+
+
+class KeyRing:
+    def __init__(self, keys: list[tuple[str, str]]):
+        if not keys:
+            raise ValueError("at least one API key is required")
+        self._keys = [_Key(Principal(key_id), hashlib.sha256(secret.encode()).digest())
+                      for key_id, secret in keys]
+
+    def authenticate(self, candidate: str | None) -> Principal | None:
+        if not candidate:
+            return None
+        digest = hashlib.sha256(candidate.encode("utf-8", "surrogateescape")).digest()
+        found: Principal | None = None
+        for key in self._keys:  # no early exit
+            if secrets.compare_digest(digest, key.digest):
+                found = key.principal
+        return found
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [k.principal.key_id for k in self._keys]
+
+
+def load_keys(settings: Settings, *, announce=None) -> KeyRing:
+    """The configured keys, or the generated one (created on first start)."""
+    configured = parse_api_keys(settings.api_keys)
+    if configured:
+        return KeyRing(configured)
+    path = settings.data_root / "api-key"
+    return KeyRing([(GENERATED_KEY_ID, ensure_generated_key(path, announce=announce))])
+
+
+def ensure_generated_key(path: Path, *, announce=None) -> str:
+    """Read the stored key, or create it with O_EXCL and mode 0600 and announce it once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        secret = path.read_text().strip()
+        if len(secret) < 16:
+            raise ValueError(f"{path} holds no usable API key; delete it to make a new one")
+        return secret
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(path, 0o600)
+    (announce or _announce)(secret, path)
+    return secret
+
+
+def _announce(secret: str, path: Path) -> None:
+    print(f"\nNo DEBM_API_KEYS configured: generated an API key (shown once, stored in {path} "
+          f"with mode 0600):\n\n    {secret}\n\nSend it as 'X-API-Key: <key>' or "
+          "'Authorization: Bearer <key>'.\n", file=sys.stderr, flush=True)

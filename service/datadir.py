@@ -1,0 +1,129 @@
+"""Layout of the shared data directory (a volume shared by the API and every worker).
+
+    DATA/
+      api-key                     generated API key (mode 0600) when DEBM_API_KEYS is empty
+      models/registry.json        model names, versions and defaults (service.registry)
+      models/NAME/VERSION/        checkpoint directories (safetensors + checkpoint.json)
+      datasets/ID/                an uploaded dataset: data.zip or data.npz + meta.json
+      uploads/JOB/                images uploaded for a scoring job (deleted once scored)
+      results/JOB/                generated PNGs (grid.png, sample-000.png, ...)
+      jobs/JOB/checkpoint/        a training job's resumable checkpoint
+      jobs.sqlite, broker.sqlite, results.sqlite    embedded mode only
+
+Names that come from requests (job ids, dataset ids, model names) are checked against strict
+patterns before they become paths; ``inside`` refuses anything that resolves outside.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+
+JOB_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+DATASET_ID_RE = re.compile(r"^ds_[0-9a-f]{16}$")
+
+
+class DataDirError(RuntimeError):
+    """The data directory cannot be created or written."""
+
+
+def new_job_id() -> str:
+    return secrets.token_hex(16)
+
+
+def new_dataset_id() -> str:
+    return "ds_" + secrets.token_hex(8)
+
+
+class DataDir:
+    def __init__(self, root: Path):
+        self.root = Path(root).expanduser().resolve()
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def uploads(self) -> Path:
+        return self.root / "uploads"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.root / "api-key"
+
+    def ensure(self) -> "DataDir":
+        """Create the layout and prove it is writable (fail fast at start)."""
+        try:
+            for path in (self.root, self.models, self.datasets, self.uploads, self.results,
+                         self.jobs):
+                path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise DataDirError(f"data directory {self.root} is not usable: "
+                               f"{exc.strerror or exc}") from None
+        return self
+
+    def job_dir(self, job_id: str) -> Path:
+        if not JOB_ID_RE.match(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        return self.jobs / job_id
+
+    def result_dir(self, job_id: str) -> Path:
+        if not JOB_ID_RE.match(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        return self.results / job_id
+
+    def upload_dir(self, job_id: str) -> Path:
+        if not JOB_ID_RE.match(job_id):
+            raise ValueError(f"invalid job id {job_id!r}")
+        return self.uploads / job_id
+
+    def dataset_dir(self, dataset_id: str) -> Path:
+        if not DATASET_ID_RE.match(dataset_id):
+            raise ValueError(f"invalid dataset id {dataset_id!r}")
+        return self.datasets / dataset_id
+
+    def relative(self, path: Path) -> str:
+        return Path(path).resolve().relative_to(self.root).as_posix()
+
+    def inside(self, relative: str) -> Path:
+        """Resolve a data-dir-relative path taken from a job record; refuse escapes."""
+        if not isinstance(relative, str) or relative.startswith("/") or "\\" in relative:
+            raise ValueError(f"invalid data path {relative!r}")
+        path = (self.root / relative).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"data path {relative!r} leaves the data directory")
+        return path
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Temp file in the same directory + fsync + rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,209 @@
+"""Torch-free validation of uploaded datasets (a zip of images, or an .npz of arrays).
+
+The API runs these checks before a dataset is stored, so a bad upload is answered with a 4xx
+naming the problem; the training worker reads the file again through model.data, which
+repeats its own checks (model.data imports torch, so the API cannot use it).  The rules
+mirror model.data: no path traversal, no nested archives, no zip bombs, every member a
+PNG/JPEG/WebP image that model.imagefile accepts; .npz files are read without pickle, one
+array header and then the data in chunks, so a large array never sits in API memory whole.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from model.imagefile import ImageRejected, decode_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+ARCHIVE_SUFFIXES = {".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".npz", ".npy"}
+MAX_RATIO = 200  # a member that expands more than this is treated as a zip bomb
+MAX_UNCOMPRESSED = 2 * 1024 ** 3
+IMAGE_KEYS = ("x", "images", "X", "arr_0")
+CHUNK_BYTES = 8 << 20
+
+
+class DatasetRejected(ValueError):
+    def __init__(self, message: str, *, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class DatasetSummary:
+    format: str  # zip | npz
+    count: int
+    channels: int
+    height: int
+    width: int
+
+
+def detect_format(head: bytes, filename: str) -> str:
+    """Both formats are zip containers; an .npz holds .npy members."""
+    if not head.startswith(b"PK"):
+        raise DatasetRejected("not a zip or .npz file (upload a zip of PNG/JPEG/WebP images or "
+                              "an .npz of image arrays)", status=415)
+    return "npz" if filename.lower().endswith(".npz") else "zip"
+
+
+def check_member(info: zipfile.ZipInfo, *, check_ratio: bool = True) -> None:
+    name = info.filename
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+        raise DatasetRejected(f"zip member {name!r} has an unsafe path")
+    if PurePosixPath(name).suffix.lower() in ARCHIVE_SUFFIXES - {".npy"}:
+        raise DatasetRejected(f"zip member {name!r} is a nested archive; archives inside "
+                              "archives are not accepted")
+    if info.flag_bits & 0x1:
+        raise DatasetRejected(f"zip member {name!r} is encrypted")
+    if check_ratio and info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
+        raise DatasetRejected(f"zip member {name!r} expands {info.file_size // info.compress_size}"
+                              "x; refused as a possible zip bomb", status=413)
+    if info.compress_size == 0 and info.file_size > 0:
+        raise DatasetRejected(f"zip member {name!r} declares no compressed size", status=413)
+
+
+def _open(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise DatasetRejected(f"not a readable zip file ({exc})") from None
+
+
+def _members(archive: zipfile.ZipFile, *, max_members: int,
+             max_uncompressed: int = MAX_UNCOMPRESSED, check_ratio: bool = True
+             ) -> list[zipfile.ZipInfo]:
+    members = [m for m in archive.infolist() if not m.is_dir()]
+    if len(members) > max_members:
+        raise DatasetRejected(f"{len(members)} files; the limit is {max_members}", status=413)
+    total = sum(m.file_size for m in members)
+    if total > max_uncompressed:
+        raise DatasetRejected(f"expands to {total} bytes; the limit is {max_uncompressed}",
+                              status=413)
+    for member in members:
+        check_member(member, check_ratio=check_ratio)
+    return members
+
+
+def check_image_zip(path: Path, *, max_images: int, max_pixels: int) -> DatasetSummary:
+    with _open(path) as archive:
+        members = _members(archive, max_members=max_images + 1000)
+        count, colour, first = 0, False, None
+        for member in members:
+            base = PurePosixPath(member.filename).name
+            if base.startswith(".") or "__MACOSX" in member.filename:
+                continue  # OS metadata, ignored by the loader too
+            if PurePosixPath(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
+                raise DatasetRejected(f"zip member {member.filename!r} is not a PNG, JPEG or "
+                                      "WebP image", status=415)
+            try:
+                with archive.open(member) as handle:
+                    data = handle.read(member.file_size + 1)
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+                raise DatasetRejected(f"zip member {member.filename!r} is unreadable "
+                                      f"({exc})") from None
+            if len(data) > member.file_size:
+                raise DatasetRejected(f"zip member {member.filename!r} is larger than declared")
+            try:
+                image = decode_image(data, max_pixels=max_pixels).image
+            except ImageRejected as exc:
+                raise DatasetRejected(f"zip member {member.filename!r}: {exc}",
+                                      status=_status_of(exc)) from None
+            count += 1
+            if count > max_images:
+                raise DatasetRejected(f"more than {max_images} images; the limit is "
+                                      f"{max_images}", status=413)
+            colour = colour or image.mode != "L"
+            first = first or image.size
+    if count == 0:
+        raise DatasetRejected("the zip holds no images")
+    return DatasetSummary("zip", count, 3 if colour else 1, first[1], first[0])
+
+
+def _status_of(exc: ImageRejected) -> int:
+    return {"too_large": 413, "unsupported_format": 415}.get(exc.kind, 422)
+
+
+def check_npz(path: Path, *, max_images: int, max_pixels: int, max_uncompressed: int
+              ) -> DatasetSummary:
+    """Arrays of constant images compress far beyond any zip-bomb ratio, so an .npz is
+    bounded by its total uncompressed size instead (the worker loads it whole)."""
+    with _open(path) as archive:
+        members = {m.filename: m for m in _members(archive, max_members=64,
+                                                   max_uncompressed=max_uncompressed,
+                                                   check_ratio=False)}
+        keys = [n[:-4] for n in members if n.endswith(".npy")]
+        key = next((k for k in IMAGE_KEYS if k in keys), None)
+        if key is None:
+            raise DatasetRejected(f"no image array; name it 'x' or 'images' (found {keys})")
+        with archive.open(members[key + ".npy"]) as handle:
+            try:
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+            except ValueError as exc:
+                raise DatasetRejected(f"array {key!r} has no valid .npy header ({exc})") from None
+            if dtype.hasobject:
+                raise DatasetRejected(f"array {key!r} holds Python objects; refused (they "
+                                      "need pickle)")
+            if dtype.kind not in "uif" or dtype.itemsize > 8:
+                raise DatasetRejected(f"array {key!r} has dtype {dtype}, not an image type")
+            summary = _check_shape(key, shape)
+            if summary.count > max_images:
+                raise DatasetRejected(f"{summary.count} images; the limit is {max_images}",
+                                      status=413)
+            if summary.height * summary.width > max_pixels:
+                raise DatasetRejected(f"images of {summary.width}x{summary.height} pixels; the "
+                                      f"limit is {max_pixels}", status=413)
+            _check_values(handle, key, dtype, int(np.prod(shape)))
+    return summary
+
+
+def _check_shape(key: str, shape: tuple[int, ...]) -> DatasetSummary:
+    if len(shape) == 3:
+        n, h, w = shape
+        c = 1
+    elif len(shape) == 4:
+        if shape[1] in (1, 3):
+            n, c, h, w = shape
+        elif shape[3] in (1, 3):
+            n, h, w, c = shape
+        else:
+            raise DatasetRejected(f"array {key!r} of shape {shape}: images need 1 or 3 channels")
+    else:
+        raise DatasetRejected(f"array {key!r} has shape {shape}; expected (N, H, W), "
+                              "(N, H, W, C) or (N, C, H, W)")
+    if n < 1 or h < 1 or w < 1:
+        raise DatasetRejected(f"array {key!r} of shape {shape} holds no images")
+    return DatasetSummary("npz", int(n), int(c), int(h), int(w))
+
+
+def _check_values(handle, key: str, dtype: np.dtype, count: int) -> None:
+    """Stream the data: finite, and in [0, 255] (integers) or [-1, 1] / [0, 1] / [0, 255]
+    (floats), as model.data accepts."""
+    per_chunk = max(1, CHUNK_BYTES // dtype.itemsize)
+    remaining, lo, hi = count, np.inf, -np.inf
+    while remaining:
+        take = min(per_chunk, remaining)
+        raw = handle.read(take * dtype.itemsize)
+        if len(raw) != take * dtype.itemsize:
+            raise DatasetRejected(f"array {key!r} is truncated")
+        values = np.frombuffer(raw, dtype=dtype)
+        if dtype.kind == "f" and not np.isfinite(values).all():
+            raise DatasetRejected(f"array {key!r} contains NaN or infinity")
+        lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+        remaining -= take
+    if dtype.kind in "ui" and (lo < 0 or hi > 255):
+        raise DatasetRejected(f"array {key!r}: integer pixel values span [{lo:g}, {hi:g}]; "
+                              "expected 0..255")
+    if dtype.kind == "f" and not (lo >= -1.0 - 1e-6 and hi <= 255):
+        raise DatasetRejected(f"array {key!r}: float pixel values span [{lo:g}, {hi:g}]; "
+                              "expected [0, 1], [-1, 1] or [0, 255]")
+    if dtype.kind == "f" and lo < 0 and hi > 1.0 + 1e-6:
+        raise DatasetRejected(f"array {key!r}: float pixel values span [{lo:g}, {hi:g}]; "
+                              "expected [0, 1], [-1, 1] or [0, 255]")

@@ -1,0 +1,100 @@
+"""FastAPI dependencies (``Annotated`` aliases used by every router).
+
+Everything a request needs hangs off ``app.state.services``, built once by ``create_app``;
+tests build apps with their own Settings (or override these dependencies) instead of patching
+globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from .auth import KeyRing, Principal
+from .datadir import DataDir
+from .dispatch import Dispatcher
+from .jobs import JobStore
+from .registry import ModelRegistry
+from .settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    data: DataDir
+    store: JobStore
+    registry: ModelRegistry
+    keys: KeyRing
+    dispatcher: Dispatcher
+    celery: Any
+    embedded: Any = None  # service.embedded.EmbeddedWorkers in embedded mode
+
+    @property
+    def mode(self) -> str:
+        return "embedded" if self.embedded is not None else (
+            "distributed" if self.settings.distributed else "embedded")
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_app_settings(services: ServicesDep) -> Settings:
+    return services.settings
+
+
+def get_store(services: ServicesDep) -> JobStore:
+    return services.store
+
+
+def get_registry(services: ServicesDep) -> ModelRegistry:
+    return services.registry
+
+
+def get_dispatcher(services: ServicesDep) -> Dispatcher:
+    return services.dispatcher
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
+
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
+                               description="an API key (DEBM_API_KEYS or the generated one)")
+_bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
+
+
+def authenticate(services: ServicesDep,
+                 api_key: Annotated[str | None, Security(_api_key_header)] = None,
+                 bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
+                 ) -> Principal:
+    candidate = api_key if api_key else (bearer.credentials if bearer else None)
+    principal = services.keys.authenticate(candidate)
+    if principal is None:
+        raise HTTPException(401, "missing or invalid API key; send it as 'X-API-Key: <key>' or "
+                                 "'Authorization: Bearer <key>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def require_scope(scope: str):
+    """A dependency that answers 403 unless the key holds ``scope`` (issue 5 uses it)."""
+    def check(principal: PrincipalDep) -> Principal:
+        if not principal.can(scope):
+            raise HTTPException(403, f"this API key lacks the '{scope}' scope")
+        return principal
+    return check
+
+
+UsePrincipal = Annotated[Principal, Depends(require_scope("use"))]
+AdminPrincipal = Annotated[Principal, Depends(require_scope("admin"))]

@@ -1,0 +1,189 @@
+"""Embedded mode: ``debm serve`` runs the API and the same Celery tasks in one process.
+
+Without REDIS_URL the broker is kombu's SQLAlchemy transport over DATA/broker.sqlite and the
+result backend Celery's database backend over DATA/results.sqlite, so queued work, job
+records (DATA/jobs.sqlite), datasets and models all persist across a restart.
+
+Two in-process workers, one per queue, each a Celery ``WorkController`` with the solo pool in
+its own thread, so a long training job never blocks generation.  Each has its own Celery app:
+a worker narrows its app's queue list in place, so two workers cannot share one app, and the
+solo pool resolves tasks through the thread's *current* app.
+
+Shutdown (Ctrl-C / SIGTERM, handled by uvicorn) sets an interrupt flag that the tasks'
+``should_cancel`` sees between steps: a running job stops at the next step (training saves a
+checkpoint first) and goes back to ``queued``.  At the next start, every job the store still
+lists as queued or running is sent again, which also recovers from a crash (SIGKILL, power
+loss) that left messages in flight; a copy whose job already finished is skipped by the worker, so
+duplicates are harmless.  One server per data directory (an flock on DATA/embedded.lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import socket
+import sqlite3
+import sys
+import threading
+from pathlib import Path
+
+from worker.celery_app import Heartbeat, create_celery
+from worker.names import INFERENCE_QUEUE, TRAINING_QUEUE
+
+from .settings import Settings, get_settings
+
+log = logging.getLogger("debm.embedded")
+
+
+class DataDirBusy(RuntimeError):
+    pass
+
+
+class EmbeddedWorkers:
+    def __init__(self, settings: Settings, *, queues=(INFERENCE_QUEUE, TRAINING_QUEUE)):
+        self.settings = settings
+        self.queues = tuple(queues)
+        self.interrupt = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._controllers: dict[str, object] = {}
+        self._apps: dict[str, object] = {}
+        self._heartbeats: list[Heartbeat] = []
+        self._lock_handle = None
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self, services) -> None:
+        if self._lock_handle is None:
+            self.lock_data_dir()
+        if not self.settings.distributed:
+            self.recover(services)
+        host = f"{socket.gethostname()}-{os.getpid()}"
+        for queue in self.queues:
+            app = create_celery(self.settings, include_tasks=True, name=f"debm-{queue}")
+            app.debm_interrupt = self.interrupt
+            self._apps[queue] = app
+            ready = threading.Event()
+            thread = threading.Thread(target=self._run, args=(app, queue, ready),
+                                      name=f"debm-worker-{queue}", daemon=True)
+            self._threads[queue] = thread
+            thread.start()
+            ready.wait(30)
+            beat = Heartbeat(self.settings, f"{queue}@embedded-{host}", [queue],
+                             alive=thread.is_alive)
+            self._heartbeats.append(beat.start())
+        self.started = True
+        log.info("embedded workers consuming %s", ", ".join(self.queues))
+
+    def _run(self, app, queue: str, ready: threading.Event) -> None:
+        from celery.worker import WorkController
+
+        app.set_current()  # the solo pool looks tasks up on the current app (thread-local)
+        try:
+            controller = WorkController(
+                app=app, hostname=f"{queue}@embedded", pool_cls="solo", concurrency=1,
+                queues=[queue], without_heartbeat=True, without_mingle=True,
+                without_gossip=True, loglevel=self.settings.log_level)
+            self._controllers[queue] = controller
+        finally:
+            ready.set()
+        controller.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        if not self.started:
+            return
+        self.interrupt.set()  # running tasks stop at their next step and are requeued
+        for app in self._apps.values():
+            app.debm_active.wait_idle(timeout)
+        for controller in self._controllers.values():
+            try:
+                controller.stop(in_sighandler=False)
+            except Exception as exc:  # pragma: no cover - best effort at shutdown
+                log.warning("stopping a worker: %s", exc)
+        for thread in self._threads.values():
+            thread.join(timeout)
+        for beat in self._heartbeats:
+            beat.stop()
+        self._release_lock()
+        self.started = False
+
+    def alive(self) -> dict[str, bool]:
+        return {q: t.is_alive() for q, t in self._threads.items()}
+
+    # -- one server per data directory -------------------------------------------------------
+    def lock_data_dir(self) -> None:
+        path = self.settings.data_root / "embedded.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise DataDirBusy(f"another 'debm serve' is using {self.settings.data_root}; stop "
+                              "it or choose another --data-dir") from None
+        self._lock_handle = handle
+
+    def _release_lock(self) -> None:
+        if self._lock_handle is not None:
+            fcntl.flock(self._lock_handle.fileno(), fcntl.LOCK_UN)
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    # -- crash recovery ----------------------------------------------------------------------
+    def recover(self, services) -> int:
+        """Resend every job still queued or running (see the module docstring).  Runs before
+        the workers start, under the data-dir lock, so no consumer holds a message now."""
+        broker = self.settings.data_root / "broker.sqlite"
+        if broker.exists():
+            # kombu's SQLAlchemy transport marks delivered messages invisible and never
+            # deletes them; with no consumer running, every invisible row is either done or
+            # was lost with the previous process.  Drop them so the file stays small.
+            with sqlite3.connect(broker, timeout=30) as db:
+                tables = {r[0] for r in db.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "kombu_message" in tables:
+                    db.execute("DELETE FROM kombu_message WHERE visible = 0")
+        resent = 0
+        for job_id in services.store.active_ids():
+            job = services.store.get(job_id)
+            if job is None or job.final:
+                continue
+            if job.status == "running":
+                services.store.requeue(job_id)
+            services.dispatcher.send(job)
+            resent += 1
+        if resent:
+            log.info("recovered %d unfinished job(s) from the last run", resent)
+        return resent
+
+
+def serve(*, host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None
+          ) -> None:
+    """``debm serve``: the API and both workers in this process (see the module docstring)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from .app import create_app
+
+    if data_dir is not None:
+        os.environ["DEBM_DATA_DIR"] = str(data_dir)
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"debm serve: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    embedded = EmbeddedWorkers(settings)
+    try:
+        embedded.lock_data_dir()
+    except DataDirBusy as exc:
+        print(f"debm serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    app = create_app(settings, embedded=embedded)
+    mode = "Redis at REDIS_URL" if settings.distributed else "SQLite files"
+    print(f"debm serve: http://{host}:{port} (docs at /docs), data in {settings.data_root}, "
+          f"queues in {mode}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=30)

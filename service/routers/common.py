@@ -1,0 +1,112 @@
+"""Helpers shared by the routers: 422 errors in FastAPI's shape, waiting for a job, turning
+records into responses."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from typing import Any
+
+from fastapi import HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from ..datadir import JOB_ID_RE
+from ..deps import Services
+from ..jobs import SUCCEEDED, JobRecord
+from ..schemas import GenerateResult, Job, ScoreResult, TrainResult
+
+
+def invalid(loc: list[str | int], message: str) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors."""
+    return HTTPException(422, [{"type": "value_error", "loc": loc, "msg": message}])
+
+
+def check_wait(wait: float | None, services: Services) -> float:
+    if wait is None:
+        return 0.0
+    limit = services.settings.max_wait_seconds
+    if not wait >= 0 or wait > limit:  # also refuses NaN
+        raise invalid(["query", "wait"], f"wait must lie in [0, {limit:g}] seconds")
+    return wait
+
+
+async def get_job(services: Services, job_id: str, principal) -> JobRecord:
+    if not JOB_ID_RE.match(job_id):
+        raise HTTPException(404, f"no job {job_id!r}")
+    job = await run_in_threadpool(services.store.get, job_id)
+    # Another key's job answers 404 as if absent: ids are not disclosed across keys.
+    if job is None or not principal.owns_or_admin(job.owner):
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+async def wait_for(services: Services, job_id: str, seconds: float) -> JobRecord | None:
+    """Poll the job record until it is final or ``seconds`` pass (async: no thread is held)."""
+    deadline = time.monotonic() + seconds
+    delay = 0.05
+    while True:
+        job = await run_in_threadpool(services.store.get, job_id)
+        if job is None or job.final or time.monotonic() >= deadline:
+            return job
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 1.5, 0.5)
+
+
+def job_model(job: JobRecord) -> str | None:
+    if job.result and isinstance(job.result.get("model"), str):
+        return job.result["model"]
+    name, version = job.params.get("model_name"), job.params.get("model_version")
+    return f"{name}:{version}" if name and version else None
+
+
+def public_params(job: JobRecord) -> dict[str, Any]:
+    """Parameters as the client sent them (internal bookkeeping left out)."""
+    params = dict(job.params)
+    if job.kind == "score":
+        params["files"] = [f.get("filename") for f in params.get("files", [])]
+    return params
+
+
+def job_view(job: JobRecord) -> Job:
+    result = None
+    if job.status == SUCCEEDED and job.result:
+        result = {k: v for k, v in job.result.items() if k not in ("grid", "samples")}
+    return Job(job_id=job.id, kind=job.kind, status=job.status, created=job.created,
+               started=job.started, finished=job.finished, progress=job.progress,
+               metrics=job.metrics, error=job.error, cancel_requested=job.cancel_requested,
+               attempts=job.attempts, params=public_params(job), model=job_model(job),
+               result=result,
+               result_url=f"/jobs/{job.id}/result" if job.status == SUCCEEDED else None)
+
+
+def not_ready(job: JobRecord) -> HTTPException:
+    if job.final:
+        reason = f": {job.error}" if job.error else ""
+        return HTTPException(409, f"job {job.id} {job.status}{reason}; it has no result")
+    return HTTPException(409, f"job {job.id} is {job.status}; no result yet")
+
+
+def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreResult | TrainResult:
+    """The result document of a succeeded job (generated images inlined as base64 PNG)."""
+    if job.status != SUCCEEDED or not job.result:
+        raise not_ready(job)
+    r = job.result
+    if job.kind == "generate":
+        images = []
+        for i, rel in enumerate(r["samples"]):
+            try:
+                data = services.data.inside(rel).read_bytes()
+            except (OSError, ValueError):
+                raise HTTPException(410, f"the images of job {job.id} are gone from the data "
+                                         "directory") from None
+            images.append({"index": i, "png_base64": base64.b64encode(data).decode()})
+        return GenerateResult(job_id=job.id, model=r["model"], n=r["n"], seed=r["seed"],
+                              sampler=r["sampler"], steps=r["steps"],
+                              image_size=r["image_size"], channels=r["channels"],
+                              grid_url=f"/jobs/{job.id}/result", images=images)
+    if job.kind == "score":
+        return ScoreResult(job_id=job.id, model=r["model"], calibrated=r["calibrated"],
+                           results=r["results"])
+    return TrainResult(job_id=job.id, model=r["model"], name=r["name"], version=r["version"],
+                       step=r.get("step"), calibrated=r.get("calibrated", False))

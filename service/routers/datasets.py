@@ -1,0 +1,110 @@
+"""POST /datasets (upload a zip of images or an .npz) and GET /datasets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from fastapi import APIRouter, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from ..dataset_check import DatasetRejected, check_image_zip, check_npz, detect_format
+from ..datadir import DATASET_ID_RE, atomic_write_bytes, new_dataset_id
+from ..deps import AdminPrincipal, ServicesDep, UsePrincipal
+from ..schemas import DatasetInfo, DatasetList, ErrorBody
+from ..uploads import _clean_filename, read_form
+
+router = APIRouter(tags=["datasets"])
+
+MULTIPART_DATASET = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {
+                "type": "string", "format": "binary",
+                "description": "a .zip of PNG/JPEG/WebP images, or an .npz whose array 'x' "
+                               "(or 'images') holds (N, H, W[, C]) or (N, C, H, W) images"}}}}}}}
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetInfo,
+             openapi_extra=MULTIPART_DATASET,
+             responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody},
+                        415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+async def upload_dataset(request: Request, services: ServicesDep, principal: AdminPrincipal):
+    settings = services.settings
+    form = await read_form(request, max_files=2)
+    try:
+        uploads = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        if len(uploads) != 1:
+            raise HTTPException(422, f"send exactly one file part (got {len(uploads)}), e.g. "
+                                     "-F file=@digits.zip")
+        upload = uploads[0]
+        filename = _clean_filename(upload.filename, "upload")
+        dataset_id = new_dataset_id()
+        staging = services.data.datasets / f".incoming-{dataset_id}"
+
+        def store_and_check() -> DatasetInfo:
+            staging.mkdir(parents=True)
+            try:
+                raw = staging / "upload.bin"
+                digest, size = hashlib.sha256(), 0
+                upload.file.seek(0)
+                with open(raw, "wb") as out:
+                    for chunk in iter(lambda: upload.file.read(1 << 20), b""):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        size += len(chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+                with open(raw, "rb") as handle:
+                    fmt = detect_format(handle.read(4), filename)
+                if fmt == "zip":
+                    summary = check_image_zip(raw, max_images=settings.max_dataset_images,
+                                              max_pixels=settings.max_image_pixels)
+                else:
+                    summary = check_npz(raw, max_images=settings.max_dataset_images,
+                                        max_pixels=settings.max_image_pixels,
+                                        max_uncompressed=4 * settings.max_dataset_bytes)
+                file = f"data.{fmt}"
+                os.rename(raw, staging / file)
+                info = DatasetInfo(dataset_id=dataset_id, format=fmt, count=summary.count,
+                                   channels=summary.channels, height=summary.height,
+                                   width=summary.width, bytes=size, filename=filename,
+                                   created=time.time())
+                meta = {**info.model_dump(), "file": file, "sha256": digest.hexdigest(),
+                        "owner": principal.key_id}
+                atomic_write_bytes(staging / "meta.json", json.dumps(meta, indent=2).encode())
+                os.rename(staging, services.data.dataset_dir(dataset_id))
+                return info
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+
+        try:
+            return await run_in_threadpool(store_and_check)
+        except DatasetRejected as exc:
+            raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") from None
+    finally:
+        await form.close()
+
+
+@router.get("/datasets", response_model=DatasetList, responses={401: {"model": ErrorBody}})
+async def list_datasets(services: ServicesDep, principal: UsePrincipal):
+    def read() -> list[DatasetInfo]:
+        out = []
+        for path in sorted(services.data.datasets.iterdir()):
+            if not DATASET_ID_RE.match(path.name):
+                continue
+            try:
+                meta = json.loads((path / "meta.json").read_text())
+                out.append(DatasetInfo(**{k: meta[k] for k in DatasetInfo.model_fields}))
+            except (OSError, ValueError, KeyError):
+                continue
+        return sorted(out, key=lambda d: d.created, reverse=True)
+
+    return DatasetList(datasets=await run_in_threadpool(read))

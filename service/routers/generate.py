@@ -1,0 +1,53 @@
+"""POST /generate: queue two-stage MCMC sampling on the inference workers."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import ServicesDep, UsePrincipal
+from ..jobs import SUCCEEDED
+from ..schemas import ErrorBody, GenerateRequest, GenerateResult, JobAccepted
+from .common import check_wait, invalid, result_json, wait_for
+
+router = APIRouter(tags=["generate"])
+
+
+@router.post(
+    "/generate", status_code=202, response_model=JobAccepted,
+    responses={200: {"model": GenerateResult,
+                     "description": "with ?wait=: the images, when ready in time"},
+               401: {"model": ErrorBody}, 404: {"model": ErrorBody, "description":
+                                                "unknown model"},
+               429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+async def generate(body: GenerateRequest, services: ServicesDep, principal: UsePrincipal,
+                   wait: Annotated[float | None, Query(
+                       description="seconds to wait for the result (at most "
+                                   "DEBM_MAX_WAIT_SECONDS); 200 with the images if ready, "
+                                   "else 202")] = None):
+    settings = services.settings
+    if body.n > settings.max_generate_n:
+        raise invalid(["body", "n"], f"n must be at most {settings.max_generate_n}")
+    for name in ("steps_latent", "steps_pixel"):
+        value = getattr(body, name)
+        if value is not None and value > settings.max_generate_steps:
+            raise invalid(["body", name], f"{name} must be at most "
+                                          f"{settings.max_generate_steps}")
+    seconds = check_wait(wait, services)
+    model_name, version = await run_in_threadpool(
+        services.registry.resolve, body.model, default_model=settings.default_model)
+    params = body.model_dump(exclude={"model"})
+    params.update(model_name=model_name, model_version=version)
+    job = await run_in_threadpool(services.dispatcher.submit, "generate", principal.key_id,
+                                  params)
+    if seconds > 0:
+        done = await wait_for(services, job.id, seconds)
+        if done is not None and done.status == SUCCEEDED:
+            result = await run_in_threadpool(result_json, services, done)
+            return JSONResponse(result.model_dump(), status_code=200)
+        job = done or job
+    return JobAccepted(job_id=job.id, status=job.status, kind="generate",
+                       model=f"{model_name}:{version}", url=f"/jobs/{job.id}")

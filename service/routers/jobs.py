@@ -1,0 +1,81 @@
+"""GET /jobs, GET /jobs/{id}, GET /jobs/{id}/result, DELETE /jobs/{id}."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from ..deps import ServicesDep, UsePrincipal
+from ..jobs import CANCELLED, SUCCEEDED
+from ..schemas import (ErrorBody, GenerateResult, Job, JobKind, JobList, JobStatus,
+                       ScoreResult, TrainResult)
+from .common import get_job, job_view, not_ready, result_json
+
+router = APIRouter(tags=["jobs"])
+ERRORS = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+
+
+@router.get("/jobs", response_model=JobList, responses=ERRORS)
+async def list_jobs(services: ServicesDep, principal: UsePrincipal,
+                    status: JobStatus | None = None, kind: JobKind | None = None,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50):
+    """This key's jobs, newest first."""
+    jobs = await run_in_threadpool(services.store.list, owner=principal.key_id, limit=limit,
+                                   statuses=[status] if status else None, kind=kind)
+    return JobList(jobs=[job_view(j) for j in jobs])
+
+
+@router.get("/jobs/{job_id}", response_model=Job, responses=ERRORS)
+async def get_job_status(job_id: str, services: ServicesDep, principal: UsePrincipal):
+    """Status (queued, running, succeeded, failed, cancelled), progress, latest metrics,
+    error."""
+    return job_view(await get_job(services, job_id, principal))
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    response_model=GenerateResult | ScoreResult | TrainResult,
+    responses={200: {"content": {"image/png": {}},
+                     "description": "generate jobs: a PNG grid (default) or, with "
+                                    "?format=json, every sample as base64 PNG; score and "
+                                    "train jobs: JSON"},
+               409: {"model": ErrorBody, "description": "no result (yet)"}, **ERRORS})
+async def get_job_result(job_id: str, services: ServicesDep, principal: UsePrincipal,
+                         format: Literal["png", "json"] | None = None):
+    job = await get_job(services, job_id, principal)
+    if job.status != SUCCEEDED:
+        raise not_ready(job)
+    if job.kind == "generate" and format in (None, "png"):
+        try:
+            path = services.data.inside(job.result["grid"])
+        except (KeyError, TypeError, ValueError):
+            raise HTTPException(410, f"job {job.id} has no image grid") from None
+        if not path.is_file():
+            raise HTTPException(410, f"the images of job {job.id} are gone from the data "
+                                     "directory")
+        return FileResponse(path, media_type="image/png",
+                            filename=f"debm-{job.id[:8]}.png")
+    if format == "png":
+        raise HTTPException(422, f"a {job.kind} job has no PNG result; use format=json")
+    return await run_in_threadpool(result_json, services, job)
+
+
+@router.delete("/jobs/{job_id}", response_model=Job,
+               responses={200: {"description": "cancelled (it was queued)"},
+                          202: {"model": Job, "description": "running: cancellation "
+                                "requested; it stops at the next step"},
+                          409: {"model": ErrorBody, "description": "already finished"},
+                          **ERRORS})
+async def cancel_job(job_id: str, response: Response, services: ServicesDep,
+                     principal: UsePrincipal):
+    job = await get_job(services, job_id, principal)
+    if job.final:
+        raise HTTPException(409, f"job {job.id} already {job.status}")
+    job = await run_in_threadpool(services.dispatcher.cancel, job.id)
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    response.status_code = 200 if job.status == CANCELLED else 202
+    return job_view(job)

@@ -1,0 +1,103 @@
+"""POST /ood-score: multipart upload of images, scored on the inference workers."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from model.imagefile import ImageRejected, decode_image
+
+from ..datadir import atomic_write_bytes
+from ..deps import ServicesDep, UsePrincipal
+from ..jobs import SUCCEEDED
+from ..schemas import MODEL_SPEC, ErrorBody, JobAccepted, ScoreResult
+from ..uploads import UploadedFile, read_files, read_form
+from .common import check_wait, result_json, wait_for
+
+router = APIRouter(tags=["score"])
+
+IMAGE_STATUS = {"too_large": 413, "unsupported_format": 415, "invalid_image": 422}
+
+MULTIPART_IMAGES = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["files"],
+            "properties": {"files": {
+                "type": "array", "items": {"type": "string", "format": "binary"},
+                "description": "one or more PNG, JPEG or WebP images (grey or colour, any "
+                               "size; resized to the model's size). Any file field name "
+                               "is accepted."}}}}}}}
+
+
+def validate_images(files: list[UploadedFile], max_pixels: int) -> None:
+    """Decode every upload with Pillow (explicit formats, bomb checks) before anything is
+    queued; the first bad file answers 413/415/422 with its name and the reason."""
+    for upload in files:
+        try:
+            decode_image(upload.data, max_pixels=max_pixels)
+        except ImageRejected as exc:
+            raise HTTPException(IMAGE_STATUS.get(exc.kind, 422),
+                                f"file {upload.filename!r}: {exc}") from None
+
+
+@router.post(
+    "/ood-score", response_model=ScoreResult, openapi_extra=MULTIPART_IMAGES,
+    responses={202: {"model": JobAccepted, "description": "not scored within the wait"},
+               401: {"model": ErrorBody}, 404: {"model": ErrorBody},
+               413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+               422: {"model": ErrorBody}, 429: {"model": ErrorBody},
+               503: {"model": ErrorBody}})
+async def ood_score(request: Request, services: ServicesDep, principal: UsePrincipal,
+                    model: Annotated[str | None, Query(pattern=MODEL_SPEC)] = None,
+                    wait: Annotated[float | None, Query(
+                        description="seconds to wait (default DEBM_SCORE_WAIT_SECONDS)")]
+                    = None):
+    settings = services.settings
+    seconds = check_wait(wait, services) if wait is not None else settings.score_wait_seconds
+    model_name, version = await run_in_threadpool(
+        services.registry.resolve, model, default_model=settings.default_model)
+    await run_in_threadpool(services.dispatcher.check_capacity, principal.key_id)
+    form = await read_form(request, max_files=settings.max_images_per_request + 1)
+    try:
+        files = await read_files(form, max_bytes=settings.max_upload_bytes)
+    finally:
+        await form.close()
+    if not files:
+        raise HTTPException(422, "no image files in the upload; send one or more as "
+                                 "multipart file parts, e.g. -F files=@digit.png")
+    if len(files) > settings.max_images_per_request:
+        raise HTTPException(413, f"{len(files)} images; the limit is "
+                                 f"{settings.max_images_per_request} per request")
+    await run_in_threadpool(validate_images, files, settings.max_image_pixels)
+
+    job_id = services.dispatcher.new_id()
+    upload_dir = services.data.upload_dir(job_id)
+
+    def store_files() -> list[dict]:
+        entries = []
+        for i, upload in enumerate(files):
+            path = upload_dir / f"{i:04d}.img"
+            atomic_write_bytes(path, upload.data)
+            entries.append({"filename": upload.filename, "path": services.data.relative(path)})
+        return entries
+
+    try:
+        entries = await run_in_threadpool(store_files)
+        params = {"model_name": model_name, "model_version": version, "files": entries}
+        job = await run_in_threadpool(services.dispatcher.submit, "score", principal.key_id,
+                                      params, job_id=job_id)
+    except BaseException:
+        shutil.rmtree(upload_dir, ignore_errors=True)
+        raise
+    done = await wait_for(services, job.id, seconds) if seconds > 0 else job
+    if done is not None and done.status == SUCCEEDED:
+        return await run_in_threadpool(result_json, services, done)
+    current = done or job
+    accepted = JobAccepted(job_id=job.id, status=current.status, kind="score",
+                           model=f"{model_name}:{version}", url=f"/jobs/{job.id}")
+    return JSONResponse(accepted.model_dump(), status_code=202)

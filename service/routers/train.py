@@ -1,0 +1,42 @@
+"""POST /train: queue an Algorithm 1 job on the training worker."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException
+from starlette.concurrency import run_in_threadpool
+
+from worker.names import BUILTIN_DATASETS
+
+from ..datadir import DATASET_ID_RE
+from ..deps import AdminPrincipal, ServicesDep
+from ..schemas import ErrorBody, JobAccepted, TrainRequest
+from ..trainconfig import TrainingRequestError, build_training_config
+from .common import invalid
+
+router = APIRouter(tags=["train"])
+
+
+@router.post("/train", status_code=202, response_model=JobAccepted,
+             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody,
+                        "description": "unknown dataset"}, 422: {"model": ErrorBody},
+                        429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal):
+    settings = services.settings
+    if body.dataset not in BUILTIN_DATASETS:
+        known = DATASET_ID_RE.match(body.dataset) and \
+            (services.data.dataset_dir(body.dataset) / "meta.json").is_file()
+        if not known:
+            raise HTTPException(404, f"unknown dataset {body.dataset!r}: use "
+                                     f"{' or '.join(BUILTIN_DATASETS)}, or an id returned by "
+                                     "POST /datasets")
+    try:  # the same function the worker runs again on the record
+        build_training_config(preset_name=body.preset, overrides=body.overrides,
+                              seed=body.seed, dataset=body.dataset,
+                              max_steps=settings.max_training_steps,
+                              checkpoint_every=settings.train_checkpoint_every)
+    except TrainingRequestError as exc:
+        raise invalid(["body", "overrides"], str(exc)) from None
+    job = await run_in_threadpool(services.dispatcher.submit, "train", principal.key_id,
+                                  body.model_dump())
+    return JobAccepted(job_id=job.id, status=job.status, kind="train", model=body.name,
+                       url=f"/jobs/{job.id}")

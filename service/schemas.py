@@ -1,0 +1,192 @@
+"""Request and response bodies (kept separate: a request says what a client may send, a
+response what the service promises to return).  Limits that depend on settings (n, steps) are
+checked in the routers, which answer 422 in the same shape as these validators do."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.names import SAMPLERS
+
+MODEL_SPEC = r"^[a-z0-9][a-z0-9_-]{0,63}(:[1-9][0-9]{0,8})?$"
+MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobKind = Literal["generate", "score", "train"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not ignored
+
+
+# --- requests -------------------------------------------------------------------------------
+
+class GenerateRequest(_Request):
+    n: int = Field(16, ge=1, description="number of samples (at most DEBM_MAX_GENERATE_N)")
+    seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="the same seed gives the same images")
+    sampler: Literal[SAMPLERS] = Field("two_stage",  # type: ignore[valid-type]
+                                       description="two_stage (the paper's), texture_only, "
+                                                   "annealed")
+    steps_latent: int | None = Field(None, ge=0, description="K latent Langevin steps; "
+                                     "default: the checkpoint's")
+    steps_pixel: int | None = Field(None, ge=0, description="T pixel Langevin steps; "
+                                    "default: the checkpoint's")
+    step_size_latent: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
+                                           description="eta1; default: the checkpoint's")
+    step_size_pixel: float | None = Field(None, gt=0, le=10, allow_inf_nan=False,
+                                          description="eta2; default: the checkpoint's")
+    model: str | None = Field(None, pattern=MODEL_SPEC,
+                              description="name or name:version; default: the default model")
+
+
+class TrainRequest(_Request):
+    dataset: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                         description="a built-in name (mnist5k, digits8x8) or an id from "
+                                     "POST /datasets")
+    preset: Literal["tiny", "demo", "paper"] = "demo"
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description='config overrides by section, e.g. {"training": '
+                                          '{"iterations": 50}}')
+    seed: int | None = Field(None, ge=0, le=2 ** 31 - 1)
+    name: str = Field("custom", pattern=MODEL_NAME,
+                      description="the model name the finished job registers a version of")
+
+
+class SetDefaultRequest(_Request):
+    version: int = Field(..., ge=1)
+
+
+# --- responses ------------------------------------------------------------------------------
+
+class JobAccepted(BaseModel):
+    job_id: str
+    status: JobStatus
+    kind: JobKind
+    model: str | None = None
+    url: str = Field(description="poll this for status")
+
+
+class Job(BaseModel):
+    job_id: str
+    kind: JobKind
+    status: JobStatus
+    created: float
+    started: float | None = None
+    finished: float | None = None
+    progress: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    params: dict[str, Any]
+    model: str | None = None
+    result: dict[str, Any] | None = None
+    result_url: str | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+
+
+class GeneratedImage(BaseModel):
+    index: int
+    png_base64: str
+
+
+class GenerateResult(BaseModel):
+    job_id: str
+    status: JobStatus = "succeeded"
+    model: str
+    n: int
+    seed: int
+    sampler: str
+    steps: int
+    image_size: int
+    channels: int
+    grid_url: str
+    images: list[GeneratedImage]
+
+
+class ScoreItem(BaseModel):
+    filename: str
+    score: float | None = Field(description="-U^c(x, sigma), higher = more in-distribution")
+    percentile: float | None = Field(None, description="among held-out training data "
+                                     "(present once the checkpoint is calibrated)")
+    is_ood: bool | None = Field(None, description="score below the calibrated threshold")
+
+
+class ScoreResult(BaseModel):
+    job_id: str
+    status: JobStatus = "succeeded"
+    model: str
+    calibrated: bool
+    results: list[ScoreItem]
+
+
+class TrainResult(BaseModel):
+    job_id: str
+    status: JobStatus = "succeeded"
+    model: str
+    name: str
+    version: int
+    step: int | None = None
+    calibrated: bool
+
+
+class DatasetInfo(BaseModel):
+    dataset_id: str
+    format: Literal["zip", "npz"]
+    count: int
+    channels: int
+    height: int
+    width: int
+    bytes: int
+    filename: str
+    created: float
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetInfo]
+
+
+class ModelVersion(BaseModel):
+    version: int
+    created: str | None = None
+    job_id: str | None = None
+    step: int | None = None
+    preset: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    calibrated: bool = False
+    note: str | None = None
+
+
+class ModelInfo(BaseModel):
+    name: str
+    default_version: int
+    versions: list[ModelVersion]
+
+
+class ModelList(BaseModel):
+    default_model: str | None = Field(description="served when a request names no model")
+    models: list[ModelInfo]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Check(BaseModel):
+    ok: bool
+    detail: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "unavailable"]
+    mode: Literal["distributed", "embedded"]
+    checks: dict[str, Check]
+
+
+class ErrorBody(BaseModel):
+    detail: Any

@@ -1,0 +1,175 @@
+"""Service configuration: one pydantic-settings object read from the environment.
+
+Shared by the API, the Celery workers and the embedded server, so that all of them agree on
+the data directory, the broker and every limit.  Validation is fail-fast: a bad value stops
+the process at start with a message naming the variable, never at the first request.
+
+Every field is documented in README.md ("Configuration").  Names are ``DEBM_<FIELD>``, except
+``REDIS_URL`` (the conventional name; ``DEBM_REDIS_URL`` is accepted too).
+
+This module imports neither torch nor fastapi (the worker image has no fastapi).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEBM_", extra="ignore", frozen=True,
+                                      validate_default=True)
+
+    # --- where things live ---------------------------------------------------------------
+    # Distributed mode when set: Celery broker + results + job records in this Redis.
+    redis_url: str | None = Field(None, validation_alias=AliasChoices("REDIS_URL",
+                                                                      "DEBM_REDIS_URL"))
+    redis_prefix: str = "debm"  # prefix of the job-record and heartbeat keys in Redis
+    data_dir: Path = Path("var/debm")  # checkpoints, datasets, results; shared by API + workers
+    # A checkpoint registered as version 1 of ``seed_model_name`` when that name is absent.
+    seed_checkpoint: Path | None = REPO_ROOT / "checkpoints" / "demo"
+    seed_model_name: str = "demo"
+    default_model: str = "demo"  # served when a request names no model
+
+    # --- access ---------------------------------------------------------------------------
+    # Comma-separated keys, each "SECRET" or "NAME:SECRET" (NAME is the owner id of jobs).
+    # Empty: a key is generated on first start and stored (mode 0600) in the data dir.
+    api_keys: str = Field("", repr=False)
+
+    # --- limits (issue 5 extends these; each one is enforced by the API) -------------------
+    max_upload_bytes: int = Field(20 * MiB, ge=1024)  # POST /ood-score body (413)
+    max_dataset_bytes: int = Field(256 * MiB, ge=1024)  # POST /datasets body (413)
+    max_json_bytes: int = Field(1 * MiB, ge=1024)  # any other request body (413)
+    max_images_per_request: int = Field(64, ge=1)  # images per /ood-score (413)
+    max_image_pixels: int = Field(4096 * 4096, ge=64)  # width * height of one image (413)
+    max_dataset_images: int = Field(100_000, ge=1)  # images in one uploaded dataset (413)
+    max_generate_n: int = Field(64, ge=1)  # n per /generate (422)
+    max_generate_steps: int = Field(2000, ge=1)  # steps_latent / steps_pixel per request (422)
+    max_training_steps: int = Field(200_000, ge=1)  # warm-up + iterations per job (422)
+    max_queued_jobs: int = Field(100, ge=1)  # queued + running jobs in total (429)
+    max_queued_jobs_per_key: int = Field(20, ge=1)  # queued + running jobs per key (429)
+    max_wait_seconds: float = Field(120.0, ge=0)  # largest ?wait= accepted (422 above)
+    score_wait_seconds: float = Field(60.0, ge=0)  # how long POST /ood-score waits by default
+
+    # --- workers ----------------------------------------------------------------------------
+    device: str = "auto"  # torch device for the workers: auto, cpu, cuda, cuda:1, ...
+    torch_threads: int = Field(0, ge=0)  # torch.set_num_threads in workers (0: torch default)
+    model_cache_size: int = Field(2, ge=1)  # loaded checkpoints kept per worker process
+    inference_time_limit: int = Field(900, ge=10)  # seconds; hard limit of generate / score
+    training_time_limit: int = Field(6 * 3600, ge=60)  # seconds; hard limit of a training job
+    # Redis redelivers an unacknowledged task after this many seconds; it must exceed the
+    # longest task or a long task runs twice (validated below).
+    visibility_timeout: int = Field(7 * 3600, ge=60)
+    max_attempts: int = Field(3, ge=1)  # deliveries of one job before it is failed
+    train_checkpoint_every: int = Field(25, ge=1)  # when the preset/overrides say 0
+    result_expires: int = Field(7 * 24 * 3600, ge=60)  # Celery result-backend entries
+    heartbeat_seconds: float = Field(5.0, gt=0)  # worker liveness for /readyz
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("seed_model_name", "default_model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        if not MODEL_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a model name (lowercase letters, digits, "
+                             "'-' and '_', at most 64)")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_.:-]{1,64}$", value):
+            raise ValueError("redis_prefix may hold letters, digits and _.:- only")
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, value: str) -> str:
+        parse_api_keys(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("seed_checkpoint", mode="before")
+    @classmethod
+    def _empty_path(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> "Settings":
+        longest = max(self.inference_time_limit, self.training_time_limit)
+        if self.visibility_timeout <= longest:
+            raise ValueError(
+                f"DEBM_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed the longest "
+                f"task time limit ({longest}s), or Redis redelivers tasks that are still running")
+        if self.max_queued_jobs_per_key > self.max_queued_jobs:
+            raise ValueError("DEBM_MAX_QUEUED_JOBS_PER_KEY cannot exceed DEBM_MAX_QUEUED_JOBS")
+        return self
+
+    @property
+    def distributed(self) -> bool:
+        return self.redis_url is not None
+
+    @property
+    def data_root(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    def broker_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"sqla+sqlite:///{self.data_root / 'broker.sqlite'}"
+
+    def result_backend(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"db+sqlite:///{self.data_root / 'results.sqlite'}"
+
+
+KEY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MIN_KEY_LENGTH = 16
+
+
+def parse_api_keys(value: str) -> list[tuple[str, str]]:
+    """"a-secret-of-16+,ci:another-secret" -> [(key_id, secret)].  Unnamed keys get an id
+    derived from a hash of the secret, so job records never hold the secret itself."""
+    import hashlib
+
+    keys: list[tuple[str, str]] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        name, sep, secret = entry.partition(":")
+        if not sep:
+            name, secret = "", entry
+        if len(secret) < MIN_KEY_LENGTH:
+            raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} characters")
+        if name and not KEY_ID_RE.match(name):
+            raise ValueError(f"API key name {name!r} may hold letters, digits and _.- only")
+        key_id = name or "key-" + hashlib.sha256(secret.encode()).hexdigest()[:10]
+        if any(key_id == known for known, _ in keys):
+            raise ValueError(f"API key name {key_id!r} appears twice")
+        keys.append((key_id, secret))
+    return keys
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own ``Settings(...)`` instead)."""
+    return Settings()
