@@ -13,6 +13,8 @@ import logging
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from worker.celery_app import create_celery
@@ -22,7 +24,7 @@ from .dataset_check import DatasetRejected
 from .datadir import DataDir, DataDirError
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
-from .jobs import StoreUnavailable, open_store
+from .jobs import StoreUnavailable, clean_json, open_store
 from .registry import ModelRegistry, RegistryError, UnknownModel
 from .routers import datasets, generate, health, jobs, models, score, train
 from .settings import Settings, get_settings
@@ -92,6 +94,13 @@ def _error(status: int, detail: str, **headers: str) -> JSONResponse:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's own handler echoes the offending input, and a NaN there cannot be
+        # rendered as JSON (a 500); the same body with non-finite numbers nulled.
+        return JSONResponse({"detail": clean_json(jsonable_encoder(exc.errors()))},
+                            status_code=422)
+
     @app.exception_handler(QueueFull)
     async def queue_full(request: Request, exc: QueueFull):
         return _error(429, str(exc), **{"Retry-After": str(exc.retry_after)})

@@ -27,7 +27,7 @@ MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEBM_", extra="ignore", frozen=True,
-                                      validate_default=True)
+                                      validate_default=True, populate_by_name=True)
 
     # --- where things live ---------------------------------------------------------------
     # Distributed mode when set: Celery broker + results + job records in this Redis.

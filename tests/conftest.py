@@ -1,0 +1,36 @@
+"""Session fixtures shared by tests/service, tests/worker and tests/system."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A real checkpoint of the tiny preset (8x8 MNIST, with calibration), trained once per
+    session in a few seconds."""
+    import torch
+
+    from model.config import preset
+    from model.pipeline import run_training
+
+    out = tmp_path_factory.mktemp("tiny") / "checkpoint"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_training(preset("tiny"), out, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis DB of its own on 127.0.0.1:6379 for this session (see tests/support.py)."""
+    from tests.support import claim_redis_db
+
+    url, release = claim_redis_db()
+    try:
+        yield url
+    finally:
+        release()

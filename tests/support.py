@@ -1,0 +1,236 @@
+"""Helpers for the service, worker and system tests: real images, real processes, real Redis.
+
+Nothing here imitates a component: images are encoded by Pillow, servers and workers are OS
+processes, Redis is the machine's server (each test session claims its own DB number).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+API_KEY = "test-key-0123456789abcdef"
+KEY_HEADERS = {"X-API-Key": API_KEY}
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+
+
+# --- images ---------------------------------------------------------------------------------
+
+def image_bytes(fmt: str = "PNG", *, size=(28, 28), mode: str = "L", seed: int = 0,
+                **save) -> bytes:
+    rng = np.random.default_rng(seed)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4, "LA": 2}[mode]
+    shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], channels)
+    array = (rng.random(shape) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+def digit_png(seed: int = 0) -> bytes:
+    """A bright stroke on black, roughly digit-like."""
+    image = np.zeros((28, 28), dtype=np.uint8)
+    col = 8 + seed % 10
+    image[4:24, col:col + 4] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_16bit() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def animated_png() -> bytes:
+    frames = [Image.new("L", (16, 16), color=c) for c in (0, 128, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="PNG", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def gif_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def image_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def multipart_fields_only(**fields: str) -> tuple[bytes, str]:
+    """A multipart body with text fields and no file part (httpx would send urlencoded)."""
+    boundary = "fieldsonly"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'
+             for k, v in fields.items()]
+    body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def decode_png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data), formats=["PNG"])
+    image.load()
+    return image
+
+
+# --- processes ------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def service_env(data_dir: Path, *, redis_url: str | None = None,
+                seed_checkpoint: Path | None = None, api_keys: str | None = API_KEY,
+                **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DEBM_") and k not in ("REDIS_URL",)}
+    env.update({"DEBM_DATA_DIR": str(data_dir), "DEBM_TORCH_THREADS": "1",
+                "DEBM_HEARTBEAT_SECONDS": "1", "DEBM_LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+    env["DEBM_SEED_CHECKPOINT"] = str(seed_checkpoint) if seed_checkpoint else ""
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    if api_keys is not None:
+        env["DEBM_API_KEYS"] = api_keys
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """An OS process with its output in a log file (shown when a test fails)."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+        self._handle = open(self.log, "wb")
+        self.popen = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._handle,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        self._handle.flush()
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._handle.close()
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (a prefork worker's children too)."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self._handle.close()
+
+
+def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def wait_job(client, job_id: str, *, statuses=("succeeded", "failed", "cancelled"),
+             timeout: float = 120, headers=None) -> dict:
+    def check():
+        body = client.get(f"/jobs/{job_id}", headers=headers or KEY_HEADERS).json()
+        return body if body.get("status") in statuses else None
+    return wait_until(check, timeout=timeout, what=f"job {job_id} to reach {statuses}")
+
+
+def dump_logs(*procs: Proc) -> str:
+    return "\n".join(f"----- {p.name} ({p.log}) -----\n{p.output()[-6000:]}" for p in procs)
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+OUR_KEY_PREFIXES = (b"debm", b"_kombu", b"celery-task-meta-", b"unacked", b"inference",
+                    b"training")
+LOCK_KEY = "debm-test:lock"
+
+
+def claim_redis_db() -> tuple[str, callable]:
+    """Claim a Redis DB on 127.0.0.1:6379 for this test session: the first of 15..1 that is
+    empty (or holds only keys these tests create) and not locked by a concurrent session.
+    Returns (url, release).  DEBM_TEST_REDIS_URL overrides the search."""
+    import redis
+
+    override = os.environ.get("DEBM_TEST_REDIS_URL")
+    if override:
+        client = redis.Redis.from_url(override)
+        client.flushdb()
+        return override, client.flushdb
+    token = uuid.uuid4().hex
+    try:
+        redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError as exc:
+        raise RuntimeError(f"these tests need Redis at {REDIS_HOST}:{REDIS_PORT} ({exc}); "
+                           "start it with: redis-server --daemonize yes --save '' "
+                           "--appendonly no (.ci/run does)") from None
+    for db in range(15, 0, -1):
+        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
+        if not client.set(LOCK_KEY, token, nx=True, ex=3600):
+            continue
+        foreign = [k for k in client.scan_iter(count=1000)
+                   if k != LOCK_KEY.encode() and not k.startswith(OUR_KEY_PREFIXES)]
+        if foreign:
+            client.delete(LOCK_KEY)
+            continue
+        for key in client.scan_iter(count=1000):
+            if key != LOCK_KEY.encode():
+                client.delete(key)
+
+        def release(client=client):
+            if client.get(LOCK_KEY) == token.encode():
+                client.flushdb()
+
+        return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}", release
+    raise RuntimeError("no free Redis DB in 1..15 for the tests")
+
+
+def json_of(response) -> dict:
+    try:
+        return response.json()
+    except json.JSONDecodeError:
+        return {"raw": response.text[:500]}
