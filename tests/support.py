@@ -135,7 +135,8 @@ class Proc:
                                       stderr=subprocess.STDOUT, start_new_session=True)
 
     def output(self) -> str:
-        self._handle.flush()
+        if not self._handle.closed:
+            self._handle.flush()
         return self.log.read_text(errors="replace")
 
     def alive(self) -> bool:

@@ -1,0 +1,154 @@
+"""The task bodies end to end: results on disk, progress, cancellation between steps,
+re-validation of job records, and training that resumes and registers once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from PIL import Image
+
+from worker.tasks import BODIES, execute
+
+
+def run(runtime, job_id):
+    job = runtime.store.get(job_id)
+    return execute(runtime, job_id, job.kind, BODIES[job.kind])
+
+
+def test_generate_writes_pngs_and_reports_progress(runtime, submit):
+    job_id = submit("generate", n=3, seed=5)
+    assert run(runtime, job_id) == {"job_id": job_id, "status": "succeeded"}
+    job = runtime.store.get(job_id)
+    assert job.status == "succeeded" and job.attempts == 1
+    assert job.progress["fraction"] == 1.0 and job.progress["stage"] == "pixel"
+    result = job.result
+    assert result["model"] == "demo:1" and result["n"] == 3 and result["steps"] == 6
+    grid = Image.open(runtime.data.inside(result["grid"]))
+    assert grid.format == "PNG"
+    for rel in result["samples"]:
+        sample = Image.open(runtime.data.inside(rel))
+        assert sample.size == (8, 8) and sample.mode == "L"
+
+
+def test_a_running_generate_stops_promptly_when_cancelled(runtime, submit):
+    job_id = submit("generate", n=2, steps_latent=5000, steps_pixel=5000)
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(run(runtime, job_id)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = runtime.store.get(job_id)
+        if job.progress and job.progress["step"] > 2:
+            break
+        time.sleep(0.05)
+    asked = time.monotonic()
+    runtime.store.request_cancel(job_id)
+    thread.join(30)
+    assert not thread.is_alive() and time.monotonic() - asked < 5
+    assert outcome["status"] == "cancelled"
+    job = runtime.store.get(job_id)
+    assert job.status == "cancelled" and job.progress["step"] < 10000
+    assert not runtime.data.result_dir(job_id).exists()
+
+
+def test_bad_records_fail_the_job_not_the_worker(runtime, submit):
+    cases = {
+        submit("generate", n=10 ** 6): "n must be",
+        submit("generate", n=1, sampler="warp"): "unknown sampler",
+        submit("generate", n=1, steps_pixel=-3): "steps_pixel",
+        submit("generate", n=1, step_size_pixel=-0.5): "step_size_pixel",
+        submit("generate", n=1, step_size_latent="big"): "step_size_latent",
+        submit("generate", n=1, model_version=9): "no version 9",
+        submit("generate", n=1, model_name=None): "no model",
+        submit("score", files="all of them"): "1 to",
+        submit("score", files=[{"filename": "x", "path": "../../etc/passwd"}]): "leaves",
+        submit("score", files=[{"filename": "x", "path": "models/registry.json"}]):
+            "not one of this job's uploads",
+        submit("train", dataset="imagenet", preset="tiny", name="m"): "unknown dataset",
+        submit("train", dataset="ds_0123456789abcdef", preset="tiny", name="m"):
+            "does not exist",
+        submit("train", dataset="mnist5k", preset="tiny", name="Bad"): "invalid model name",
+        submit("train", dataset="mnist5k", preset="nope", name="m"): "unknown preset",
+        submit("train", dataset="mnist5k", preset="tiny", name="m",
+               overrides={"training": {"iterations": 10 ** 9}}): "exceeds the limit",
+    }
+    for job_id, words in cases.items():
+        assert run(runtime, job_id)["status"] == "failed", runtime.store.get(job_id).params
+        job = runtime.store.get(job_id)
+        assert job.status == "failed" and words in job.error, (job.params, job.error)
+
+
+def test_wrong_kind_and_unknown_ids_are_refused(runtime, submit):
+    job_id = submit("generate", n=1)
+    assert execute(runtime, job_id, "train", BODIES["train"])["status"] == "failed"
+    assert execute(runtime, "0" * 32, "generate", BODIES["generate"])["skipped"] == \
+        "unknown job"
+    assert execute(runtime, "../x", "generate", BODIES["generate"])["skipped"] == \
+        "invalid job id"
+
+
+def test_a_job_redelivered_too_often_is_failed(runtime, submit):
+    job_id = submit("generate", n=1)
+    for _ in range(runtime.settings.max_attempts):
+        runtime.store.start(job_id)  # deliveries whose worker died
+    assert run(runtime, job_id)["status"] == "failed"
+    assert "DEBM_MAX_ATTEMPTS" in runtime.store.get(job_id).error
+
+
+def test_training_resumes_from_its_checkpoint_and_registers_once(runtime, submit):
+    job_id = submit("train", dataset="mnist5k", preset="tiny", name="mine", seed=1,
+                    overrides={"training": {"iterations": 6, "checkpoint_every": 2}})
+    # Stop the first delivery after a few steps, as a shutting-down embedded server does.
+    steps = []
+    real_report = runtime.store.report
+
+    def report(job, **kw):
+        real_report(job, **kw)
+        if kw.get("metrics"):
+            steps.append(kw["metrics"]["step"])
+            if kw["metrics"]["step"] >= 4:
+                runtime.interrupt.set()
+
+    runtime.store.report = report
+    try:
+        assert run(runtime, job_id)["status"] == "requeued"
+    finally:
+        runtime.store.report = real_report
+        runtime.interrupt.clear()
+    job = runtime.store.get(job_id)
+    assert job.status == "queued" and job.attempts == 0
+    checkpoint = runtime.data.job_dir(job_id) / "checkpoint"
+    from model.checkpoints import read_manifest
+
+    stopped_at = read_manifest(checkpoint)["step"]
+    assert 4 <= stopped_at < 8
+
+    assert run(runtime, job_id)["status"] == "succeeded"
+    job = runtime.store.get(job_id)
+    assert job.result["resumed"] is True and job.result["step"] == 8  # warm-up 2 + 6
+    assert job.progress["step"] == 8 and job.metrics["step"] == 8
+    assert job.result["model"] == "mine:1" and job.result["calibrated"]
+    # A duplicate delivery after success is skipped; registering again finds the same version.
+    assert run(runtime, job_id)["skipped"] == "succeeded"
+    assert runtime.registry.register("mine", checkpoint, job_id=job_id) == 1
+    assert list(runtime.registry.read()["models"]["mine"]["versions"]) == ["1"]
+
+
+def test_cancelled_training_keeps_a_checkpoint_and_registers_nothing(runtime, submit):
+    job_id = submit("train", dataset="mnist5k", preset="tiny", name="gone",
+                    overrides={"training": {"iterations": 50}})
+    real_report = runtime.store.report
+
+    def report(job, **kw):
+        real_report(job, **kw)
+        if kw.get("metrics") and kw["metrics"]["step"] >= 3:
+            runtime.store.request_cancel(job)
+
+    runtime.store.report = report
+    try:
+        assert run(runtime, job_id)["status"] == "cancelled"
+    finally:
+        runtime.store.report = real_report
+    assert (runtime.data.job_dir(job_id) / "checkpoint" / "checkpoint.json").is_file()
+    assert "gone" not in runtime.registry.read()["models"]
