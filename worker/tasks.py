@@ -64,6 +64,7 @@ class TaskRuntime:
     # Set by the embedded server when it shuts down: running tasks stop at the next step and
     # their jobs are requeued (not cancelled).
     interrupt: threading.Event = field(default_factory=threading.Event)
+    report_interval: float = 0.5  # seconds between progress writes (0: every step)
 
     @classmethod
     def create(cls, settings: Settings, *, interrupt: threading.Event | None = None
@@ -196,7 +197,7 @@ def execute(runtime: TaskRuntime, job_id: Any, kind: str, body: Body, *, task=No
     log.info("job %s: %s started (attempt %d)", job_id, kind, job.attempts)
     _configure_torch(runtime.settings)
     cancel = CancelCheck(store, job_id, interrupt=runtime.interrupt)
-    report = Reporter(store, job_id, task)
+    report = Reporter(store, job_id, task, interval=runtime.report_interval)
     try:
         result = body(runtime, job, report, cancel)
     except _cancel_errors():
@@ -322,7 +323,10 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         for entry in files:
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
                 raise JobInputError("malformed file entry in the job record")
-            path = runtime.data.inside(entry["path"])
+            try:
+                path = runtime.data.inside(entry["path"])
+            except ValueError as exc:
+                raise JobInputError(str(exc)) from None
             if path.parent != upload_dir:
                 raise JobInputError(f"file {entry['path']!r} is not one of this job's uploads")
             try:
