@@ -1,0 +1,59 @@
+"""The container definitions hold what issue 3 asks of them (no Docker engine needed)."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+
+from tests.support import REPO
+
+
+def load_compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_services():
+    services = load_compose()["services"]
+    assert set(services) == {"redis", "api", "worker-inference", "worker-training"}
+
+    redis = services["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--maxmemory-policy noeviction" in command
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+
+    api = services["api"]
+    assert api["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["build"]["dockerfile"] == "docker/Dockerfile.api"
+
+    for name, queue in (("worker-inference", "inference"), ("worker-training", "training")):
+        worker = services[name]
+        assert worker["build"]["dockerfile"] == "docker/Dockerfile.worker"
+        command = worker["command"]
+        assert command[command.index("-Q") + 1] == queue
+        assert command[command.index("-c") + 1] == "1"
+        assert command[command.index("-P") + 1] == "prefork"
+        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_api_and_workers_share_one_data_volume():
+    services = load_compose()["services"]
+    mounts = {name: services[name]["volumes"] for name in
+              ("api", "worker-inference", "worker-training")}
+    assert all(m == ["debm-data:/data"] for m in mounts.values()), mounts
+    envs = [services[name]["environment"] for name in mounts]
+    assert {e["DEBM_DATA_DIR"] for e in envs} == {"/data/debm"}
+    assert {e["REDIS_URL"] for e in envs} == {"redis://redis:6379/0"}
+
+
+def test_api_image_has_no_torch_and_worker_image_is_cuda_pytorch():
+    api = (REPO / "docker" / "Dockerfile.api").read_text()
+    assert re.search(r"pip install '\.\[api\]'", api) and "find_spec('torch')" in api
+    assert "torch" not in re.search(r"pip install [^\n]*", api).group(0)
+    worker = (REPO / "docker" / "Dockerfile.worker").read_text()
+    base = re.search(r"ARG BASE_IMAGE=(\S+)", worker).group(1)
+    assert base.startswith("pytorch/pytorch:") and "cuda" in base
+    assert "'.[worker]'" in worker
