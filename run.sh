@@ -24,10 +24,14 @@ setup() {
   fi
   if ! "$VENV/bin/python" -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
     echo "run.sh: installing torch $TORCH_VERSION (CPU build)" >&2
-    # Local wheels first (pip's configured find-links, if any), then the CPU index.
-    "$VENV/bin/pip" install --no-index "torch==$TORCH_VERSION+cpu" 2>/dev/null \
-      || "$VENV/bin/pip" install "torch==$TORCH_VERSION+cpu" --extra-index-url "$TORCH_INDEX_URL" \
-      || "$VENV/bin/pip" install "torch==$TORCH_VERSION"   # macOS: the PyPI wheel is CPU-only
+    # pip's configured indexes / find-links first (a mirror may hold the CPU wheel; PyPI does
+    # not, so this fails fast there), then PyTorch's CPU index.
+    if [ "$(uname -s)" = Darwin ]; then  # macOS wheels on PyPI are CPU builds already
+      "$VENV/bin/pip" install "torch==$TORCH_VERSION"
+    else  # never a bare "torch==X" here: on Linux that resolves to the CUDA build
+      "$VENV/bin/pip" install "torch==$TORCH_VERSION+cpu" 2>/dev/null \
+        || "$VENV/bin/pip" install "torch==$TORCH_VERSION+cpu" --extra-index-url "$TORCH_INDEX_URL"
+    fi
   fi
   # torch==2.13.0 in the [torch] extra is already satisfied by the CPU build above.
   "$VENV/bin/pip" install --quiet -e '.[dev]'
