@@ -208,11 +208,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say(message: str) -> None:
+    print(f"debm eval: {message}", file=sys.stderr, flush=True)
+
+
 def cmd_eval_ood(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate_ood, format_ood_table
 
     report = evaluate_ood(args.checkpoint, baseline_checkpoint=args.baseline,
-                          per_set=args.per_set, seed=args.seed, device=args.device)
+                          per_set=args.per_set, seed=args.seed, device=args.device,
+                          on_progress=_say)
     print(format_ood_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +230,7 @@ def cmd_eval_samples(args: argparse.Namespace) -> int:
 
     report = evaluate_samples(args.checkpoint, n=args.n, seed=args.seed, device=args.device,
                               grids_dir=args.grids, rows=args.rows,
-                              classifier_cache=args.classifier_cache)
+                              classifier_cache=args.classifier_cache, on_progress=_say)
     print(format_samples_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval-samples", help="sample quality in a classifier's feature space")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--n", type=_positive_int, default=500)
+    p.add_argument("--n", type=_positive_int, default=128,
+                   help="samples per row; compare FD only at equal n")
     p.add_argument("--seed", type=_non_negative_int, default=0)
     p.add_argument("--rows", nargs="*", help="subset of rows to compute")
     p.add_argument("--grids", help="directory for one PNG grid per row")

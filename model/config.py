@@ -130,7 +130,15 @@ class TrainingConfig:
     contrastive_sigma_max: float = 0.1
     replay_buffer_size: int = 2048  # persistent latent chains (0 disables)
     replay_prob: float = 0.9  # chance a latent chain restarts from the buffer, not N(0, I)
+    # Persistent pixel chains (PCD / IGEBM replay): this share of the pixel chains continues
+    # from earlier chain ends, so chains run long enough over iterations to reach the model's
+    # spurious low-energy modes (e.g. near-blank images) that short chains never visit.
+    pixel_replay_size: int = 0  # 0 disables
+    pixel_replay_fraction: float = 0.0
     noise_chain_fraction: float = 0.125  # share of pixel chains that start from uniform noise
+    # Learning rate of the reconstruction steps once the contrastive phase starts (None: lr);
+    # a fast warm-up rate would otherwise wash out the smaller contrastive updates.
+    lr_contrastive_phase: float | None = None
     flip: bool = False  # random horizontal flips (wrong for digits)
     max_energy: float = 1e4  # mean energy per dimension above this is a blow-up
     checkpoint_every: int = 0  # save every N steps when training through the CLI/worker (0: end)
@@ -142,7 +150,7 @@ class TrainingConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1")
         for name in ("warmup_steps", "iterations", "recon_steps", "steps_latent", "steps_pixel",
-                     "replay_buffer_size", "checkpoint_every"):
+                     "replay_buffer_size", "pixel_replay_size", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         for name in ("lr", "contrastive_lr", "step_size_latent", "step_size_pixel",
@@ -153,9 +161,16 @@ class TrainingConfig:
                 raise ConfigError(f"{name} must be a positive finite number, got {value}")
         if self.contrastive_sigma_min > self.contrastive_sigma_max:
             raise ConfigError("contrastive_sigma_min must be <= contrastive_sigma_max")
-        for name in ("replay_prob", "noise_chain_fraction"):
+        for name in ("replay_prob", "noise_chain_fraction", "pixel_replay_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1]")
+        if self.noise_chain_fraction + self.pixel_replay_fraction > 1.0:
+            raise ConfigError("noise_chain_fraction + pixel_replay_fraction must be <= 1")
+        if self.pixel_replay_fraction > 0 and self.pixel_replay_size < 1:
+            raise ConfigError("pixel_replay_fraction > 0 needs pixel_replay_size >= 1")
+        if self.lr_contrastive_phase is not None and not (
+                math.isfinite(self.lr_contrastive_phase) and self.lr_contrastive_phase > 0):
+            raise ConfigError("lr_contrastive_phase must be a positive finite number")
         if min(self.energy_penalty, self.contrastive_weight, self.latent_moment_weight) < 0:
             raise ConfigError("energy_penalty, contrastive_weight and latent_moment_weight "
                               "must be >= 0")
@@ -251,6 +266,11 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{cls.__name__}.{name} must be a number, got {value!r}")
             kwargs[name] = float(value)
+        elif default is None:  # optional numbers, e.g. lr_contrastive_phase
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float))):
+                raise ConfigError(f"{cls.__name__}.{name} must be a number or null")
+            kwargs[name] = None if value is None else float(value)
         elif isinstance(default, str):
             if not isinstance(value, str):
                 raise ConfigError(f"{cls.__name__}.{name} must be a string")

@@ -24,6 +24,7 @@ from .training import StepCallback, StepMetrics, Trainer, TrainingCancelled
 
 CALIBRATION_QUANTILES = 101  # 0th..100th percentile of held-out scores
 OOD_FALSE_REJECT_RATE = 0.05  # is_ood threshold: 5% of held-out images fall below it
+WARMUP_DIR = "warmup"  # sub-directory holding the reconstruction-only (DAE) checkpoint
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -72,7 +73,7 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
             raise CheckpointError(f"{init_from}: its network config differs from this run's")
         trainer.model.load_state_dict(loaded.model.state_dict())
         tensors, meta = load_training_state(init_from)
-        trainer.load_state_tensors(tensors, meta)
+        trainer.load_state_tensors(tensors, meta, strict_buffers=init_from == out_dir)
         if init_from != out_dir:
             resumed_seconds = float(loaded.metadata.get("train_seconds", 0.0))
 
@@ -88,6 +89,8 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
             "python": platform.python_version(), "device": str(trainer.device),
             "parameters": trainer.model.parameter_count(),
         }
+        if (out_dir / WARMUP_DIR / "checkpoint.json").exists():
+            info["warmup_checkpoint"] = WARMUP_DIR  # relative: moves with the checkpoint
         if contrastive:
             info["final_data_energy"] = float(np.mean([m.data_energy for m in contrastive]))
             info["final_negative_energy"] = float(np.mean([m.negative_energy
@@ -101,12 +104,17 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
                         training_state=trainer.state_tensors())
 
     every = config.training.checkpoint_every
+    warmup_steps = config.training.warmup_steps
 
     def step_end(metrics: StepMetrics) -> None:
         recent.append(metrics)
         del recent[:-20]
         if on_step_end is not None:
             on_step_end(metrics)
+        if metrics.step == warmup_steps and trainer.total_steps > warmup_steps:
+            # The DAE after reconstruction only: the baseline the evaluation compares against.
+            save_checkpoint(out_dir / WARMUP_DIR, model=trainer.model, config=config,
+                            step=trainer.step, metadata={**metadata(), "phase": "warmup"})
         if every and metrics.step % every == 0 and metrics.step < trainer.total_steps:
             save()
 

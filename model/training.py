@@ -105,6 +105,10 @@ class Trainer:
             self.grid[(self.grid - (low + high) / 2).abs().argmin()].view(1)
         self.buffer = torch.randn((train.replay_buffer_size, net.latent_dim),
                                   generator=self.generator, device=self.device)
+        # Pixel chains start as uniform noise, as in IGEBM's replay buffer.
+        self.pixel_buffer = torch.rand((train.pixel_replay_size, net.channels, net.image_size,
+                                        net.image_size), generator=self.generator,
+                                       device=self.device) * 2 - 1
         self.step = 0
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -164,11 +168,17 @@ class Trainer:
     # -- stage 2: negatives ------------------------------------------------------------------
     def negatives(self, should_cancel: CancelFn | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return (x_T, z_K, sigma per negative); z_K rows are only for the latent chains."""
+        """Return (x_T, z_K, sigma per negative).
+
+        Rows of x_T, in order: two-stage chains (K latent steps from the latent buffer or
+        N(0, I), decode, T pixel steps), then persistent pixel chains continued from the pixel
+        buffer, then fresh chains from uniform noise.  z_K has one row per two-stage chain."""
         train, net = self.config.training, self.config.network
         n = train.chain_batch_size
         n_noise = int(round(n * train.noise_chain_fraction))
-        n_latent = n - n_noise
+        n_replay = min(int(round(n * train.pixel_replay_fraction)), n - n_noise)
+        n_latent = n - n_noise - n_replay
+        image_shape = (net.channels, net.image_size, net.image_size)
         self.model.eval()  # no dropout/BN here, but keep the convention explicit
         z0 = torch.randn((n_latent, net.latent_dim), generator=self.generator,
                          device=self.device)
@@ -186,15 +196,27 @@ class Trainer:
         if slots is not None:
             self.buffer[slots] = z_k
         with torch.no_grad():
-            x0 = self.model.decoder(z_k).clamp(-1, 1)
-        noise_start = torch.rand((n_noise, net.channels, net.image_size, net.image_size),
-                                 generator=self.generator, device=self.device) * 2 - 1
-        x0 = torch.cat([x0, noise_start])
+            x_latent = self.model.decoder(z_k).clamp(-1, 1)
+        pixel_slots = torch.randint(max(train.pixel_replay_size, 1), (n_replay,),
+                                    generator=self.generator, device=self.device)
+        x_replay = self.pixel_buffer[pixel_slots] if n_replay else x_latent[:0]
+        noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
+                                 device=self.device) * 2 - 1
+        x0 = torch.cat([x_latent, x_replay, noise_start])
         sigma = self._random_sigmas(self.contrastive_grid, n)
         x_t = pixel_chain(self.model, x0, steps=train.steps_pixel,
                           step_size=train.step_size_pixel, sigma=sigma,
                           temperature=train.temperature_pixel, grad_clip=1000.0, clamp=True,
                           generator=self.generator, should_cancel=should_cancel)
+        if train.pixel_replay_size > 0:
+            # Replayed chains go back to their slots; new chains replace random slots, which
+            # is the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage).
+            fresh = torch.cat([x_t[:n_latent], x_t[n_latent + n_replay:]])
+            fresh_slots = torch.randint(train.pixel_replay_size, (fresh.shape[0],),
+                                        generator=self.generator, device=self.device)
+            self.pixel_buffer[fresh_slots] = fresh
+            if n_replay:
+                self.pixel_buffer[pixel_slots] = x_t[n_latent:n_latent + n_replay]
         self.model.train()
         return x_t.detach(), z_k.detach(), sigma
 
@@ -203,6 +225,7 @@ class Trainer:
                          sigma_neg: torch.Tensor) -> dict[str, float]:
         train = self.config.training
         alpha, d = train.energy_penalty, self.pixel_dims
+        n_from_latent = z_neg.shape[0]
         x_data = self._batch(x_neg.shape[0])
         sigma_data = self._random_sigmas(self.contrastive_grid, x_data.shape[0])
 
@@ -242,18 +265,30 @@ class Trainer:
         finally:
             for p in self.model.dae.parameters():
                 p.requires_grad_(True)
-        return {"contrastive_phi": loss_phi.item(), "contrastive_gamma": loss_gamma.item(),
+        losses = {"contrastive_phi": loss_phi.item(), "contrastive_gamma": loss_gamma.item(),
                 "penalty": (penalty_phi + penalty_gamma).item(),
                 "data_energy": e_data.mean().item(), "negative_energy": e_neg.mean().item(),
                 "semantic_data_energy": es_data.mean().item(),
                 "semantic_negative_energy": es_neg.mean().item()}
+        # Diagnostics: two-stage chains versus persistent and noise-started pixel chains.
+        if n_from_latent:
+            losses["negative_energy_two_stage"] = e_neg[:n_from_latent].mean().item()
+        if n_from_latent < e_neg.shape[0]:
+            losses["negative_energy_other_chains"] = e_neg[n_from_latent:].mean().item()
+        return losses
 
     # -- one step, then the loop -------------------------------------------------------------
     def train_step(self, should_cancel: CancelFn | None = None) -> StepMetrics:
         start = time.perf_counter()
         train = self.config.training
         self.model.train()
-        if self.step < train.warmup_steps:
+        warm = self.step < train.warmup_steps
+        # Stateless lr choice per phase, so resuming mid-run reproduces it exactly.
+        recon_lr = train.lr if warm or train.lr_contrastive_phase is None \
+            else train.lr_contrastive_phase
+        for group in self.recon_optimizer.param_groups:
+            group["lr"] = recon_lr
+        if warm:
             losses = self.reconstruction_step()
             metrics = StepMetrics(step=self.step + 1, total_steps=self.total_steps,
                                   phase="warmup", losses=losses)
@@ -292,6 +327,7 @@ class Trainer:
             "rng.generator": self.generator.get_state(),
             "rng.data_generator": self.data_generator.get_state(),
             "replay.buffer": self.buffer.detach().cpu(),
+            "replay.pixel_buffer": self.pixel_buffer.detach().cpu(),
         }
         meta: dict = {"step": self.step, "optimizers": {}}
         for name, optimizer in self._optimizers().items():
@@ -306,13 +342,20 @@ class Trainer:
                 meta["optimizers"][name]["state"][str(pid)] = keys
         return tensors, meta
 
-    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict, *,
+                           strict_buffers: bool = True) -> None:
+        """Restore optimizer, RNG, buffers and step.  With ``strict_buffers=False`` (starting a
+        new config from another run) a replay buffer whose size changed starts afresh."""
         self.generator.set_state(tensors["rng.generator"])
         self.data_generator.set_state(tensors["rng.data_generator"])
-        buffer = tensors["replay.buffer"].to(self.device)
-        if buffer.shape != self.buffer.shape:
-            raise ValueError("replay buffer in the checkpoint has the wrong shape")
-        self.buffer = buffer
+        for key, attribute in (("replay.buffer", "buffer"),
+                               ("replay.pixel_buffer", "pixel_buffer")):
+            current = getattr(self, attribute)
+            saved = tensors.get(key)
+            if saved is not None and saved.shape == current.shape:
+                setattr(self, attribute, saved.to(self.device))
+            elif strict_buffers:
+                raise ValueError(f"{key} in the checkpoint is missing or has the wrong shape")
         for name, optimizer in self._optimizers().items():
             saved = meta["optimizers"][name]
             # load_state_dict moves moments to the parameters' device and keeps "step" where

@@ -15,7 +15,8 @@ from .conftest import tiny_network, toy_dataset
 def toy_config(**training) -> ExperimentConfig:
     base = dict(batch_size=16, warmup_steps=3, iterations=3, recon_steps=1, lr=2e-3,
                 contrastive_lr=2e-3, chain_batch_size=8, steps_latent=2, steps_pixel=2,
-                replay_buffer_size=32, seed=0)
+                replay_buffer_size=32, pixel_replay_size=16, pixel_replay_fraction=0.25,
+                seed=0)
     base.update(training)
     return ExperimentConfig(network=tiny_network(), noise=NoiseConfig(num_sigmas=16),
                             training=TrainingConfig(**base), scoring=ScoringConfig(draws=2)
@@ -97,6 +98,7 @@ def test_exact_resume_equals_uninterrupted_training(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert torch.equal(straight.buffer, resumed.buffer)
+    assert torch.equal(straight.pixel_buffer, resumed.pixel_buffer)
 
 
 def test_energy_explosion_stops_with_a_clear_error():
