@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -40,7 +39,7 @@ from service.settings import Settings
 from service.trainconfig import TrainingRequestError, build_training_config
 
 from .cache import ModelCache
-from .names import (BUILTIN_DATASETS, GENERATE, INFERENCE_QUEUE, SAMPLERS, SCORE, TRAIN,
+from .names import (BUILTIN_DATASETS, GENERATE, INFERENCE_QUEUE, SCORE, TRAIN,
                     TRAINING_QUEUE)
 
 log = logging.getLogger("debm.worker")
