@@ -19,6 +19,7 @@ import hashlib
 import os
 import secrets
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +84,12 @@ def ensure_generated_key(path: Path, *, announce=None) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        secret = path.read_text().strip()
-        if len(secret) < 16:
-            raise ValueError(f"{path} holds no usable API key; delete it to make a new one")
-        return secret
+        for _ in range(20):  # another API replica may be writing it right now
+            secret = path.read_text().strip()
+            if len(secret) >= 16:
+                return secret
+            time.sleep(0.1)
+        raise ValueError(f"{path} holds no usable API key; delete it to make a new one")
     secret = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as handle:
         handle.write(secret + "\n")
