@@ -28,6 +28,14 @@ KEY_HEADERS = {"X-API-Key": API_KEY}
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
+def tiny_total_steps(**training) -> int:
+    """Warm-up + iterations of the tiny preset (with overrides), as model.config defines it."""
+    from model.config import preset
+
+    config = preset("tiny").replace(training=training) if training else preset("tiny")
+    return config.training.warmup_steps + config.training.iterations
+
+
 # --- images ---------------------------------------------------------------------------------
 
 def image_bytes(fmt: str = "PNG", *, size=(28, 28), mode: str = "L", seed: int = 0,

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.support import (KEY_HEADERS, decode_png, digit_png, dump_logs, free_port,
-                           image_bytes, service_env, wait_job, wait_until)
+                           image_bytes, service_env, tiny_total_steps, wait_job, wait_until)
 from tests.system.conftest import api_server, celery_worker, wait_ready
 
 pytestmark = pytest.mark.system
@@ -67,7 +67,7 @@ def _flows(client: httpx.Client) -> None:
     assert response.status_code == 202, response.text
     job = wait_job(client, response.json()["job_id"], timeout=180)
     assert job["status"] == "succeeded", job
-    assert job["result"]["model"] == "demo:2" and job["metrics"]["step"] == 4
+    assert job["result"]["model"] == "demo:2" and job["metrics"]["step"] == tiny_total_steps()
     versions = {m["name"]: m for m in client.get("/models", headers=H).json()["models"]}
     assert [v["version"] for v in versions["demo"]["versions"]] == [1, 2]
     assert versions["demo"]["default_version"] == 1

@@ -8,6 +8,8 @@ import time
 
 from PIL import Image
 
+from model.config import preset
+from tests.support import tiny_total_steps
 from worker.tasks import BODIES, execute
 
 
@@ -23,7 +25,9 @@ def test_generate_writes_pngs_and_reports_progress(runtime, submit):
     assert job.status == "succeeded" and job.attempts == 1
     assert job.progress["fraction"] == 1.0 and job.progress["stage"] == "pixel"
     result = job.result
-    assert result["model"] == "demo:1" and result["n"] == 3 and result["steps"] == 6
+    sampler = preset("tiny").sampler
+    assert result["model"] == "demo:1" and result["n"] == 3
+    assert result["steps"] == sampler.steps_latent + sampler.steps_pixel
     grid = Image.open(runtime.data.inside(result["grid"]))
     assert grid.format == "PNG"
     for rel in result["samples"]:
@@ -122,12 +126,13 @@ def test_training_resumes_from_its_checkpoint_and_registers_once(runtime, submit
     from model.checkpoints import read_manifest
 
     stopped_at = read_manifest(checkpoint)["step"]
-    assert 4 <= stopped_at < 8
+    assert 4 <= stopped_at < tiny_total_steps(iterations=6)
 
     assert run(runtime, job_id)["status"] == "succeeded"
     job = runtime.store.get(job_id)
-    assert job.result["resumed"] is True and job.result["step"] == 8  # warm-up 2 + 6
-    assert job.progress["step"] == 8 and job.metrics["step"] == 8
+    total = tiny_total_steps(iterations=6)
+    assert job.result["resumed"] is True and job.result["step"] == total
+    assert job.progress["step"] == total and job.metrics["step"] == total
     assert job.result["model"] == "mine:1" and job.result["calibrated"]
     # A duplicate delivery after success is skipped; registering again finds the same version.
     assert run(runtime, job_id)["skipped"] == "succeeded"
