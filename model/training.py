@@ -363,4 +363,14 @@ class Trainer:
             state = {int(pid): {key: tensors[f"optim.{name}.{pid}.{key}"] for key in keys}
                      for pid, keys in saved["state"].items()}
             optimizer.load_state_dict({"param_groups": saved["param_groups"], "state": state})
+        # Saved param_groups carry the saving run's lr and betas; this run's config wins (equal
+        # on an exact resume, different when a new config starts from another run's state).
+        train = self.config.training
+        for optimizer, lr, betas in ((self.recon_optimizer, train.lr, train.betas),
+                                     (self.phi_optimizer, train.contrastive_lr,
+                                      train.contrastive_betas),
+                                     (self.gamma_optimizer, train.contrastive_lr,
+                                      train.contrastive_betas)):
+            for group in optimizer.param_groups:
+                group["lr"], group["betas"] = lr, tuple(betas)
         self.step = int(meta["step"])
