@@ -12,6 +12,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 
+# Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
+# the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
+SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
 

@@ -28,17 +28,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .archives import (BUILTIN_DATASETS, IMAGE_SUFFIXES, MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED,
+                       DatasetError, check_zip_member, is_metadata_member)
 from .imagefile import ImageRejected, decode_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-BUILTIN_DATASETS = ("mnist5k", "digits8x8")
-MAX_ZIP_MEMBERS = 200_000
-MAX_ZIP_UNCOMPRESSED = 2 * 1024 ** 3
-MAX_ZIP_RATIO = 200  # a member expanding more than this is treated as a zip bomb
-
-
-class DatasetError(ValueError):
-    """A dataset cannot be read; the message names the file and the problem."""
+__all__ = ["BUILTIN_DATASETS", "DatasetError", "ImageDataset", "check_zip_member",
+           "load_dataset"]
 
 
 @dataclass
@@ -162,20 +157,6 @@ def load_image_folder(path: Path, *, max_pixels: int) -> np.ndarray:
     return _stack_pil(images, str(path))
 
 
-def check_zip_member(info: zipfile.ZipInfo) -> None:
-    """Refuse path traversal, absolute names, nested archives and zip-bomb members."""
-    name = info.filename
-    if name.startswith(("/", "\\")) or ".." in Path(name.replace("\\", "/")).parts or ":" in name:
-        raise DatasetError(f"zip member {name!r} has an unsafe path")
-    suffix = Path(name).suffix.lower()
-    if suffix in {".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".npz"}:
-        raise DatasetError(f"zip member {name!r} is a nested archive; archives inside "
-                           "archives are not accepted")
-    if info.compress_size and info.file_size / info.compress_size > MAX_ZIP_RATIO:
-        raise DatasetError(f"zip member {name!r} expands {info.file_size // info.compress_size}x;"
-                           " refused as a possible zip bomb")
-
-
 def load_image_zip(source: Path | bytes, *, max_pixels: int,
                    max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> np.ndarray:
     label = str(source) if isinstance(source, Path) else "upload"
@@ -194,9 +175,8 @@ def load_image_zip(source: Path | bytes, *, max_pixels: int,
         images = []
         for member in members:
             check_zip_member(member)
-            base = Path(member.filename).name
-            if base.startswith(".") or "__MACOSX" in member.filename:
-                continue  # OS metadata, not data
+            if is_metadata_member(member.filename):
+                continue
             if Path(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
                 raise DatasetError(f"zip member {member.filename!r} is not a PNG, JPEG or "
                                    "WebP image")

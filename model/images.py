@@ -17,7 +17,8 @@ def pil_to_model_tensor(images: list[Image.Image], *, image_size: int, channels:
     """Decoded L/RGB images of any size -> float (N, C, H, W) in [-1, 1] at the model size."""
     batch = []
     for image in images:
-        array = np.asarray(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.uint8)
+        # A writable copy: torch.as_tensor warns on (and must not alias) PIL's read-only buffer.
+        array = np.array(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.uint8)
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
         batch.append(to_model_range(conform(array[None], image_size=image_size,
                                             channels=channels)))

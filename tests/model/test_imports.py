@@ -19,9 +19,10 @@ def test_model_imports_no_web_or_queue_packages():
     assert result.stdout.strip() == ""
 
 
-def test_imagefile_does_not_need_torch():
-    """The API process validates uploads with model.imagefile and must not import torch."""
-    code = "import sys, model.imagefile; print('torch' in sys.modules)"
+def test_torch_free_modules_do_not_import_torch():
+    """The API process validates uploads and requests with these and must not import torch."""
+    code = ("import sys, model.imagefile, model.archives, model.config; "
+            "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -76,6 +76,12 @@ def test_three_channel_shapes():
         assert out.images.shape == (2, 3, 16, 16)
 
 
+def test_torch_free_sampler_names_match_the_registry():
+    from model.config import SAMPLER_NAMES
+
+    assert tuple(sorted(SAMPLER_NAMES)) == tuple(sorted(SAMPLERS))
+
+
 def test_unknown_sampler_is_a_clear_error(tiny_model):
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         sample(tiny_model, sampler="nope", n=1, seed=0, settings=SETTINGS, noise=NOISE)
