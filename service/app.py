@@ -25,7 +25,7 @@ from .datadir import DataDir, DataDirError
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
 from .jobs import StoreUnavailable, clean_json, open_store
-from .registry import ModelRegistry, RegistryError, UnknownModel
+from .registry import CorruptCheckpoint, ModelRegistry, RegistryError, UnknownModel
 from .routers import datasets, generate, health, jobs, models, score, train
 from .settings import Settings, get_settings
 from .uploads import BodyLimitMiddleware
@@ -121,6 +121,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unknown_model(request: Request, exc: UnknownModel):
         return _error(404, str(exc))
 
+    @app.exception_handler(CorruptCheckpoint)
+    async def corrupt_checkpoint(request: Request, exc: CorruptCheckpoint):
+        return _error(409, str(exc))
+
     @app.exception_handler(RegistryError)
     async def registry_error(request: Request, exc: RegistryError):
         return _error(422, str(exc))
@@ -128,6 +132,15 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DatasetRejected)
     async def dataset_rejected(request: Request, exc: DatasetRejected):
         return _error(exc.status, str(exc))
+
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, exc: OSError):
+        full = request.app.state.services.data.storage_error(exc)
+        if full is not None:  # disk full / read-only data directory while storing an upload
+            log.error("%s %s: %s", request.method, request.url.path, full)
+            return _error(507, full, **{"Retry-After": "60"})
+        log.error("OS error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, "internal server error")
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception):

@@ -9,13 +9,20 @@ A request carries its key as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``
 candidate is compared with every configured key by ``secrets.compare_digest`` (no early exit),
 so timing does not reveal how much of a key matched or which key it was.
 
-Each key resolves to a ``Principal`` (key id + scopes).  Today every key holds every scope;
-the scope names already exist so that issue 5 (use / admin keys) only changes ``load_keys``.
+Each key resolves to a ``Principal`` (key id + scopes).  Keys in ``DEBM_API_KEYS`` hold the
+``use`` scope (generate, score, read and cancel their own jobs, list models); keys in
+``DEBM_ADMIN_KEYS`` hold ``use`` and ``admin`` (train, datasets, model defaults, and any key's
+jobs).  The generated key is an admin key: it belongs to whoever runs the server.
+
+Secrets never reach a log: job records and log lines carry the key id, the generated key is
+shown only on an interactive terminal (otherwise the log says which file holds it), and a
+rejected request is logged without the candidate it sent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 import sys
@@ -25,14 +32,18 @@ from pathlib import Path
 
 from .settings import Settings, parse_api_keys
 
-SCOPES = frozenset({"use", "admin"})
+log = logging.getLogger("debm.auth")
+
+USE, ADMIN = "use", "admin"
+SCOPES = frozenset({USE, ADMIN})
+USE_SCOPES = frozenset({USE})
 GENERATED_KEY_ID = "local"
 
 
 @dataclass(frozen=True)
 class Principal:
     key_id: str
-    scopes: frozenset[str] = SCOPES
+    scopes: frozenset[str] = USE_SCOPES
 
     def can(self, scope: str) -> bool:
         return scope in self.scopes
@@ -48,11 +59,14 @@ class _Key:
 
 
 class KeyRing:
-    def __init__(self, keys: list[tuple[str, str]]):
-        if not keys:
+    """``keys``: (key id, secret) pairs with the ``use`` scope; ``admin``: pairs with both."""
+
+    def __init__(self, keys: list[tuple[str, str]], admin: list[tuple[str, str]] = ()):
+        if not keys and not admin:
             raise ValueError("at least one API key is required")
-        self._keys = [_Key(Principal(key_id), hashlib.sha256(secret.encode()).digest())
-                      for key_id, secret in keys]
+        self._keys = [_Key(Principal(key_id, scopes), hashlib.sha256(secret.encode()).digest())
+                      for pairs, scopes in ((keys, USE_SCOPES), (admin, SCOPES))
+                      for key_id, secret in pairs]
 
     def authenticate(self, candidate: str | None) -> Principal | None:
         if not candidate:
@@ -70,12 +84,15 @@ class KeyRing:
 
 
 def load_keys(settings: Settings, *, announce=None) -> KeyRing:
-    """The configured keys, or the generated one (created on first start)."""
-    configured = parse_api_keys(settings.api_keys)
-    if configured:
-        return KeyRing(configured)
+    """The configured keys, or the generated admin key (created on first start)."""
+    use, admin = parse_api_keys(settings.api_keys), parse_api_keys(settings.admin_keys)
+    if use or admin:
+        if not admin:
+            log.warning("no DEBM_ADMIN_KEYS configured: training, dataset uploads and model "
+                        "defaults are refused (403) for every key")
+        return KeyRing(use, admin)
     path = settings.data_root / "api-key"
-    return KeyRing([(GENERATED_KEY_ID, ensure_generated_key(path, announce=announce))])
+    return KeyRing([], [(GENERATED_KEY_ID, ensure_generated_key(path, announce=announce))])
 
 
 def ensure_generated_key(path: Path, *, announce=None) -> str:
@@ -100,7 +117,17 @@ def ensure_generated_key(path: Path, *, announce=None) -> str:
     return secret
 
 
-def _announce(secret: str, path: Path) -> None:
-    print(f"\nNo DEBM_API_KEYS configured: generated an API key (shown once, stored in {path} "
-          f"with mode 0600):\n\n    {secret}\n\nSend it as 'X-API-Key: <key>' or "
-          "'Authorization: Bearer <key>'.\n", file=sys.stderr, flush=True)
+def _announce(secret: str, path: Path, *, stream=None) -> None:
+    """Show the new key once on an interactive terminal.  When stderr is not a terminal it is
+    a log (docker logs, journald, CI output), where a secret must never appear: then only the
+    file that holds the key is named."""
+    stream = stream or sys.stderr
+    interactive = getattr(stream, "isatty", lambda: False)()
+    if interactive:
+        print(f"\nNo API keys configured: generated an admin API key (shown once, stored in "
+              f"{path} with mode 0600):\n\n    {secret}\n\nSend it as 'X-API-Key: <key>' or "
+              "'Authorization: Bearer <key>'.\n", file=stream, flush=True)
+    else:
+        print(f"\nNo API keys configured: generated an admin API key and stored it in {path} "
+              "(mode 0600).  Read it there (cat that file); it is not written to logs.\n",
+              file=stream, flush=True)

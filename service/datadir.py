@@ -16,6 +16,7 @@ patterns before they become paths; ``inside`` refuses anything that resolves out
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -28,6 +29,28 @@ DATASET_ID_RE = re.compile(r"^ds_[0-9a-f]{16}$")
 
 class DataDirError(RuntimeError):
     """The data directory cannot be created or written."""
+
+
+# A write the data directory refused: full disk or quota, read-only or unwritable, I/O error.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                            errno.EPERM, errno.EFBIG, errno.EIO})
+
+
+def storage_errno(exc: BaseException | None) -> tuple[int, str | None] | None:
+    """(errno, filename) of a refused write anywhere in ``exc``'s chain, also when a library
+    reports it only in its text (safetensors: "I/O error: No space left on device (os error
+    28)"); None for any other error."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return (exc.errno, exc.filename) if exc.errno in STORAGE_ERRNOS else None
+        match = re.search(r"\(os error (\d+)\)", str(exc))
+        if match:
+            code = int(match.group(1))
+            return (code, None) if code in STORAGE_ERRNOS else None
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def new_job_id() -> str:
@@ -99,6 +122,21 @@ class DataDir:
         if not DATASET_ID_RE.match(dataset_id):
             raise ValueError(f"invalid dataset id {dataset_id!r}")
         return self.datasets / dataset_id
+
+    def storage_error(self, exc: BaseException) -> str | None:
+        """A clear message when ``exc`` is this directory refusing a write, else None."""
+        found = storage_errno(exc)
+        if found is None:
+            return None
+        code, filename = found
+        where = ""
+        if filename:
+            try:
+                where = f" ({self.relative(Path(filename))})"
+            except ValueError:
+                where = ""
+        return (f"could not write to the data directory{where}: {os.strerror(code)} (disk "
+                "full or not writable?); nothing partial was kept or registered")
 
     def relative(self, path: Path) -> str:
         return Path(path).resolve().relative_to(self.root).as_posix()

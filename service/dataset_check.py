@@ -2,34 +2,49 @@
 
 The API runs these checks before a dataset is stored, so a bad upload is answered with a 4xx
 naming the problem; the training worker reads the file again through model.data, which
-repeats its own checks (model.data imports torch, so the API cannot use it).  The rules
-mirror model.data: no path traversal, no nested archives, no zip bombs, every member a
-PNG/JPEG/WebP image that model.imagefile accepts; .npz files are read without pickle, one
-array header and then the data in chunks, so a large array never sits in API memory whole.
+repeats its own checks (model.data imports torch, so the API cannot use it).  The member rules
+are model.archives' (torch-free, shared with model.data): no path traversal, no nested
+archives, no zip bombs, every member a PNG/JPEG/WebP image that model.imagefile accepts.
+.npz files are read without pickle, one array header and then the data in chunks, so a large
+array never sits in API memory whole.
 """
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from model.archives import (IMAGE_SUFFIXES, MAX_ZIP_UNCOMPRESSED, DatasetError,
+                            check_zip_member, is_metadata_member)
 from model.imagefile import ImageRejected, decode_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
-ARCHIVE_SUFFIXES = {".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".7z", ".rar", ".npz", ".npy"}
-MAX_RATIO = 200  # a member that expands more than this is treated as a zip bomb
-MAX_UNCOMPRESSED = 2 * 1024 ** 3
+# Keys model.data.load_npz looks for, in its order of preference.
 IMAGE_KEYS = ("x", "images", "X", "arr_0")
 CHUNK_BYTES = 8 << 20
+# An .npz member is a flat array name; anything else (folders, traversal) is refused.
+NPZ_MEMBER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}\.npy$")
+STATUS_OF_KIND = {"invalid": 422, "too_large": 413, "unsupported": 415}
 
 
-class DatasetRejected(ValueError):
-    def __init__(self, message: str, *, status: int = 422):
-        super().__init__(message)
-        self.status = status
+class DatasetRejected(DatasetError):
+    """model.archives.DatasetError with the HTTP status the API answers: kind "invalid"
+    (422), "too_large" (413) or, for the API only, "unsupported" (415: not a format we
+    accept)."""
+
+    def __init__(self, message: str, *, kind: str = "invalid"):
+        super().__init__(message, kind=kind)
+
+    @property
+    def status(self) -> int:
+        return STATUS_OF_KIND.get(self.kind, 422)
+
+    @classmethod
+    def wrap(cls, exc: DatasetError) -> "DatasetRejected":
+        return exc if isinstance(exc, cls) else cls(str(exc), kind=exc.kind)
 
 
 @dataclass
@@ -45,25 +60,8 @@ def detect_format(head: bytes, filename: str) -> str:
     """Both formats are zip containers; an .npz holds .npy members."""
     if not head.startswith(b"PK"):
         raise DatasetRejected("not a zip or .npz file (upload a zip of PNG/JPEG/WebP images or "
-                              "an .npz of image arrays)", status=415)
+                              "an .npz of image arrays)", kind="unsupported")
     return "npz" if filename.lower().endswith(".npz") else "zip"
-
-
-def check_member(info: zipfile.ZipInfo, *, check_ratio: bool = True) -> None:
-    name = info.filename
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
-        raise DatasetRejected(f"zip member {name!r} has an unsafe path")
-    if PurePosixPath(name).suffix.lower() in ARCHIVE_SUFFIXES - {".npy"}:
-        raise DatasetRejected(f"zip member {name!r} is a nested archive; archives inside "
-                              "archives are not accepted")
-    if info.flag_bits & 0x1:
-        raise DatasetRejected(f"zip member {name!r} is encrypted")
-    if check_ratio and info.compress_size and info.file_size / info.compress_size > MAX_RATIO:
-        raise DatasetRejected(f"zip member {name!r} expands {info.file_size // info.compress_size}"
-                              "x; refused as a possible zip bomb", status=413)
-    if info.compress_size == 0 and info.file_size > 0:
-        raise DatasetRejected(f"zip member {name!r} declares no compressed size", status=413)
 
 
 def _open(path: Path) -> zipfile.ZipFile:
@@ -74,17 +72,15 @@ def _open(path: Path) -> zipfile.ZipFile:
 
 
 def _members(archive: zipfile.ZipFile, *, max_members: int,
-             max_uncompressed: int = MAX_UNCOMPRESSED, check_ratio: bool = True
-             ) -> list[zipfile.ZipInfo]:
+             max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> list[zipfile.ZipInfo]:
     members = [m for m in archive.infolist() if not m.is_dir()]
     if len(members) > max_members:
-        raise DatasetRejected(f"{len(members)} files; the limit is {max_members}", status=413)
+        raise DatasetRejected(f"{len(members)} files; the limit is {max_members}",
+                              kind="too_large")
     total = sum(m.file_size for m in members)
     if total > max_uncompressed:
         raise DatasetRejected(f"expands to {total} bytes; the limit is {max_uncompressed}",
-                              status=413)
-    for member in members:
-        check_member(member, check_ratio=check_ratio)
+                              kind="too_large")
     return members
 
 
@@ -92,13 +88,17 @@ def check_image_zip(path: Path, *, max_images: int, max_pixels: int) -> DatasetS
     with _open(path) as archive:
         members = _members(archive, max_members=max_images + 1000)
         count, colour, first = 0, False, None
+        for member in members:  # the same rules as model.data.load_image_zip
+            try:
+                check_zip_member(member)
+            except DatasetError as exc:
+                raise DatasetRejected.wrap(exc) from None
         for member in members:
-            base = PurePosixPath(member.filename).name
-            if base.startswith(".") or "__MACOSX" in member.filename:
-                continue  # OS metadata, ignored by the loader too
+            if is_metadata_member(member.filename):
+                continue  # OS metadata, skipped by the loader too
             if PurePosixPath(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
                 raise DatasetRejected(f"zip member {member.filename!r} is not a PNG, JPEG or "
-                                      "WebP image", status=415)
+                                      "WebP image", kind="unsupported")
             try:
                 with archive.open(member) as handle:
                     data = handle.read(member.file_size + 1)
@@ -111,11 +111,11 @@ def check_image_zip(path: Path, *, max_images: int, max_pixels: int) -> DatasetS
                 image = decode_image(data, max_pixels=max_pixels).image
             except ImageRejected as exc:
                 raise DatasetRejected(f"zip member {member.filename!r}: {exc}",
-                                      status=_status_of(exc)) from None
+                                      kind=_kind_of(exc)) from None
             count += 1
             if count > max_images:
                 raise DatasetRejected(f"more than {max_images} images; the limit is "
-                                      f"{max_images}", status=413)
+                                      f"{max_images}", kind="too_large")
             colour = colour or image.mode != "L"
             first = first or image.size
     if count == 0:
@@ -123,8 +123,9 @@ def check_image_zip(path: Path, *, max_images: int, max_pixels: int) -> DatasetS
     return DatasetSummary("zip", count, 3 if colour else 1, first[1], first[0])
 
 
-def _status_of(exc: ImageRejected) -> int:
-    return {"too_large": 413, "unsupported_format": 415}.get(exc.kind, 422)
+def _kind_of(exc: ImageRejected) -> str:
+    return {"too_large": "too_large", "unsupported_format": "unsupported"}.get(exc.kind,
+                                                                                "invalid")
 
 
 def check_npz(path: Path, *, max_images: int, max_pixels: int, max_uncompressed: int
@@ -133,8 +134,14 @@ def check_npz(path: Path, *, max_images: int, max_pixels: int, max_uncompressed:
     bounded by its total uncompressed size instead (the worker loads it whole)."""
     with _open(path) as archive:
         members = {m.filename: m for m in _members(archive, max_members=64,
-                                                   max_uncompressed=max_uncompressed,
-                                                   check_ratio=False)}
+                                                   max_uncompressed=max_uncompressed)}
+        for name, member in members.items():
+            # Not check_zip_member: arrays of constant images legitimately compress beyond
+            # any zip-bomb ratio, so an .npz is bounded by its total size instead.
+            if not NPZ_MEMBER_RE.match(name):
+                raise DatasetRejected(f"npz member {name!r} is not a flat .npy array name")
+            if member.flag_bits & 0x1:
+                raise DatasetRejected(f"npz member {name!r} is encrypted")
         keys = [n[:-4] for n in members if n.endswith(".npy")]
         key = next((k for k in IMAGE_KEYS if k in keys), None)
         if key is None:
@@ -156,10 +163,10 @@ def check_npz(path: Path, *, max_images: int, max_pixels: int, max_uncompressed:
             summary = _check_shape(key, shape)
             if summary.count > max_images:
                 raise DatasetRejected(f"{summary.count} images; the limit is {max_images}",
-                                      status=413)
+                                      kind="too_large")
             if summary.height * summary.width > max_pixels:
                 raise DatasetRejected(f"images of {summary.width}x{summary.height} pixels; the "
-                                      f"limit is {max_pixels}", status=413)
+                                      f"limit is {max_pixels}", kind="too_large")
             _check_values(handle, key, dtype, int(np.prod(shape)))
     return summary
 

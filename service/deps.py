@@ -7,6 +7,7 @@ globals.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ from .dispatch import Dispatcher
 from .jobs import JobStore
 from .registry import ModelRegistry
 from .settings import Settings
+
+log = logging.getLogger("debm.auth")
 
 
 @dataclass
@@ -71,13 +74,17 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 _bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")
 
 
-def authenticate(services: ServicesDep,
+def authenticate(request: Request, services: ServicesDep,
                  api_key: Annotated[str | None, Security(_api_key_header)] = None,
                  bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None
                  ) -> Principal:
     candidate = api_key if api_key else (bearer.credentials if bearer else None)
     principal = services.keys.authenticate(candidate)
     if principal is None:
+        # Logged without the candidate: a mistyped key is usually one character off a real one.
+        log.warning("401 %s %s from %s: %s API key", request.method, request.url.path,
+                    request.client.host if request.client else "?",
+                    "invalid" if candidate else "no")
         raise HTTPException(401, "missing or invalid API key; send it as 'X-API-Key: <key>' or "
                                  "'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
@@ -88,12 +95,18 @@ PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
 def require_scope(scope: str):
-    """A dependency that answers 403 unless the key holds ``scope`` (issue 5 uses it)."""
-    def check(principal: PrincipalDep) -> Principal:
+    """A dependency that answers 403 unless the key holds ``scope`` (401 comes first)."""
+    def check(request: Request, principal: PrincipalDep) -> Principal:
         if not principal.can(scope):
-            raise HTTPException(403, f"this API key lacks the '{scope}' scope")
+            log.warning("403 %s %s: key %s lacks the %s scope", request.method,
+                        request.url.path, principal.key_id, scope)
+            raise HTTPException(403, f"this API key lacks the '{scope}' scope; "
+                                     f"{SCOPE_HINT.get(scope, '')}".rstrip("; "))
         return principal
     return check
+
+
+SCOPE_HINT = {"admin": "use a key from DEBM_ADMIN_KEYS"}
 
 
 UsePrincipal = Annotated[Principal, Depends(require_scope("use"))]

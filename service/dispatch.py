@@ -14,7 +14,7 @@ from typing import Any
 from worker.names import QUEUE_FOR_KIND, TASK_FOR_KIND
 
 from .datadir import DataDir, new_job_id
-from .jobs import CANCELLED, FAILED, JobRecord, JobStore
+from .jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
 from .settings import Settings
 
 log = logging.getLogger("debm.api")
@@ -34,28 +34,44 @@ class Dispatcher:
     def __init__(self, settings: Settings, store: JobStore, celery_app, data: DataDir):
         self.settings, self.store, self.celery, self.data = settings, store, celery_app, data
 
+    def _full(self, scope: str) -> QueueFull:
+        s = self.settings
+        if scope == "total":
+            return QueueFull(f"the queue is full ({s.max_queued_jobs} jobs queued or running, "
+                             "DEBM_MAX_QUEUED_JOBS); retry later")
+        return QueueFull(f"this key has {s.max_queued_jobs_per_key} jobs queued or running "
+                         "(DEBM_MAX_QUEUED_JOBS_PER_KEY); wait for some to finish or cancel "
+                         "them")
+
     def check_capacity(self, owner: str) -> None:
-        """429 before any work (uploads included) is done for a job that cannot be queued."""
+        """An early 429, before an upload is read, for a job that surely cannot be queued.
+        Advisory only: ``submit`` checks again atomically with the insert."""
         s = self.settings
         if self.store.count_active() >= s.max_queued_jobs:
-            raise QueueFull(f"the queue is full ({s.max_queued_jobs} jobs queued or running); "
-                            "retry later")
+            raise self._full("total")
         if self.store.count_active(owner) >= s.max_queued_jobs_per_key:
-            raise QueueFull(f"this key has {s.max_queued_jobs_per_key} jobs queued or running;"
-                            " wait for some to finish or cancel them")
+            raise self._full("owner")
 
     def new_id(self) -> str:
         return new_job_id()
 
     def submit(self, kind: str, owner: str, params: dict[str, Any], *,
                job_id: str | None = None) -> JobRecord:
-        self.check_capacity(owner)
-        job = self.store.create(JobRecord(id=job_id or new_job_id(), kind=kind, owner=owner,
-                                          params=params))
+        try:
+            job = self.store.create(JobRecord(id=job_id or new_job_id(), kind=kind,
+                                              owner=owner, params=params),
+                                    max_total=self.settings.max_queued_jobs,
+                                    max_owner=self.settings.max_queued_jobs_per_key)
+        except CapacityExceeded as exc:
+            raise self._full(exc.scope) from None
         try:
             self.send(job)
         except Exception as exc:
-            self.store.finish(job.id, FAILED, error=f"could not be queued: {exc}")
+            try:
+                self.store.finish(job.id, FAILED, error=f"could not be queued: {exc}")
+            except Exception as store_exc:  # the store went down too: recovery resends it
+                log.error("job %s: not queued (%s) and not marked failed (%s)", job.id, exc,
+                          store_exc)
             raise BrokerUnavailable(f"the task broker is unavailable: {exc}") from None
         return job
 

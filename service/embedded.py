@@ -143,6 +143,7 @@ class EmbeddedWorkers:
                     "SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if "kombu_message" in tables:
                     db.execute("DELETE FROM kombu_message WHERE visible = 0")
+        services.store.clear_leases()  # every holder died with the previous process
         resent = 0
         for job_id in services.store.active_ids():
             job = services.store.get(job_id)

@@ -18,6 +18,16 @@ for both back ends, so the rules cannot drift apart:
 
 The record is the source of truth for status, progress, metrics, result and error; Celery's
 result backend additionally carries progress through ``update_state`` for Celery tooling.
+
+Two more things live here because they must be atomic with the records:
+
+- Queue limits.  ``create(job, max_total=, max_owner=)`` counts the active jobs and inserts
+  the new one in one step (a Lua script in Redis, ``BEGIN IMMEDIATE`` in SQLite), so
+  concurrent requests can never overshoot a limit.
+- Leases.  A task holds a lease on its job while it runs (``acquire_lease`` / ``renew_lease``
+  / ``release_lease``, a key with a time-to-live).  A running job without a lease has lost
+  its worker: worker.recovery requeues it, and a duplicate delivery of a job whose lease is
+  alive is not run twice.
 """
 
 from __future__ import annotations
@@ -42,6 +52,14 @@ KINDS = ("generate", "score", "train")
 
 class StoreUnavailable(RuntimeError):
     """The job store (Redis or the SQLite file) cannot be reached."""
+
+
+class CapacityExceeded(Exception):
+    """``create`` refused a job: ``scope`` "total" or "owner" already holds ``limit``."""
+
+    def __init__(self, scope: str, limit: int):
+        super().__init__(f"{scope} queue limit of {limit} reached")
+        self.scope, self.limit = scope, limit
 
 
 def clean_json(value: Any) -> Any:
@@ -71,6 +89,8 @@ class JobRecord:
     error: str | None = None
     cancel_requested: bool = False
     attempts: int = 0  # deliveries that reached a worker
+    queued_at: float | None = None  # last time it became queued (created or requeued)
+    worker: str | None = None  # lease holder of the current / last attempt
 
     def to_json(self) -> str:
         return json.dumps(clean_json(asdict(self)), separators=(",", ":"), allow_nan=False)
@@ -91,7 +111,7 @@ class JobRecord:
 Mutation = Callable[[JobRecord], JobRecord | None]  # None: leave the record unchanged
 
 
-def _start(now: float) -> Mutation:
+def _start(now: float, holder: str | None) -> Mutation:
     def apply(job: JobRecord) -> JobRecord | None:
         if job.status not in ACTIVE:
             return None
@@ -101,6 +121,7 @@ def _start(now: float) -> Mutation:
         job.status = RUNNING
         job.started = job.started or now
         job.attempts += 1
+        job.worker = holder
         return job
     return apply
 
@@ -135,13 +156,24 @@ def _finish(status: str, now: float, result: dict | None, error: str | None) -> 
     return apply
 
 
-def _requeue(graceful: bool) -> Mutation:
+def _requeue(graceful: bool, now: float, attempts: int | None) -> Mutation:
     def apply(job: JobRecord) -> JobRecord | None:
-        if job.status != RUNNING:
+        if job.status != RUNNING or (attempts is not None and job.attempts != attempts):
             return None
         job.status = QUEUED
+        job.queued_at = now
         if graceful:  # stopped on purpose: this delivery does not count as a failed attempt
             job.attempts = max(0, job.attempts - 1)
+        return job
+    return apply
+
+
+def _touch_queued(now: float, seen: float | None) -> Mutation:
+    """Mark a queued job as sent again (compare-and-set on ``queued_at``)."""
+    def apply(job: JobRecord) -> JobRecord | None:
+        if job.status != QUEUED or job.queued_at != seen:
+            return None
+        job.queued_at = now
         return job
     return apply
 
@@ -162,7 +194,10 @@ class JobStore(ABC):
 
     # primitives
     @abstractmethod
-    def create(self, job: JobRecord) -> JobRecord: ...
+    def create(self, job: JobRecord, *, max_total: int | None = None,
+               max_owner: int | None = None) -> JobRecord:
+        """Insert a queued job.  With limits, count the owner's and all active jobs and
+        insert in one atomic step; raise CapacityExceeded when a limit is reached."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None: ...
@@ -191,14 +226,36 @@ class JobStore(ABC):
     @abstractmethod
     def ping(self) -> None: ...
 
+    # leases (see the module docstring)
+    @abstractmethod
+    def acquire_lease(self, job_id: str, holder: str, ttl: float) -> bool:
+        """Take the lease if nobody holds a live one."""
+
+    @abstractmethod
+    def renew_lease(self, job_id: str, holder: str, ttl: float) -> bool:
+        """Extend our lease; False when it is no longer ours (expired or taken)."""
+
+    @abstractmethod
+    def release_lease(self, job_id: str, holder: str) -> None: ...
+
+    @abstractmethod
+    def leases(self, job_ids: list[str]) -> dict[str, str]:
+        """job id -> holder, for the given jobs whose lease is alive."""
+
+    def active(self) -> list[JobRecord]:
+        """Every queued or running job."""
+        return self.list(limit=10 ** 9, statuses=ACTIVE)
+
     def close(self) -> None:  # pragma: no cover - overridden where needed
         pass
 
     # transitions
-    def start(self, job_id: str) -> JobRecord | None:
+    def start(self, job_id: str, *, holder: str | None = None) -> JobRecord | None:
         """queued|running -> running (attempts += 1).  Returns the running record, or None
-        when the job is gone, final, or was cancelled (then it becomes ``cancelled``)."""
-        job, changed = self._mutate(job_id, _start(time.time()))
+        when the job is gone, final, or was cancelled (then it becomes ``cancelled``).
+        Callers hold the job's lease, so a running job is only restarted once its previous
+        holder is gone."""
+        job, changed = self._mutate(job_id, _start(time.time(), holder))
         return job if changed and job is not None and job.status == RUNNING else None
 
     def report(self, job_id: str, *, progress: dict | None = None,
@@ -211,8 +268,15 @@ class JobStore(ABC):
                                                   error))
         return changed
 
-    def requeue(self, job_id: str, *, graceful: bool = False) -> bool:
-        return self._mutate(job_id, _requeue(graceful))[1]
+    def requeue(self, job_id: str, *, graceful: bool = False,
+                attempts: int | None = None) -> bool:
+        """running -> queued; with ``attempts``, only if the record still has that many
+        (so two workers recovering the same orphan requeue it once)."""
+        return self._mutate(job_id, _requeue(graceful, time.time(), attempts))[1]
+
+    def touch_queued(self, job_id: str, seen: float | None) -> bool:
+        """Record that a queued job's task was sent again, once (see worker.recovery)."""
+        return self._mutate(job_id, _touch_queued(time.time(), seen))[1]
 
     def request_cancel(self, job_id: str) -> JobRecord | None:
         """Set the cancel flag; a queued job becomes ``cancelled`` at once.  Returns the
@@ -235,6 +299,9 @@ class RedisJobStore(JobStore):
         self.prefix = prefix
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
                                            health_check_interval=30)
+        self._create = self.client.register_script(self._CREATE)
+        self._renew = self.client.register_script(self._RENEW)
+        self._release = self.client.register_script(self._RELEASE)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -259,17 +326,46 @@ class RedisJobStore(JobStore):
             pipe.srem(active, job.id)
             pipe.srem(owner_active, job.id)
 
-    def create(self, job: JobRecord) -> JobRecord:
-        def run():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.set(self._key("job", job.id), job.to_json(), nx=True)
-            pipe.zadd(self._key("jobs"), {job.id: job.created})
-            pipe.zadd(self._key("jobs", "owner", job.owner), {job.id: job.created})
-            self._index_ops(pipe, job)
-            if not pipe.execute()[0]:
-                raise ValueError(f"job {job.id} exists")
-            return job
-        return self._call(run)
+    # Count and insert in one script: Redis runs it atomically, so no two requests can both
+    # see room for one more job.
+    _CREATE = """
+    local max_total, max_owner = tonumber(ARGV[4]), tonumber(ARGV[5])
+    if max_total > 0 and redis.call('SCARD', KEYS[4]) >= max_total then return -1 end
+    if max_owner > 0 and redis.call('SCARD', KEYS[5]) >= max_owner then return -2 end
+    if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+    redis.call('SADD', KEYS[4], ARGV[3])
+    redis.call('SADD', KEYS[5], ARGV[3])
+    return 1
+    """
+    _RENEW = """
+    local holder = redis.call('GET', KEYS[1])
+    if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+    return 0
+    """
+    _RELEASE = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
+    """
+
+    def create(self, job: JobRecord, *, max_total=None, max_owner=None) -> JobRecord:
+        if job.status != QUEUED:
+            raise ValueError("jobs are created queued")
+        job.queued_at = job.queued_at or job.created
+        keys = [self._key("job", job.id), self._key("jobs"),
+                self._key("jobs", "owner", job.owner), self._key("active"),
+                self._key("active", job.owner)]
+        args = [job.to_json(), repr(job.created), job.id, int(max_total or 0),
+                int(max_owner or 0)]
+        outcome = int(self._call(lambda: self._create(keys=keys, args=args)))
+        if outcome == -1:
+            raise CapacityExceeded("total", int(max_total))
+        if outcome == -2:
+            raise CapacityExceeded("owner", int(max_owner))
+        if outcome == 0:
+            raise ValueError(f"job {job.id} exists")
+        return job
 
     def get(self, job_id: str) -> JobRecord | None:
         raw = self._call(lambda: self.client.get(self._key("job", job_id)))
@@ -346,6 +442,31 @@ class RedisJobStore(JobStore):
     def ping(self):
         self._call(self.client.ping)
 
+    def acquire_lease(self, job_id, holder, ttl):
+        return bool(self._call(lambda: self.client.set(
+            self._key("lease", job_id), holder, nx=True, px=max(1, int(ttl * 1000)))))
+
+    def renew_lease(self, job_id, holder, ttl):
+        return bool(self._call(lambda: self._renew(keys=[self._key("lease", job_id)],
+                                                   args=[holder, max(1, int(ttl * 1000))])))
+
+    def release_lease(self, job_id, holder):
+        self._call(lambda: self._release(keys=[self._key("lease", job_id)], args=[holder]))
+
+    def leases(self, job_ids):
+        if not job_ids:
+            return {}
+        values = self._call(lambda: self.client.mget([self._key("lease", j) for j in job_ids]))
+        return {j: v.decode() for j, v in zip(job_ids, values) if v is not None}
+
+    def active(self):
+        def run():
+            ids = [i.decode() for i in self.client.smembers(self._key("active"))]
+            raws = self.client.mget([self._key("job", i) for i in ids]) if ids else []
+            return [JobRecord.from_json(r) for r in raws if r]
+        jobs = self._call(run)
+        return sorted((j for j in jobs if j.status in ACTIVE), key=lambda j: j.created)
+
     def close(self):
         self.client.close()
 
@@ -368,6 +489,8 @@ class SqliteJobStore(JobStore):
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)")
             db.execute("""CREATE TABLE IF NOT EXISTS workers (
                 name TEXT PRIMARY KEY, expires REAL NOT NULL, doc TEXT NOT NULL)""")
+            db.execute("""CREATE TABLE IF NOT EXISTS leases (
+                job_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)""")
 
     def _connect(self) -> sqlite3.Connection:
         try:
@@ -376,14 +499,29 @@ class SqliteJobStore(JobStore):
             raise StoreUnavailable(f"{self.path}: {exc}") from None
         return _Closing(db)
 
-    def create(self, job):
+    def create(self, job, *, max_total=None, max_owner=None):
+        if job.status != QUEUED:
+            raise ValueError("jobs are created queued")
+        job.queued_at = job.queued_at or job.created
+        active = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
             try:
+                if max_total and db.execute(active).fetchone()[0] >= max_total:
+                    raise CapacityExceeded("total", int(max_total))
+                if max_owner and db.execute(active + " AND owner = ?",
+                                            (job.owner,)).fetchone()[0] >= max_owner:
+                    raise CapacityExceeded("owner", int(max_owner))
                 db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
                            (job.id, job.owner, job.kind, job.status, job.created,
                             job.to_json()))
             except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
                 raise ValueError(f"job {job.id} exists") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         return job
 
     def get(self, job_id):
@@ -454,6 +592,43 @@ class SqliteJobStore(JobStore):
         with self._connect() as db:
             db.execute("SELECT 1").fetchone()
 
+    def acquire_lease(self, job_id, holder, ttl):
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM leases WHERE job_id = ? AND expires <= ?", (job_id, now))
+                cursor = db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
+                                    (job_id, holder, now + ttl))
+                return cursor.rowcount == 1
+            finally:
+                db.execute("COMMIT")
+
+    def renew_lease(self, job_id, holder, ttl):
+        now = time.time()
+        with self._connect() as db:
+            cursor = db.execute("UPDATE leases SET expires = ? WHERE job_id = ? AND holder = ? "
+                                "AND expires > ?", (now + ttl, job_id, holder, now))
+            return cursor.rowcount == 1
+
+    def release_lease(self, job_id, holder):
+        with self._connect() as db:
+            db.execute("DELETE FROM leases WHERE job_id = ? AND holder = ?", (job_id, holder))
+
+    def leases(self, job_ids):
+        if not job_ids:
+            return {}
+        with self._connect() as db:
+            rows = db.execute(f"SELECT job_id, holder FROM leases WHERE expires > ? AND job_id "
+                              f"IN ({','.join('?' * len(job_ids))})",
+                              (time.time(), *job_ids)).fetchall()
+        return dict(rows)
+
+    def clear_leases(self) -> None:
+        """Embedded start-up: the previous process is gone, and so is every holder."""
+        with self._connect() as db:
+            db.execute("DELETE FROM leases")
+
     def active_ids(self) -> list[str]:
         with self._connect() as db:
             rows = db.execute("SELECT id FROM jobs WHERE status IN ('queued', 'running') "
@@ -481,14 +656,22 @@ def open_store(settings) -> JobStore:
 
 
 class CancelCheck:
-    """``should_cancel`` for model/ loops: true once the job's cancel flag is set, or when
-    ``interrupt`` (the embedded server shutting down) is set.  The store is read at most every
-    ``interval`` seconds so a fast MCMC loop does not hammer Redis."""
+    """``should_cancel`` for model/ loops.  True once
+
+    - the job's cancel flag is set (read from the store at most every ``interval`` seconds so
+      a fast MCMC loop does not hammer Redis),
+    - ``interrupt`` is set (the embedded server shutting down),
+    - the monotonic ``deadline`` passed (the task's time limit: enforced between steps in
+      every pool, the solo pool of embedded mode included), or
+    - ``lost`` is set (the job's lease was lost; another delivery owns the job now).
+
+    The task then tells these apart by the properties below."""
 
     def __init__(self, store: JobStore, job_id: str, *, interval: float = 0.2,
-                 interrupt: threading.Event | None = None):
+                 interrupt: threading.Event | None = None, deadline: float | None = None,
+                 lost: threading.Event | None = None):
         self.store, self.job_id, self.interval = store, job_id, interval
-        self.interrupt = interrupt
+        self.interrupt, self.deadline, self.lost = interrupt, deadline, lost
         self._last = 0.0
         self._cancelled = False
 
@@ -496,8 +679,16 @@ class CancelCheck:
     def interrupted(self) -> bool:
         return self.interrupt is not None and self.interrupt.is_set()
 
+    @property
+    def timed_out(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @property
+    def lease_lost(self) -> bool:
+        return self.lost is not None and self.lost.is_set()
+
     def __call__(self) -> bool:
-        if self.interrupted:
+        if self.interrupted or self.timed_out or self.lease_lost:
             return True
         now = time.monotonic()
         if not self._cancelled and now - self._last >= self.interval:
@@ -507,3 +698,39 @@ class CancelCheck:
             except StoreUnavailable:
                 pass  # keep working; the next check retries
         return self._cancelled
+
+
+class LeaseKeeper:
+    """Renews a running job's lease every ``period`` seconds from a daemon thread.  If the
+    lease turns out to be gone (it expired while the store was unreachable and someone else
+    may have taken the job), ``lost`` is set and the task stops at its next step."""
+
+    def __init__(self, store: JobStore, job_id: str, holder: str, *, ttl: float,
+                 period: float):
+        self.store, self.job_id, self.holder = store, job_id, holder
+        self.ttl, self.period = ttl, period
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}",
+                                        daemon=True)
+
+    def start(self) -> "LeaseKeeper":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                if not self.store.renew_lease(self.job_id, self.holder, self.ttl):
+                    self.lost.set()
+                    return
+            except StoreUnavailable:
+                continue  # keep trying; the lease has 3 periods of slack
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.store.release_lease(self.job_id, self.holder)
+        except StoreUnavailable:
+            pass  # it expires on its own

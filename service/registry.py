@@ -17,9 +17,11 @@ weights with model.checkpoints.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -39,6 +41,58 @@ class RegistryError(ValueError):
 
 class UnknownModel(RegistryError):
     pass
+
+
+class CorruptCheckpoint(RegistryError):
+    """A version's files are missing, truncated or do not match their SHA-256: refused for
+    serving (the API answers 409 and keeps the current default)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# (directory, ((file, size, mtime_ns), ...)) -> None: files already verified unchanged.
+_verified: dict[tuple, None] = {}
+_verified_lock = threading.Lock()
+
+
+def verify_checkpoint(directory: Path) -> dict[str, Any]:
+    """Check that every file the manifest lists exists and matches its SHA-256, as
+    model.checkpoints.load_checkpoint will (torch-free, so the API can refuse a corrupt
+    version before any worker tries it).  Results are cached by file size and mtime, so a
+    version is hashed once, not per request.  Returns the manifest summary."""
+    directory = Path(directory)
+    summary = checkpoint_summary(directory)
+    document = json.loads((directory / MANIFEST).read_text())
+    files = document.get("files")
+    if not isinstance(files, dict) or document.get("weights") not in files:
+        raise CorruptCheckpoint(f"{directory.name}: the manifest lists no checksums")
+    signature = []
+    for name in sorted(files):
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise CorruptCheckpoint(f"the manifest names an invalid file {name!r}")
+        try:
+            stat = (directory / name).stat()
+        except OSError:
+            raise CorruptCheckpoint(f"{name} is missing") from None
+        signature.append((name, stat.st_size, stat.st_mtime_ns))
+    key = (str(directory.resolve()), tuple(signature))
+    with _verified_lock:
+        if key in _verified:
+            return summary
+    for name in sorted(files):
+        if _sha256(directory / name) != files[name]:
+            raise CorruptCheckpoint(f"{name} is corrupt or truncated (checksum mismatch)")
+    with _verified_lock:
+        if len(_verified) > 1024:
+            _verified.clear()
+        _verified[key] = None
+    return summary
 
 
 def checkpoint_summary(directory: Path) -> dict[str, Any]:
@@ -95,6 +149,19 @@ class ModelRegistry:
             raise RegistryError(f"{self.file} is not a model registry")
         return document
 
+    def resolve_servable(self, spec: str | None, *, default_model: str) -> tuple[str, int]:
+        """``resolve``, then refuse a version whose files fail their checksums (409)."""
+        name, version = self.resolve(spec, default_model=default_model)
+        self.verify(name, version)
+        return name, version
+
+    def verify(self, name: str, version: int) -> None:
+        """Raise CorruptCheckpoint unless ``name:version`` is intact on disk (cached)."""
+        try:
+            verify_checkpoint(self.path(name, version))
+        except RegistryError as exc:
+            raise CorruptCheckpoint(f"model {name}:{version} cannot be served: {exc}") from None
+
     def names(self) -> list[str]:
         return sorted(self.read()["models"])
 
@@ -146,7 +213,10 @@ class ModelRegistry:
         later ones only when ``make_default``.  Idempotent per ``job_id``."""
         if not MODEL_NAME_RE.match(name):
             raise RegistryError(f"invalid model name {name!r}")
-        summary = checkpoint_summary(Path(source))
+        try:
+            summary = verify_checkpoint(Path(source))
+        except CorruptCheckpoint as exc:
+            raise CorruptCheckpoint(f"not registered: {exc}") from None
         with self._locked() as document:
             entry = document["models"].setdefault(name, {"default": None, "versions": {}})
             if job_id is not None:
@@ -160,9 +230,11 @@ class ModelRegistry:
                 int(p.name) for p in model_dir.iterdir() if p.name.isdigit()]
             version = max(taken, default=0) + 1
             staging = model_dir / f".incoming-{uuid.uuid4().hex}"
+            target = model_dir / str(version)
             try:
                 _copy_checkpoint(Path(source), staging)
-                os.rename(staging, model_dir / str(version))
+                verify_checkpoint(staging)  # what was copied is what was verified
+                os.rename(staging, target)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -171,7 +243,13 @@ class ModelRegistry:
                 "job_id": job_id, "note": note, **summary}
             if entry["default"] is None or make_default:
                 entry["default"] = version
-            self._write(document)
+            try:
+                self._write(document)
+            except BaseException:
+                # registry.json still lists the old state (written by rename); drop the
+                # directory too, so no unregistered copy is left behind.
+                shutil.rmtree(target, ignore_errors=True)
+                raise
             return version
 
     def set_default(self, name: str, version: int) -> dict[str, Any]:
@@ -181,7 +259,12 @@ class ModelRegistry:
                 raise UnknownModel(f"unknown model {name!r}")
             if str(version) not in entry["versions"]:
                 raise UnknownModel(f"model {name!r} has no version {version}")
-            checkpoint_summary(self.path(name, version))  # refuse a broken directory
+            try:  # a reload that fails keeps the current default (as Triton does)
+                verify_checkpoint(self.path(name, version))
+            except RegistryError as exc:
+                raise CorruptCheckpoint(
+                    f"model {name}:{version} cannot be served, the default stays "
+                    f"{name}:{entry['default']}: {exc}") from None
             entry["default"] = int(version)
             self._write(document)
             return entry

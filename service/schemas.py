@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from worker.names import SAMPLERS
+from model.config import SAMPLER_NAMES  # torch-free
 
 MODEL_SPEC = r"^[a-z0-9][a-z0-9_-]{0,63}(:[1-9][0-9]{0,8})?$"
 MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -25,7 +25,7 @@ class _Request(BaseModel):
 class GenerateRequest(_Request):
     n: int = Field(16, ge=1, description="number of samples (at most DEBM_MAX_GENERATE_N)")
     seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="the same seed gives the same images")
-    sampler: Literal[SAMPLERS] = Field("two_stage",  # type: ignore[valid-type]
+    sampler: Literal[SAMPLER_NAMES] = Field("two_stage",  # type: ignore[valid-type]
                                        description="two_stage (the paper's), texture_only, "
                                                    "annealed")
     steps_latent: int | None = Field(None, ge=0, description="K latent Langevin steps; "
@@ -70,6 +70,7 @@ class JobAccepted(BaseModel):
 class Job(BaseModel):
     job_id: str
     kind: JobKind
+    owner: str = Field(description="name (key id) of the API key that created the job")
     status: JobStatus
     created: float
     started: float | None = None

@@ -26,8 +26,10 @@ MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 class Settings(BaseSettings):
+    # hide_input_in_errors: a bad DEBM_API_KEYS must not print the keys in the error message.
     model_config = SettingsConfigDict(env_prefix="DEBM_", extra="ignore", frozen=True,
-                                      validate_default=True, populate_by_name=True)
+                                      validate_default=True, populate_by_name=True,
+                                      hide_input_in_errors=True)
 
     # --- where things live ---------------------------------------------------------------
     # Distributed mode when set: Celery broker + results + job records in this Redis.
@@ -42,8 +44,11 @@ class Settings(BaseSettings):
 
     # --- access ---------------------------------------------------------------------------
     # Comma-separated keys, each "SECRET" or "NAME:SECRET" (NAME is the owner id of jobs).
-    # Empty: a key is generated on first start and stored (mode 0600) in the data dir.
+    # api_keys hold the "use" scope (generate, score, their own jobs); admin_keys hold "use"
+    # and "admin" (train, datasets, model defaults, anyone's jobs).  Both empty: an admin key
+    # is generated on first start and stored (mode 0600) in the data dir.
     api_keys: str = Field("", repr=False)
+    admin_keys: str = Field("", repr=False)
 
     # --- limits (issue 5 extends these; each one is enforced by the API) -------------------
     max_upload_bytes: int = Field(20 * MiB, ge=1024)  # POST /ood-score body (413)
@@ -55,6 +60,10 @@ class Settings(BaseSettings):
     max_generate_n: int = Field(64, ge=1)  # n per /generate (422)
     max_generate_steps: int = Field(2000, ge=1)  # steps_latent / steps_pixel per request (422)
     max_training_steps: int = Field(200_000, ge=1)  # warm-up + iterations per job (422)
+    # Sizes a training request may ask for (422): bound the memory a job can claim on a worker.
+    max_training_image_size: int = Field(256, ge=4)  # network.image_size
+    max_training_batch: int = Field(1024, ge=1)  # training.batch_size, chain_batch_size
+    max_training_width: int = Field(1024, ge=8)  # widest layer, latent and embedding sizes
     max_queued_jobs: int = Field(100, ge=1)  # queued + running jobs in total (429)
     max_queued_jobs_per_key: int = Field(20, ge=1)  # queued + running jobs per key (429)
     max_wait_seconds: float = Field(120.0, ge=0)  # largest ?wait= accepted (422 above)
@@ -64,15 +73,25 @@ class Settings(BaseSettings):
     device: str = "auto"  # torch device for the workers: auto, cpu, cuda, cuda:1, ...
     torch_threads: int = Field(0, ge=0)  # torch.set_num_threads in workers (0: torch default)
     model_cache_size: int = Field(2, ge=1)  # loaded checkpoints kept per worker process
-    inference_time_limit: int = Field(900, ge=10)  # seconds; hard limit of generate / score
-    training_time_limit: int = Field(6 * 3600, ge=60)  # seconds; hard limit of a training job
+    # Seconds a generate / score / training task may run.  Enforced between steps in every
+    # mode (the job fails with "time limit ... exceeded"); prefork workers also kill the
+    # process 30 s later (Celery's hard limit) if a single step hangs.
+    inference_time_limit: int = Field(900, ge=1)
+    training_time_limit: int = Field(6 * 3600, ge=1)
     # Redis redelivers an unacknowledged task after this many seconds; it must exceed the
-    # longest task or a long task runs twice (validated below).
-    visibility_timeout: int = Field(7 * 3600, ge=60)
+    # longest task or a long task runs twice (validated below).  Jobs of a worker that died
+    # are recovered much sooner by the workers' lease check (worker.recovery).
+    visibility_timeout: int = Field(7 * 3600, ge=2)
     max_attempts: int = Field(3, ge=1)  # deliveries of one job before it is failed
     train_checkpoint_every: int = Field(25, ge=1)  # when the preset/overrides say 0
     result_expires: int = Field(7 * 24 * 3600, ge=60)  # Celery result-backend entries
-    heartbeat_seconds: float = Field(5.0, gt=0)  # worker liveness for /readyz
+    # Worker liveness for /readyz, and the renewal period of a running job's lease: a job
+    # whose lease is not renewed for 3 periods is taken to have lost its worker and is
+    # requeued (worker.recovery).
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    # How long a task waits for the job store (Redis) to come back before it gives the
+    # message back to the broker; the job is never failed because Redis blinked.
+    store_retry_seconds: float = Field(30.0, ge=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -101,10 +120,10 @@ class Settings(BaseSettings):
             raise ValueError("redis_prefix may hold letters, digits and _.:- only")
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
     def _keys(cls, value: str) -> str:
-        parse_api_keys(value)  # raises ValueError with the reason
+        parse_api_keys(value)  # raises ValueError with the reason (never the keys)
         return value
 
     @field_validator("seed_checkpoint", mode="before")
@@ -121,7 +140,20 @@ class Settings(BaseSettings):
                 f"task time limit ({longest}s), or Redis redelivers tasks that are still running")
         if self.max_queued_jobs_per_key > self.max_queued_jobs:
             raise ValueError("DEBM_MAX_QUEUED_JOBS_PER_KEY cannot exceed DEBM_MAX_QUEUED_JOBS")
+        keys = parse_api_keys(self.api_keys) + parse_api_keys(self.admin_keys)
+        ids = [key_id for key_id, _ in keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an API key name appears in both DEBM_API_KEYS and "
+                             "DEBM_ADMIN_KEYS")
+        if len({secret for _, secret in keys}) != len(keys):
+            raise ValueError("the same API key appears twice in DEBM_API_KEYS / "
+                             "DEBM_ADMIN_KEYS")
         return self
+
+    @property
+    def lease_seconds(self) -> float:
+        """A running job's lease lives this long without renewal (3 heartbeat periods)."""
+        return 3 * self.heartbeat_seconds
 
     @property
     def distributed(self) -> bool:
@@ -152,16 +184,18 @@ def parse_api_keys(value: str) -> list[tuple[str, str]]:
     import hashlib
 
     keys: list[tuple[str, str]] = []
-    for entry in (part.strip() for part in value.split(",")):
+    for position, entry in enumerate((part.strip() for part in value.split(",")), 1):
         if not entry:
             continue
         name, sep, secret = entry.partition(":")
         if not sep:
             name, secret = "", entry
+        # Messages name the entry by position, never by content: it may be a secret.
         if len(secret) < MIN_KEY_LENGTH:
-            raise ValueError(f"API keys must be at least {MIN_KEY_LENGTH} characters")
+            raise ValueError(f"API key #{position} is shorter than {MIN_KEY_LENGTH} characters")
         if name and not KEY_ID_RE.match(name):
-            raise ValueError(f"API key name {name!r} may hold letters, digits and _.- only")
+            raise ValueError(f"API key #{position}: the name before ':' may hold letters, "
+                             "digits and _.- only")
         key_id = name or "key-" + hashlib.sha256(secret.encode()).hexdigest()[:10]
         if any(key_id == known for known, _ in keys):
             raise ValueError(f"API key name {key_id!r} appears twice")

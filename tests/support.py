@@ -23,8 +23,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-API_KEY = "test-key-0123456789abcdef"
+API_KEY = "test-key-0123456789abcdef"  # an admin key, named "tester"
 KEY_HEADERS = {"X-API-Key": API_KEY}
+USE_KEY = "use-key-0123456789abcdef"  # a use-only key, named "user"
+USE_HEADERS = {"X-API-Key": USE_KEY}
+ADMIN_KEYS_SPEC = f"tester:{API_KEY}"
+USE_KEYS_SPEC = f"user:{USE_KEY}"
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
@@ -116,8 +120,10 @@ def free_port() -> int:
 
 
 def service_env(data_dir: Path, *, redis_url: str | None = None,
-                seed_checkpoint: Path | None = None, api_keys: str | None = API_KEY,
+                seed_checkpoint: Path | None = None, keys: bool = True,
                 **extra: str) -> dict[str, str]:
+    """Environment of a service process.  ``keys``: the admin key API_KEY and the use key
+    USE_KEY; False: none (the server generates one)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DEBM_") and k not in ("REDIS_URL",)}
     env.update({"DEBM_DATA_DIR": str(data_dir), "DEBM_TORCH_THREADS": "1",
@@ -126,8 +132,9 @@ def service_env(data_dir: Path, *, redis_url: str | None = None,
     env["DEBM_SEED_CHECKPOINT"] = str(seed_checkpoint) if seed_checkpoint else ""
     if redis_url:
         env["REDIS_URL"] = redis_url
-    if api_keys is not None:
-        env["DEBM_API_KEYS"] = api_keys
+    if keys:
+        env["DEBM_ADMIN_KEYS"] = ADMIN_KEYS_SPEC
+        env["DEBM_API_KEYS"] = USE_KEYS_SPEC
     env.update(extra)
     return env
 

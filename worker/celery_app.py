@@ -150,14 +150,19 @@ def __getattr__(name: str):
 
 class Heartbeat:
     """Writes ``{worker, queues, pid}`` into the job store every ``heartbeat_seconds`` with a
-    time-to-live of three periods; /readyz counts the live ones."""
+    time-to-live of three periods; /readyz counts the live ones.  With ``app`` (distributed
+    workers), each beat also recovers jobs whose worker died (worker.recovery)."""
 
-    def __init__(self, settings: Settings, worker: str, queues: list[str], *, alive=None):
+    def __init__(self, settings: Settings, worker: str, queues: list[str], *, alive=None,
+                 app: Celery | None = None):
         from service.jobs import open_store
+
+        from .recovery import Recovery
 
         self.settings, self.worker, self.queues = settings, worker, queues
         self.alive = alive  # optional callable: beat only while it answers True
         self.store = open_store(settings)
+        self.recovery = Recovery(app, self.store, queues) if app is not None else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker}",
                                         daemon=True)
@@ -176,6 +181,8 @@ class Heartbeat:
                 self.store.heartbeat(self.worker, info, ttl=3 * period)
             except Exception as exc:  # the broker/store being down must not kill the worker
                 log.warning("heartbeat failed: %s", exc)
+            if self.recovery is not None:
+                self.recovery.step()
             self._stop.wait(period)
 
     def stop(self) -> None:
@@ -193,7 +200,9 @@ def _connect_heartbeat(app: Celery) -> None:
     @signals.worker_ready.connect(weak=False)
     def _ready(sender=None, **_):
         queues = sorted(sender.app.amqp.queues.consume_from or sender.app.amqp.queues)
-        state["beat"] = Heartbeat(app.debm_settings, sender.hostname, queues).start()
+        settings = app.debm_settings
+        state["beat"] = Heartbeat(settings, sender.hostname, queues,
+                                  app=app if settings.distributed else None).start()
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(sender=None, **_):

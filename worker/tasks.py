@@ -6,15 +6,23 @@ validated again here, because the job store and the data directory are shared st
 input must fail its job with a message, never crash the worker.
 
 Each task:
-  1. moves the job queued|running -> running (``JobStore.start``; a cancelled or finished job
+  1. takes the job's lease (a duplicate delivery of a job that runs elsewhere waits at most
+     one lease period, then leaves it alone; a dead holder's lease expires and is taken over),
+  2. moves the job queued|running -> running (``JobStore.start``; a cancelled or finished job
      is skipped, so duplicate deliveries are harmless),
-  2. runs the body with ``on_progress`` / ``on_step_end`` writing progress (throttled) to the
+  3. runs the body with ``on_progress`` / ``on_step_end`` writing progress (throttled) to the
      job record and to Celery's result backend (``update_state``), and ``should_cancel``
-     reading the job's cancel flag between MCMC / training steps,
-  3. finishes the job as succeeded, failed (with the reason) or cancelled.
+     stopping it between MCMC / training steps on cancel, time limit, shutdown or a lost lease,
+  4. finishes the job as succeeded, failed (with the reason) or cancelled, then releases the
+     lease.
+
+Job-store calls are retried for ``store_retry_seconds`` (a Redis restart fails no job); a
+store that stays down gives the message back to the broker.  A write the data directory
+refuses (disk full, read-only) fails the job with a message saying so.
 
 model/ is imported inside the functions so that this module, and therefore the worker's
 parent process, stays light; torch and CUDA are first touched in the process that runs tasks.
+(model.archives and model.config are torch-free.)
 """
 
 from __future__ import annotations
@@ -23,24 +31,27 @@ import json
 import logging
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
+from model.archives import BUILTIN_DATASETS  # torch-free
+from model.config import SAMPLER_NAMES  # torch-free
 from service.datadir import DATASET_ID_RE, JOB_ID_RE, DataDir, atomic_write_bytes
-from service.jobs import CANCELLED, FAILED, SUCCEEDED, CancelCheck, JobRecord, JobStore, \
-    open_store
+from service.jobs import (CANCELLED, FAILED, SUCCEEDED, CancelCheck, JobRecord, JobStore,
+                          LeaseKeeper, StoreUnavailable, open_store)
 from service.registry import ModelRegistry, RegistryError
 from service.settings import Settings
-from service.trainconfig import TrainingRequestError, build_training_config
+from service.trainconfig import (TrainingRequestError, build_training_config,
+                                 training_limits)
 
 from .cache import ModelCache
-from .names import (BUILTIN_DATASETS, GENERATE, INFERENCE_QUEUE, SCORE, TRAIN,
-                    TRAINING_QUEUE)
+from .names import GENERATE, INFERENCE_QUEUE, SCORE, TRAIN, TRAINING_QUEUE
 
 log = logging.getLogger("debm.worker")
 
@@ -169,63 +180,146 @@ def _cancel_errors() -> tuple[type[BaseException], ...]:
 Body = Callable[[TaskRuntime, JobRecord, Reporter, CancelCheck], dict[str, Any]]
 
 
+class StoreDown(RuntimeError):
+    """The job store stayed unreachable for ``store_retry_seconds``; the delivery is given
+    back (Celery: ``Reject(requeue=True)``) and the job is not touched."""
+
+
+def _lease_holder(task) -> str:
+    node = getattr(getattr(task, "request", None), "hostname", None) or socket.gethostname()
+    return f"{node}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _with_store(runtime: TaskRuntime, fn: Callable[[], Any]) -> Any:
+    """Call ``fn`` (a job-store operation), retrying while the store is unreachable for up
+    to ``store_retry_seconds``: a Redis restart must not fail or lose the job."""
+    deadline = time.monotonic() + runtime.settings.store_retry_seconds
+    delay = 0.2
+    while True:
+        try:
+            return fn()
+        except StoreUnavailable as exc:
+            if time.monotonic() >= deadline or runtime.interrupt.is_set():
+                raise StoreDown(str(exc)) from None
+            log.warning("job store unreachable (%s); retrying in %.1f s", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _acquire_lease(runtime: TaskRuntime, job_id: str, holder: str) -> bool:
+    """Take the job's lease.  A live holder renews it, so a duplicate delivery (a message
+    redelivered while the job still runs elsewhere) waits at most one lease period and then
+    leaves the job alone; a dead holder's lease expires and the job is taken over."""
+    settings, store = runtime.settings, runtime.store
+    deadline = time.monotonic() + settings.lease_seconds + settings.heartbeat_seconds
+    while True:
+        if _with_store(runtime, lambda: store.acquire_lease(job_id, holder,
+                                                            settings.lease_seconds)):
+            return True
+        job = _with_store(runtime, lambda: store.get(job_id))
+        if job is None or job.final or time.monotonic() >= deadline or \
+                runtime.interrupt.is_set():
+            return False
+        time.sleep(min(0.5, settings.heartbeat_seconds))
+
+
 def execute(runtime: TaskRuntime, job_id: Any, kind: str, body: Body, *, task=None,
             time_limit: int | None = None) -> dict[str, Any]:
-    """Run one job end to end; see the module docstring.  Never raises for a bad job."""
+    """Run one job end to end; see the module docstring.  Never raises for a bad job; raises
+    StoreDown when the job store stays unreachable (the caller gives the message back)."""
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
         log.error("refusing a %s task with an invalid job id %r", kind, job_id)
         return {"job_id": str(job_id)[:64], "skipped": "invalid job id"}
     if runtime.interrupt.is_set():
         # The embedded server is stopping: leave the job queued; the next start resends it.
         return {"job_id": str(job_id)[:64], "skipped": "shutting down"}
-    store = runtime.store
-    job = store.start(job_id)
-    if job is None:
-        current = store.get(job_id)
+    store, settings = runtime.store, runtime.settings
+    current = _with_store(runtime, lambda: store.get(job_id))
+    if current is None or current.final:
         status = current.status if current else "unknown job"
         log.info("job %s: not run (%s)", job_id, status)
         return {"job_id": job_id, "skipped": status}
+    holder = _lease_holder(task)
+    if not _acquire_lease(runtime, job_id, holder):
+        current = _with_store(runtime, lambda: store.get(job_id))
+        status = current.status if current else "unknown job"
+        if current is not None and not current.final:
+            status = "running elsewhere"  # a live delivery holds the lease
+        log.info("job %s: not run (%s)", job_id, status)
+        return {"job_id": job_id, "skipped": status}
+    keeper = LeaseKeeper(store, job_id, holder, ttl=settings.lease_seconds,
+                         period=settings.heartbeat_seconds).start()
+    try:
+        return _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
+                           time_limit=time_limit)
+    finally:
+        keeper.stop()  # after the final state is written
+
+
+def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder: str,
+                keeper: LeaseKeeper, *, task, time_limit: int | None) -> dict[str, Any]:
+    store, settings = runtime.store, runtime.settings
+    job = _with_store(runtime, lambda: store.start(job_id, holder=holder))
+    if job is None:
+        current = _with_store(runtime, lambda: store.get(job_id))
+        status = current.status if current else "unknown job"
+        log.info("job %s: not run (%s)", job_id, status)
+        return {"job_id": job_id, "skipped": status}
+
+    def finish(status: str, **fields) -> dict[str, Any]:
+        _with_store(runtime, lambda: store.finish(job_id, status, **fields))
+        return {"job_id": job_id, "status": status}
+
     if job.kind != kind:
-        store.finish(job_id, FAILED, error=f"job is a {job.kind} job, not {kind}")
-        return {"job_id": job_id, "status": FAILED}
-    if job.attempts > runtime.settings.max_attempts:
-        store.finish(job_id, FAILED, error=(
+        return finish(FAILED, error=f"job is a {job.kind} job, not {kind}")
+    if job.attempts > settings.max_attempts:
+        return finish(FAILED, error=(
             f"delivered {job.attempts} times and the worker stopped each time (killed, out "
-            f"of memory?); giving up after DEBM_MAX_ATTEMPTS={runtime.settings.max_attempts}"))
-        return {"job_id": job_id, "status": FAILED}
+            f"of memory?); giving up after DEBM_MAX_ATTEMPTS={settings.max_attempts}"))
     log.info("job %s: %s started (attempt %d)", job_id, kind, job.attempts)
-    _configure_torch(runtime.settings)
-    cancel = CancelCheck(store, job_id, interrupt=runtime.interrupt)
+    _configure_torch(settings)
+    deadline = time.monotonic() + time_limit if time_limit else None
+    cancel = CancelCheck(store, job_id, interrupt=runtime.interrupt, deadline=deadline,
+                         lost=keeper.lost)
     report = Reporter(store, job_id, task, interval=runtime.report_interval)
     try:
         result = body(runtime, job, report, cancel)
     except _cancel_errors():
-        if cancel.interrupted and not store.cancel_requested(job_id):
+        if cancel.lease_lost:
+            # Our lease expired (the store was unreachable for longer than the lease) and the
+            # job may be someone else's now: leave the record to them.
+            log.warning("job %s: lease lost; stopped without touching the job", job_id)
+            return {"job_id": job_id, "status": "lease lost"}
+        cancel_asked = _with_store(runtime, lambda: store.cancel_requested(job_id))
+        if cancel.timed_out and not cancel_asked:
+            log.info("job %s: time limit of %s s exceeded", job_id, time_limit)
+            return finish(FAILED, error=f"time limit of {time_limit} s exceeded")
+        if cancel.interrupted and not cancel_asked:
             # Embedded server stopping: the job goes back to queued and the next start sends
             # it again (EmbeddedWorkers.recover); training resumes from the checkpoint that
             # run_training saved on the way out.  The message itself is acknowledged: kombu
             # cannot requeue it once the consumer is closing.
-            store.requeue(job_id, graceful=True)
+            _with_store(runtime, lambda: store.requeue(job_id, graceful=True))
             log.info("job %s: interrupted by shutdown; requeued", job_id)
             return {"job_id": job_id, "status": "requeued"}
-        store.finish(job_id, CANCELLED)
         log.info("job %s: cancelled", job_id)
-        return {"job_id": job_id, "status": CANCELLED}
+        return finish(CANCELLED)
     except SoftTimeLimitExceeded:
-        store.finish(job_id, FAILED, error=f"time limit of {time_limit} s exceeded")
-        return {"job_id": job_id, "status": FAILED}
+        return finish(FAILED, error=f"time limit of {time_limit} s exceeded")
     except _user_errors() as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        store.finish(job_id, FAILED, error=message)
         log.info("job %s: failed: %s", job_id, message)
-        return {"job_id": job_id, "status": FAILED}
+        return finish(FAILED, error=message)
     except Exception as exc:
+        message = runtime.data.storage_error(exc)
+        if message is not None:
+            log.error("job %s: failed: %s", job_id, message)
+            return finish(FAILED, error=message)
         log.exception("job %s: internal error", job_id)
-        store.finish(job_id, FAILED, error=f"internal error ({type(exc).__name__}): {exc}")
+        finish(FAILED, error=f"internal error ({type(exc).__name__}): {exc}")
         raise
-    store.finish(job_id, SUCCEEDED, result=result)
     log.info("job %s: succeeded", job_id)
-    return {"job_id": job_id, "status": SUCCEEDED}
+    return finish(SUCCEEDED, result=result)
 
 
 # --- bodies ---------------------------------------------------------------------------------
@@ -263,7 +357,6 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
                  should_cancel: CancelCheck) -> dict[str, Any]:
     from model.images import grid_png, sample_pngs
     from model.pipeline import generate
-    from model.samplers import SAMPLERS as MODEL_SAMPLERS
 
     settings, params = runtime.settings, job.params
     n = _int_param(params, "n", low=1, high=settings.max_generate_n)
@@ -271,7 +364,7 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         raise JobInputError("n is required")
     seed = _int_param(params, "seed", low=0, high=2 ** 63 - 1, default=0)
     sampler = params.get("sampler", "two_stage")
-    if sampler not in MODEL_SAMPLERS:
+    if sampler not in SAMPLER_NAMES:
         raise JobInputError(f"unknown sampler {sampler!r}")
     overrides = {
         "steps_latent": _int_param(params, "steps_latent", low=0,
@@ -402,8 +495,7 @@ def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     config = build_training_config(
         preset_name=str(params.get("preset")), overrides=params.get("overrides") or {},
         seed=_int_param(params, "seed", low=0, high=2 ** 31 - 1),
-        dataset=params.get("dataset"), max_steps=settings.max_training_steps,
-        checkpoint_every=settings.train_checkpoint_every)
+        dataset=params.get("dataset"), **training_limits(settings))
     dataset = load_training_dataset(runtime, params.get("dataset"), config)
     out_dir = runtime.data.job_dir(job.id) / "checkpoint"
     # A redelivered job (its worker died) continues from its own last checkpoint.
@@ -439,8 +531,16 @@ def register_tasks(app) -> None:
     def make(kind: str, name: str, queue: str, limit: int):
         def task(self, job_id: str) -> dict[str, Any]:
             with self.app.debm_active:
-                return execute(runtime_for(self.app), job_id, kind, BODIES[kind], task=self,
-                               time_limit=limit)
+                try:
+                    return execute(runtime_for(self.app), job_id, kind, BODIES[kind],
+                                   task=self, time_limit=limit)
+                except StoreDown as exc:
+                    # Give the message back to the broker for a later delivery.  If the broker
+                    # (the same Redis) is down too, the message stays unacknowledged and
+                    # worker.recovery resends the job once Redis is back.
+                    log.warning("job %s: job store unreachable, message requeued: %s",
+                                job_id, exc)
+                    raise Reject(str(exc), requeue=True) from None
 
         task.__name__ = task.__qualname__ = f"{kind}_task"
         app.task(name=name, queue=queue, time_limit=limit + 30, soft_time_limit=limit,

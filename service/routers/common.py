@@ -72,7 +72,8 @@ def job_view(job: JobRecord) -> Job:
     result = None
     if job.status == SUCCEEDED and job.result:
         result = {k: v for k, v in job.result.items() if k not in ("grid", "samples")}
-    return Job(job_id=job.id, kind=job.kind, status=job.status, created=job.created,
+    return Job(job_id=job.id, kind=job.kind, owner=job.owner, status=job.status,
+               created=job.created,
                started=job.started, finished=job.finished, progress=job.progress,
                metrics=job.metrics, error=job.error, cancel_requested=job.cancel_requested,
                attempts=job.attempts, params=public_params(job), model=job_model(job),

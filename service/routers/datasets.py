@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from ..dataset_check import DatasetRejected, check_image_zip, check_npz, detect_format
 from ..datadir import DATASET_ID_RE, atomic_write_bytes, new_dataset_id
-from ..deps import AdminPrincipal, ServicesDep, UsePrincipal
+from ..deps import AdminPrincipal, ServicesDep
 from ..schemas import DatasetInfo, DatasetList, ErrorBody
 from ..uploads import _clean_filename, read_form
 
@@ -94,7 +94,8 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
 
 
 @router.get("/datasets", response_model=DatasetList, responses={401: {"model": ErrorBody}})
-async def list_datasets(services: ServicesDep, principal: UsePrincipal):
+async def list_datasets(services: ServicesDep, principal: AdminPrincipal):
+    """Uploaded datasets (admin keys: datasets are training material)."""
     def read() -> list[DatasetInfo]:
         out = []
         for path in sorted(services.data.datasets.iterdir()):

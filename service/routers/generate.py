@@ -38,7 +38,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, principal: UseP
                                           f"{settings.max_generate_steps}")
     seconds = check_wait(wait, services)
     model_name, version = await run_in_threadpool(
-        services.registry.resolve, body.model, default_model=settings.default_model)
+        services.registry.resolve_servable, body.model, default_model=settings.default_model)
     params = body.model_dump(exclude={"model"})
     params.update(model_name=model_name, model_version=version)
     job = await run_in_threadpool(services.dispatcher.submit, "generate", principal.key_id,

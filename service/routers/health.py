@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from worker.names import INFERENCE_QUEUE, TRAINING_QUEUE
 
 from ..deps import Services, ServicesDep
-from ..registry import RegistryError, checkpoint_summary
+from ..registry import RegistryError
 from ..schemas import Check, Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -49,9 +49,8 @@ def _workers(services: Services) -> Check:
 
 def _model(services: Services) -> Check:
     try:
-        name, version = services.registry.resolve(None,
-                                                  default_model=services.settings.default_model)
-        checkpoint_summary(services.registry.path(name, version))
+        name, version = services.registry.resolve_servable(
+            None, default_model=services.settings.default_model)
         return Check(ok=True, detail=f"serving {name}:{version}")
     except RegistryError as exc:
         return Check(ok=False, detail=f"no servable model: {exc}")

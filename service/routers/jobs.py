@@ -21,9 +21,14 @@ ERRORS = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
 @router.get("/jobs", response_model=JobList, responses=ERRORS)
 async def list_jobs(services: ServicesDep, principal: UsePrincipal,
                     status: JobStatus | None = None, kind: JobKind | None = None,
-                    limit: Annotated[int, Query(ge=1, le=500)] = 50):
-    """This key's jobs, newest first."""
-    jobs = await run_in_threadpool(services.store.list, owner=principal.key_id, limit=limit,
+                    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+                    all: Annotated[bool, Query(description="every key's jobs (admin keys "
+                                                           "only)")] = False):
+    """This key's jobs, newest first (``?all=true``: every key's, for admin keys)."""
+    if all and not principal.can("admin"):
+        raise HTTPException(403, "this API key lacks the 'admin' scope needed for ?all=true")
+    jobs = await run_in_threadpool(services.store.list,
+                                   owner=None if all else principal.key_id, limit=limit,
                                    statuses=[status] if status else None, kind=kind)
     return JobList(jobs=[job_view(j) for j in jobs])
 

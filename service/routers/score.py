@@ -60,7 +60,7 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
     settings = services.settings
     seconds = check_wait(wait, services) if wait is not None else settings.score_wait_seconds
     model_name, version = await run_in_threadpool(
-        services.registry.resolve, model, default_model=settings.default_model)
+        services.registry.resolve_servable, model, default_model=settings.default_model)
     await run_in_threadpool(services.dispatcher.check_capacity, principal.key_id)
     form = await read_form(request, max_files=settings.max_images_per_request + 1)
     try:

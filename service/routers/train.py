@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from worker.names import BUILTIN_DATASETS
+from model.archives import BUILTIN_DATASETS  # torch-free
 
 from ..datadir import DATASET_ID_RE
 from ..deps import AdminPrincipal, ServicesDep
 from ..schemas import ErrorBody, JobAccepted, TrainRequest
-from ..trainconfig import TrainingRequestError, build_training_config
+from ..trainconfig import (TrainingRequestError, build_training_config,
+                           training_limits)
 from .common import invalid
 
 router = APIRouter(tags=["train"])
@@ -32,8 +33,7 @@ async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrinc
     try:  # the same function the worker runs again on the record
         build_training_config(preset_name=body.preset, overrides=body.overrides,
                               seed=body.seed, dataset=body.dataset,
-                              max_steps=settings.max_training_steps,
-                              checkpoint_every=settings.train_checkpoint_every)
+                              **training_limits(settings))
     except TrainingRequestError as exc:
         raise invalid(["body", "overrides"], str(exc)) from None
     job = await run_in_threadpool(services.dispatcher.submit, "train", principal.key_id,

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.settings import Settings
-from tests.support import API_KEY
+from tests.support import ADMIN_KEYS_SPEC, USE_KEYS_SPEC
 
 
 @pytest.fixture
@@ -18,7 +18,8 @@ def make_client(tmp_path, tiny_checkpoint):
 
     def make(**overrides) -> TestClient:
         values = dict(data_dir=tmp_path / "data", seed_checkpoint=tiny_checkpoint,
-                      api_keys=f"tester:{API_KEY}", redis_url=None, torch_threads=1)
+                      api_keys=USE_KEYS_SPEC, admin_keys=ADMIN_KEYS_SPEC,
+                      redis_url=None, torch_threads=1)
         values.update(overrides)
         client = TestClient(create_app(Settings(**values)))
         client.__enter__()

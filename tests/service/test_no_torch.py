@@ -16,7 +16,7 @@ from service.app import create_app
 from service.settings import Settings
 
 settings = Settings(data_dir=sys.argv[1], seed_checkpoint=sys.argv[2],
-                    api_keys="k:0123456789abcdef0123")
+                    admin_keys="k:0123456789abcdef0123")
 h = {"X-API-Key": "0123456789abcdef0123"}
 with TestClient(create_app(settings)) as c:
     buf = io.BytesIO(); Image.new("L", (20, 20)).save(buf, format="PNG")

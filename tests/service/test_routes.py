@@ -122,16 +122,6 @@ def test_jobs_list_and_lookup(client):
     assert client.delete("/jobs/" + "f" * 32, headers=H).status_code == 404
 
 
-def test_jobs_belong_to_their_key(make_client):
-    client = make_client(api_keys="alice:alice-key-0123456789,bob:bob-key-0123456789ab")
-    alice, bob = {"X-API-Key": "alice-key-0123456789"}, {"X-API-Key": "bob-key-0123456789ab"}
-    job_id = client.post("/generate", json={"n": 1}, headers=alice).json()["job_id"]
-    assert [j["job_id"] for j in client.get("/jobs", headers=alice).json()["jobs"]] == [job_id]
-    assert client.get("/jobs", headers=bob).json()["jobs"] == []
-    # Today every key is an admin key (scopes arrive with issue 5), so bob may look it up.
-    assert client.get(f"/jobs/{job_id}", headers=bob).status_code == 200
-
-
 def test_models_list_and_default(client, services, tiny_checkpoint):
     models = client.get("/models", headers=H).json()
     assert models["default_model"] == "demo"
