@@ -76,12 +76,6 @@ def animated_png() -> bytes:
     return buffer.getvalue()
 
 
-def gif_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (16, 16)).save(buffer, format="GIF")
-    return buffer.getvalue()
-
-
 def image_zip(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from service.jobs import (CancelCheck, JobRecord, RedisJobStore, SqliteJobStore,
-                          StoreUnavailable)
+from service.jobs import (CancelCheck, CapacityExceeded, JobRecord, LeaseKeeper,
+                          RedisJobStore, SqliteJobStore, StoreUnavailable)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -138,3 +138,103 @@ def test_unreachable_redis_is_store_unavailable():
     store = RedisJobStore("redis://127.0.0.1:1/0")
     with pytest.raises(StoreUnavailable):
         store.get("0" * 32)
+
+
+def test_queue_limits_are_atomic_under_concurrent_requests(store):
+    """32 threads create jobs at once against limits of 5 in total and 3 per owner: exactly
+    the limits are admitted (a check-then-create would overshoot)."""
+    barrier = threading.Barrier(32)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def submit(i):
+        owner = ("alice", "bob")[i % 2]
+        barrier.wait()
+        try:
+            store.create(JobRecord(id=uuid.uuid4().hex, kind="generate", owner=owner,
+                                   params={}), max_total=5, max_owner=3)
+            outcome = owner
+        except CapacityExceeded as exc:
+            outcome = exc.scope
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count_active() == 5
+    assert max(store.count_active("alice"), store.count_active("bob")) == 3
+    assert outcomes.count("alice") + outcomes.count("bob") == 5
+    assert outcomes.count("total") + outcomes.count("owner") == 27
+    # Finished jobs free their slots.
+    for job in store.list(owner="alice"):
+        store.start(job.id)
+        store.finish(job.id, "succeeded")
+    new_job = store.create(JobRecord(id=uuid.uuid4().hex, kind="generate", owner="carol",
+                                     params={}), max_total=5, max_owner=3)
+    assert store.get(new_job.id).status == "queued"
+
+
+def test_leases_exclude_a_second_holder_until_they_expire(store):
+    job = new(store)
+    assert store.acquire_lease(job.id, "w1", ttl=0.4)
+    assert not store.acquire_lease(job.id, "w2", ttl=0.4)
+    assert store.leases([job.id, "0" * 32]) == {job.id: "w1"}
+    assert store.renew_lease(job.id, "w1", ttl=0.4)
+    assert not store.renew_lease(job.id, "w2", ttl=0.4)
+    store.release_lease(job.id, "w2")  # not the holder: no effect
+    assert store.leases([job.id]) == {job.id: "w1"}
+    time.sleep(0.6)  # w1 stopped renewing (died)
+    assert store.leases([job.id]) == {}
+    assert not store.renew_lease(job.id, "w1", ttl=0.4)
+    assert store.acquire_lease(job.id, "w2", ttl=5)
+    store.release_lease(job.id, "w2")
+    assert store.leases([job.id]) == {}
+
+
+def test_lease_keeper_renews_and_notices_a_lost_lease(store):
+    job = new(store)
+    assert store.acquire_lease(job.id, "me", ttl=0.3)
+    keeper = LeaseKeeper(store, job.id, "me", ttl=0.3, period=0.05).start()
+    time.sleep(0.6)  # twice the ttl: only renewals keep it
+    assert store.leases([job.id]) == {job.id: "me"} and not keeper.lost.is_set()
+    store.release_lease(job.id, "me")  # e.g. expired while Redis was down
+    assert store.acquire_lease(job.id, "someone-else", ttl=5)
+    time.sleep(0.2)
+    assert keeper.lost.is_set()
+    keeper.stop()  # releases only its own lease
+    assert store.leases([job.id]) == {job.id: "someone-else"}
+
+
+def test_recovery_requeues_once_and_resends_once(store):
+    job = new(store)
+    store.start(job.id)
+    seen = store.get(job.id).attempts
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        store.requeue(job.id, attempts=seen))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    queued = store.get(job.id)
+    assert queued.status == "queued" and queued.attempts == 1 and queued.queued_at
+    assert store.touch_queued(job.id, queued.queued_at)
+    assert not store.touch_queued(job.id, queued.queued_at)  # a second recoverer lost
+    assert [j.id for j in store.active()] == [job.id]
+
+
+def test_cancel_check_deadline_and_lost_lease(store):
+    job = new(store)
+    check = CancelCheck(store, job.id, deadline=time.monotonic() + 0.1)
+    assert not check()
+    time.sleep(0.15)
+    assert check() and check.timed_out and not check.interrupted
+    lost = threading.Event()
+    check = CancelCheck(store, job.id, lost=lost)
+    assert not check()
+    lost.set()
+    assert check() and check.lease_lost

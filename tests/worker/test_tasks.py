@@ -157,3 +157,45 @@ def test_cancelled_training_keeps_a_checkpoint_and_registers_nothing(runtime, su
         runtime.store.report = real_report
     assert (runtime.data.job_dir(job_id) / "checkpoint" / "checkpoint.json").is_file()
     assert "gone" not in runtime.registry.read()["models"]
+
+
+def test_a_duplicate_delivery_leaves_a_job_with_a_live_lease_alone(runtime, submit):
+    """A second delivery of a job another worker is running (its lease is renewed) waits one
+    lease period and skips it; it never runs the job twice."""
+    from service.jobs import LeaseKeeper
+
+    job_id = submit("generate", n=1)
+    runtime.store.acquire_lease(job_id, "other-worker", runtime.settings.lease_seconds)
+    runtime.store.start(job_id, holder="other-worker")
+    keeper = LeaseKeeper(runtime.store, job_id, "other-worker",
+                         ttl=runtime.settings.lease_seconds,
+                         period=runtime.settings.heartbeat_seconds).start()
+    try:
+        started = time.monotonic()
+        assert run(runtime, job_id)["skipped"] == "running elsewhere"
+        assert time.monotonic() - started < runtime.settings.lease_seconds * 3
+    finally:
+        keeper.stop()
+    job = runtime.store.get(job_id)
+    assert job.status == "running" and job.attempts == 1 and job.worker == "other-worker"
+
+
+def test_a_job_whose_holder_died_is_taken_over(runtime, submit):
+    job_id = submit("generate", n=1)
+    runtime.store.acquire_lease(job_id, "dead-worker", runtime.settings.lease_seconds)
+    runtime.store.start(job_id, holder="dead-worker")  # then it was SIGKILLed: no renewals
+    assert run(runtime, job_id)["status"] == "succeeded"
+    job = runtime.store.get(job_id)
+    assert job.status == "succeeded" and job.attempts == 2 and job.worker != "dead-worker"
+    assert runtime.store.leases([job_id]) == {}  # released after the final state
+
+
+def test_the_time_limit_is_enforced_between_steps_in_process(runtime, submit):
+    """No Celery pool here (as in embedded mode's solo pool): the limit still holds."""
+    job_id = submit("generate", n=2, steps_latent=5000, steps_pixel=5000)
+    started = time.monotonic()
+    outcome = execute(runtime, job_id, "generate", BODIES["generate"], time_limit=1)
+    assert outcome["status"] == "failed" and time.monotonic() - started < 15
+    job = runtime.store.get(job_id)
+    assert job.error == "time limit of 1 s exceeded" and job.progress["step"] < 10000
+    assert not runtime.data.result_dir(job_id).exists()
