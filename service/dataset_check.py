@@ -84,9 +84,11 @@ def _members(archive: zipfile.ZipFile, *, max_members: int,
     return members
 
 
-def check_image_zip(path: Path, *, max_images: int, max_pixels: int) -> DatasetSummary:
+def check_image_zip(path: Path, *, max_images: int, max_pixels: int,
+                    max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> DatasetSummary:
     with _open(path) as archive:
-        members = _members(archive, max_members=max_images + 1000)
+        members = _members(archive, max_members=max_images + 1000,
+                           max_uncompressed=min(max_uncompressed, MAX_ZIP_UNCOMPRESSED))
         count, colour, first = 0, False, None
         for member in members:  # the same rules as model.data.load_image_zip
             try:

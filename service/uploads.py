@@ -152,6 +152,9 @@ async def read_form(request: Request, *, max_files: int, max_fields: int = 16) -
         if "Too many files" in detail:
             raise HTTPException(413, f"too many files in one request; the limit is "
                                      f"{max_files - 1}") from None
+        if "Too many fields" in detail or "exceeded maximum size" in detail:
+            raise HTTPException(413, f"{detail.rstrip('.')}; form fields are limited to "
+                                     f"{max_fields} of 64 KiB") from None
         raise HTTPException(400, f"malformed multipart body: {detail}") from None
 
 

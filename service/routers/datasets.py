@@ -65,7 +65,8 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
                     fmt = detect_format(handle.read(4), filename)
                 if fmt == "zip":
                     summary = check_image_zip(raw, max_images=settings.max_dataset_images,
-                                              max_pixels=settings.max_image_pixels)
+                                              max_pixels=settings.max_image_pixels,
+                                              max_uncompressed=4 * settings.max_dataset_bytes)
                 else:
                     summary = check_npz(raw, max_images=settings.max_dataset_images,
                                         max_pixels=settings.max_image_pixels,

@@ -307,3 +307,31 @@ def test_unknown_models_for_scoring_and_defaults(client):
                       headers=H).status_code == 422
     assert client.put("/models/demo/default", json={"version": "1.5"},
                       headers=H).status_code == 422
+
+
+def test_dataset_expansion_is_limited_to_four_times_the_upload_limit(make_client):
+    """A zip of images that each compress well (but below the zip-bomb ratio) may not expand
+    past 4 x DEBM_MAX_DATASET_BYTES in total."""
+    client = make_client(max_dataset_bytes=64 * 1024)
+    flat = save(Image.new("L", (100, 100)), "PNG", compress_level=0)  # ~10 kB, deflates well
+    data = image_zip({f"{i}.png": flat for i in range(30)})
+    assert len(data) < 64 * 1024
+    response = client.post("/datasets", headers=H, files={"file": ("flat.zip", data)})
+    assert response.status_code == 413, response.text
+    assert "expands to" in response.json()["detail"]
+    accepted = client.post("/datasets", headers=H,
+                           files={"file": ("few.zip", image_zip({"a.png": flat}))})
+    assert accepted.status_code == 201, accepted.text
+
+
+def test_form_fields_are_limited(client):
+    boundary = "b0undary"
+    big = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n"
+           + "x" * 70_000 + f"\r\n--{boundary}--\r\n").encode()
+    many = "".join(f"--{boundary}\r\nContent-Disposition: form-data; name=\"f{i}\"\r\n\r\nv\r\n"
+                   for i in range(40)) + f"--{boundary}--\r\n"
+    for body in (big, many.encode()):
+        response = client.post("/ood-score", content=body, headers={
+            **H, "content-type": f"multipart/form-data; boundary={boundary}"})
+        assert response.status_code == 413, response.text
+        assert "form fields are limited" in response.json()["detail"]
