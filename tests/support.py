@@ -244,3 +244,89 @@ def json_of(response) -> dict:
         return response.json()
     except json.JSONDecodeError:
         return {"raw": response.text[:500]}
+
+
+class RedisServer:
+    """A redis-server of a test's own (``--appendonly yes``, on a free port, in a temp dir),
+    for tests that stop and restart Redis; the machine's server on 6379 is never touched."""
+
+    def __init__(self, directory: Path, log_dir: Path):
+        self.dir, self.log_dir = Path(directory), Path(log_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: Proc | None = None
+
+    def start(self) -> "RedisServer":
+        import redis
+
+        self.proc = Proc("redis", ["redis-server", "--port", str(self.port), "--bind",
+                                   "127.0.0.1", "--dir", str(self.dir), "--appendonly", "yes",
+                                   "--appendfsync", "always", "--save", "",
+                                   "--maxmemory-policy", "noeviction"], os.environ.copy(),
+                         self.log_dir)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
+
+        def up():
+            try:
+                return client.ping()
+            except redis.exceptions.ConnectionError:  # also "LOADING" while it reads the AOF
+                return False
+        wait_until(up, timeout=20, interval=0.1, what="redis-server to answer")
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM: Redis finishes the AOF and exits, as `docker compose restart redis` does."""
+        if self.proc is not None:
+            self.proc.stop(signal.SIGTERM, timeout=20)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+
+
+class SmallFilesystem:
+    """A real size-limited filesystem (tmpfs) mounted at ``path``: writes past its size fail
+    with ENOSPC, and ``read_only()`` remounts it so writes fail with EROFS, exactly what a
+    full or read-only data volume does.  Mounting needs root (CI runs as root); a non-root
+    run fails here with that reason rather than faking the fault."""
+
+    def __init__(self, path: Path, size_mb: int):
+        self.path, self.size_mb = Path(path), size_mb
+        self.mounted = False
+
+    def mount(self) -> "SmallFilesystem":
+        if os.geteuid() != 0:
+            raise RuntimeError("the disk-full fault test mounts a small tmpfs and needs root "
+                               "(CI runs as root)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0755",
+                        "tmpfs", str(self.path)], check=True)
+        self.mounted = True
+        return self
+
+    def fill(self, leave: int = 0) -> Path:
+        """Fill it up, leaving ``leave`` bytes free."""
+        filler = self.path / "filler.bin"
+        free = os.statvfs(self.path).f_bavail * os.statvfs(self.path).f_frsize
+        with open(filler, "ab") as handle:
+            remaining = free - leave
+            block = b"\0" * (1 << 20)
+            while remaining > 0:
+                try:
+                    remaining -= handle.write(block[:remaining])
+                except OSError:
+                    break
+        return filler
+
+    def free_up(self) -> None:
+        (self.path / "filler.bin").unlink(missing_ok=True)
+
+    def read_only(self, on: bool = True) -> None:
+        subprocess.run(["mount", "-o", f"remount,{'ro' if on else 'rw'}", str(self.path)],
+                       check=True)
+
+    def unmount(self) -> None:
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+            self.mounted = False
