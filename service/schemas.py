@@ -191,3 +191,27 @@ class Readiness(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: Any
+
+
+ERROR_DESCRIPTIONS = {
+    400: "a body that cannot be parsed at all (not UTF-8 JSON, broken multipart)",
+    401: "missing or invalid API key",
+    403: "the key lacks the scope (admin) this needs",
+    404: "unknown job, model, version or dataset (another key's job answers 404 too)",
+    409: "conflict: no result yet, already final, or a model version whose files fail their "
+         "checksums",
+    410: "the job's result files are gone from the data directory",
+    413: "too large: request body, images per request, pixels per image, dataset size",
+    415: "not an accepted image or archive format",
+    422: "invalid parameters or a malformed file; the message names the problem",
+    429: "queue full (in total or for this key); see Retry-After",
+    503: "Redis / the job store or broker is unreachable; see Retry-After",
+    507: "the data directory is full or not writable",
+}
+
+
+def errors(*codes: int) -> dict[int, dict[str, Any]]:
+    """OpenAPI entries for the error answers of a route: JSON ``{"detail": ...}`` (a string,
+    or FastAPI's list of field errors for 422)."""
+    return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]}
+            for code in codes}

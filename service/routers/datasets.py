@@ -15,7 +15,7 @@ from starlette.datastructures import UploadFile
 from ..dataset_check import DatasetRejected, check_image_zip, check_npz, detect_format
 from ..datadir import DATASET_ID_RE, atomic_write_bytes, new_dataset_id
 from ..deps import AdminPrincipal, ServicesDep
-from ..schemas import DatasetInfo, DatasetList, ErrorBody
+from ..schemas import DatasetInfo, DatasetList, errors
 from ..uploads import _clean_filename, read_form
 
 router = APIRouter(tags=["datasets"])
@@ -33,8 +33,7 @@ MULTIPART_DATASET = {
 
 @router.post("/datasets", status_code=201, response_model=DatasetInfo,
              openapi_extra=MULTIPART_DATASET,
-             responses={401: {"model": ErrorBody}, 413: {"model": ErrorBody},
-                        415: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+             responses=errors(400, 401, 403, 413, 415, 422, 507))
 async def upload_dataset(request: Request, services: ServicesDep, principal: AdminPrincipal):
     settings = services.settings
     form = await read_form(request, max_files=2)
@@ -94,7 +93,7 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
         await form.close()
 
 
-@router.get("/datasets", response_model=DatasetList, responses={401: {"model": ErrorBody}})
+@router.get("/datasets", response_model=DatasetList, responses=errors(401, 403))
 async def list_datasets(services: ServicesDep, principal: AdminPrincipal):
     """Uploaded datasets (admin keys: datasets are training material)."""
     def read() -> list[DatasetInfo]:

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import ServicesDep, UsePrincipal
 from ..jobs import SUCCEEDED
-from ..schemas import ErrorBody, GenerateRequest, GenerateResult, JobAccepted
+from ..schemas import GenerateRequest, GenerateResult, JobAccepted, errors
 from .common import check_wait, invalid, result_json, wait_for
 
 router = APIRouter(tags=["generate"])
@@ -20,9 +20,7 @@ router = APIRouter(tags=["generate"])
     "/generate", status_code=202, response_model=JobAccepted,
     responses={200: {"model": GenerateResult,
                      "description": "with ?wait=: the images, when ready in time"},
-               401: {"model": ErrorBody}, 404: {"model": ErrorBody, "description":
-                                                "unknown model"},
-               429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+               **errors(400, 401, 403, 404, 409, 413, 422, 429, 503)})
 async def generate(body: GenerateRequest, services: ServicesDep, principal: UsePrincipal,
                    wait: Annotated[float | None, Query(
                        description="seconds to wait for the result (at most "

@@ -10,15 +10,15 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import ServicesDep, UsePrincipal
 from ..jobs import CANCELLED, SUCCEEDED
-from ..schemas import (ErrorBody, GenerateResult, Job, JobKind, JobList, JobStatus,
-                       ScoreResult, TrainResult)
+from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus,
+                       ScoreResult, TrainResult, errors)
 from .common import get_job, job_view, not_ready, result_json
 
 router = APIRouter(tags=["jobs"])
-ERRORS = {401: {"model": ErrorBody}, 404: {"model": ErrorBody}}
+ERRORS = errors(401, 404, 422, 503)
 
 
-@router.get("/jobs", response_model=JobList, responses=ERRORS)
+@router.get("/jobs", response_model=JobList, responses=errors(401, 403, 422, 503))
 async def list_jobs(services: ServicesDep, principal: UsePrincipal,
                     status: JobStatus | None = None, kind: JobKind | None = None,
                     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -47,7 +47,7 @@ async def get_job_status(job_id: str, services: ServicesDep, principal: UsePrinc
                      "description": "generate jobs: a PNG grid (default) or, with "
                                     "?format=json, every sample as base64 PNG; score and "
                                     "train jobs: JSON"},
-               409: {"model": ErrorBody, "description": "no result (yet)"}, **ERRORS})
+               **errors(409, 410), **ERRORS})
 async def get_job_result(job_id: str, services: ServicesDep, principal: UsePrincipal,
                          format: Literal["png", "json"] | None = None):
     job = await get_job(services, job_id, principal)
@@ -72,8 +72,7 @@ async def get_job_result(job_id: str, services: ServicesDep, principal: UsePrinc
                responses={200: {"description": "cancelled (it was queued)"},
                           202: {"model": Job, "description": "running: cancellation "
                                 "requested; it stops at the next step"},
-                          409: {"model": ErrorBody, "description": "already finished"},
-                          **ERRORS})
+                          **errors(409), **ERRORS})
 async def cancel_job(job_id: str, response: Response, services: ServicesDep,
                      principal: UsePrincipal):
     job = await get_job(services, job_id, principal)

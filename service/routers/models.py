@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..deps import AdminPrincipal, ServicesDep, UsePrincipal
 from ..registry import MODEL_NAME_RE, UnknownModel
-from ..schemas import ErrorBody, ModelInfo, ModelList, ModelVersion, SetDefaultRequest
+from ..schemas import ModelInfo, ModelList, ModelVersion, SetDefaultRequest, errors
 
 router = APIRouter(tags=["models"])
 
@@ -21,7 +21,7 @@ def _info(name: str, entry: dict) -> ModelInfo:
     return ModelInfo(name=name, default_version=int(entry["default"]), versions=versions)
 
 
-@router.get("/models", response_model=ModelList, responses={401: {"model": ErrorBody}})
+@router.get("/models", response_model=ModelList, responses=errors(401))
 async def list_models(services: ServicesDep, principal: UsePrincipal):
     document = await run_in_threadpool(services.registry.read)
     models = document["models"]
@@ -33,7 +33,7 @@ async def list_models(services: ServicesDep, principal: UsePrincipal):
 
 
 @router.put("/models/{name}/default", response_model=ModelInfo,
-            responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+            responses=errors(400, 401, 403, 404, 409, 413, 422))
 async def set_default(name: str, body: SetDefaultRequest, services: ServicesDep,
                       principal: AdminPrincipal):
     """Serve ``version`` of ``name`` to requests that name no version (running jobs keep the

@@ -14,7 +14,7 @@ from model.imagefile import ImageRejected, decode_image
 from ..datadir import atomic_write_bytes
 from ..deps import ServicesDep, UsePrincipal
 from ..jobs import SUCCEEDED
-from ..schemas import MODEL_SPEC, ErrorBody, JobAccepted, ScoreResult
+from ..schemas import MODEL_SPEC, JobAccepted, ScoreResult, errors
 from ..uploads import UploadedFile, read_files, read_form
 from .common import check_wait, result_json, wait_for
 
@@ -48,10 +48,7 @@ def validate_images(files: list[UploadedFile], max_pixels: int) -> None:
 @router.post(
     "/ood-score", response_model=ScoreResult, openapi_extra=MULTIPART_IMAGES,
     responses={202: {"model": JobAccepted, "description": "not scored within the wait"},
-               401: {"model": ErrorBody}, 404: {"model": ErrorBody},
-               413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-               422: {"model": ErrorBody}, 429: {"model": ErrorBody},
-               503: {"model": ErrorBody}})
+               **errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 507)})
 async def ood_score(request: Request, services: ServicesDep, principal: UsePrincipal,
                     model: Annotated[str | None, Query(pattern=MODEL_SPEC)] = None,
                     wait: Annotated[float | None, Query(

@@ -9,7 +9,7 @@ from model.archives import BUILTIN_DATASETS  # torch-free
 
 from ..datadir import DATASET_ID_RE
 from ..deps import AdminPrincipal, ServicesDep
-from ..schemas import ErrorBody, JobAccepted, TrainRequest
+from ..schemas import JobAccepted, TrainRequest, errors
 from ..trainconfig import (TrainingRequestError, build_training_config,
                            training_limits)
 from .common import invalid
@@ -18,9 +18,7 @@ router = APIRouter(tags=["train"])
 
 
 @router.post("/train", status_code=202, response_model=JobAccepted,
-             responses={401: {"model": ErrorBody}, 404: {"model": ErrorBody,
-                        "description": "unknown dataset"}, 422: {"model": ErrorBody},
-                        429: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+             responses=errors(400, 401, 403, 404, 413, 422, 429, 503))
 async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal):
     settings = services.settings
     if body.dataset not in BUILTIN_DATASETS:
