@@ -15,6 +15,8 @@ from typing import Any
 # Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
 # the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
 SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
+# Names of model.augment.AUGMENTATIONS (negative data augmentation for chain starts).
+NEGATIVE_AUGMENTATIONS = ("erase", "jigsaw", "rotate")
 
 
 class ConfigError(ValueError):
@@ -116,7 +118,10 @@ class TrainingConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     contrastive_lr: float = 5e-5  # Adam for the contrastive updates
     contrastive_betas: tuple[float, float] = (0.0, 0.999)  # beta1=0 is the EBM-code habit
-    contrastive_weight: float = 1.0
+    contrastive_weight: float = 1.0  # weight of the phi (texture) contrastive loss
+    # Weight of the gamma (semantic decoder) contrastive loss; 0 skips it.  On a short CPU
+    # budget it turned decoder outputs into grey haze (DESIGN.md section 7), so demo uses 0.
+    semantic_contrastive_weight: float = 1.0
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
     grad_clip_norm: float = 1.0  # clip of the parameter gradient norm
@@ -141,6 +146,10 @@ class TrainingConfig:
     pixel_replay_size: int = 0  # 0 disables
     pixel_replay_fraction: float = 0.0
     noise_chain_fraction: float = 0.125  # share of pixel chains that start from uniform noise
+    # Share of pixel chains that start from negative augmentations of data (model/augment.py):
+    # cutout, jigsaw, rotation.  0 is the paper's algorithm.
+    augmented_chain_fraction: float = 0.0
+    negative_augmentations: tuple[str, ...] = NEGATIVE_AUGMENTATIONS
     # Learning rate of the reconstruction steps once the contrastive phase starts (None: lr);
     # a fast warm-up rate would otherwise wash out the smaller contrastive updates.
     lr_contrastive_phase: float | None = None
@@ -166,18 +175,26 @@ class TrainingConfig:
                 raise ConfigError(f"{name} must be a positive finite number, got {value}")
         if self.contrastive_sigma_min > self.contrastive_sigma_max:
             raise ConfigError("contrastive_sigma_min must be <= contrastive_sigma_max")
-        for name in ("replay_prob", "noise_chain_fraction", "pixel_replay_fraction"):
+        for name in ("replay_prob", "noise_chain_fraction", "pixel_replay_fraction",
+                     "augmented_chain_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1]")
-        if self.noise_chain_fraction + self.pixel_replay_fraction > 1.0:
-            raise ConfigError("noise_chain_fraction + pixel_replay_fraction must be <= 1")
+        if (self.noise_chain_fraction + self.pixel_replay_fraction
+                + self.augmented_chain_fraction) > 1.0:
+            raise ConfigError("noise_chain_fraction + pixel_replay_fraction + "
+                              "augmented_chain_fraction must be <= 1")
+        unknown = set(self.negative_augmentations) - set(NEGATIVE_AUGMENTATIONS)
+        if unknown:
+            raise ConfigError(f"unknown negative_augmentations {sorted(unknown)}; choose from "
+                              f"{list(NEGATIVE_AUGMENTATIONS)}")
         if self.pixel_replay_fraction > 0 and self.pixel_replay_size < 1:
             raise ConfigError("pixel_replay_fraction > 0 needs pixel_replay_size >= 1")
         if self.lr_contrastive_phase is not None and not (
                 math.isfinite(self.lr_contrastive_phase) and self.lr_contrastive_phase > 0):
             raise ConfigError("lr_contrastive_phase must be a positive finite number")
-        if min(self.energy_penalty, self.contrastive_weight, self.latent_moment_weight) < 0:
-            raise ConfigError("energy_penalty, contrastive_weight and latent_moment_weight "
+        if min(self.energy_penalty, self.contrastive_weight, self.latent_moment_weight,
+               self.semantic_contrastive_weight) < 0:
+            raise ConfigError("energy_penalty, contrastive weights and latent_moment_weight "
                               "must be >= 0")
 
 

@@ -3,26 +3,29 @@
 One contrastive iteration:
     1. L reconstruction steps: Adam on the DAE loss (eq. 1, phi) and decoder loss (eq. 13).
     2. Negatives: K latent Langevin steps on U^s (eq. 15) from a persistent buffer or N(0, I),
-       decode x0 = h(z_K), T pixel Langevin steps on U^c (eq. 16).  A share of the pixel chains
-       starts from uniform noise instead.  Negatives are detached: no gradient flows through
-       the chains into the parameters.
+       decode x0 = h(z_K), T pixel Langevin steps on U^c (eq. 16).  Optional shares of the
+       pixel chains start elsewhere: a pixel replay buffer, negative augmentations of data
+       (model/augment.py) or uniform noise.  Negatives are detached: no gradient flows
+       through the chains into the parameters.
     3. Contrastive updates (maximum likelihood):
          phi:   minimise mean U^c(x_data) - mean U^c(x_T)            (gamma frozen)
-         gamma: minimise mean U^s(z_data) - mean U^s(z_K)            (phi frozen)
+         gamma: minimise mean U^s(z_data) - mean U^s(z_K)            (phi frozen; optional)
        plus alpha * (E_data^2 + E_neg^2) on per-dimension energies (IGEBM's magnitude penalty).
     4. Adam steps with parameter-gradient-norm clipping.
 
-Choices the paper leaves open, and why (see DESIGN.md section 7):
-  - Persistent latent chains (a replay buffer, PCD-style): short chains per iteration still
-    explore, and negatives remember where earlier chains went.  A share of fresh N(0, I) starts
-    keeps the buffer from collapsing onto one mode.
+Choices the paper leaves open, and why (DESIGN.md section 7; measurements in docs/RESULTS.md):
+  - Persistent latent chains (a small replay buffer, PCD-style): each chain continues across
+    iterations, so chains of K steps per iteration run hundreds of steps in total and reach
+    the model's own low-energy regions; fresh N(0, I) starts keep the buffer diverse.
   - Pixel chains and the contrastive loss use a per-sample sigma drawn from the grid within
     [contrastive_sigma_min, contrastive_sigma_max], bracketing the OOD-scoring sigma (0.05):
-    the negative's chain is run at the sigma its energy is compared at, so the update is the
-    maximum-likelihood gradient at that level.  The latent chain uses sigma_latent.
+    each negative is compared at the sigma its chain ran at.  The latent chain uses
+    sigma_latent.
   - Energies enter the contrastive loss per dimension (U / d).  With the preconditioned DAE,
-    U^c is already O(1) per dimension at every sigma (see networks.DenoisingUNet), so levels
-    mix without one sigma dominating.
+    U^c is O(1) per dimension at every sigma (networks.DenoisingUNet), so levels mix without
+    one sigma dominating, and alpha has the same meaning for any image size.
+  - The reconstruction steps switch to lr_contrastive_phase once the contrastive phase starts,
+    so a fast warm-up rate does not wash out the contrastive updates.
   - Blow-ups stop training with EnergyExplosion instead of writing a NaN checkpoint.
 
 Progress goes through ``on_step_end(StepMetrics)`` so that a Celery task can report it without
@@ -40,6 +43,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentConfig
+from .augment import negative_augment
 from .data import ImageDataset, sample_batch
 from .energies import (latent_moment_penalty, reconstruction_losses, semantic_energy,
                        sigma_grid, texture_energy)
@@ -171,13 +175,16 @@ class Trainer:
         """Return (x_T, z_K, sigma per negative).
 
         Rows of x_T, in order: two-stage chains (K latent steps from the latent buffer or
-        N(0, I), decode, T pixel steps), then persistent pixel chains continued from the pixel
-        buffer, then fresh chains from uniform noise.  z_K has one row per two-stage chain."""
+        N(0, I), decode, T pixel steps), persistent pixel chains continued from the pixel
+        buffer, chains from negative augmentations of data, then fresh chains from uniform
+        noise.  z_K has one row per two-stage chain."""
         train, net = self.config.training, self.config.network
         n = train.chain_batch_size
         n_noise = int(round(n * train.noise_chain_fraction))
         n_replay = min(int(round(n * train.pixel_replay_fraction)), n - n_noise)
-        n_latent = n - n_noise - n_replay
+        n_augmented = min(int(round(n * train.augmented_chain_fraction)),
+                          n - n_noise - n_replay)
+        n_latent = n - n_noise - n_replay - n_augmented
         image_shape = (net.channels, net.image_size, net.image_size)
         self.model.eval()  # no dropout/BN here, but keep the convention explicit
         z0 = torch.randn((n_latent, net.latent_dim), generator=self.generator,
@@ -200,9 +207,13 @@ class Trainer:
         pixel_slots = torch.randint(max(train.pixel_replay_size, 1), (n_replay,),
                                     generator=self.generator, device=self.device)
         x_replay = self.pixel_buffer[pixel_slots] if n_replay else x_latent[:0]
+        augmented = negative_augment(
+            sample_batch(self.dataset, n_augmented, generator=self.data_generator,
+                         flip=train.flip), train.negative_augmentations,
+            generator=self.data_generator).to(self.device) if n_augmented else x_latent[:0]
         noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
                                  device=self.device) * 2 - 1
-        x0 = torch.cat([x_latent, x_replay, noise_start])
+        x0 = torch.cat([x_latent, x_replay, augmented, noise_start])
         sigma = self._random_sigmas(self.contrastive_grid, n)
         x_t = pixel_chain(self.model, x0, steps=train.steps_pixel,
                           step_size=train.step_size_pixel, sigma=sigma,
@@ -211,7 +222,7 @@ class Trainer:
         if train.pixel_replay_size > 0:
             # Replayed chains go back to their slots; new chains replace random slots, which
             # is the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage).
-            fresh = torch.cat([x_t[:n_latent], x_t[n_latent + n_replay:]])
+            fresh = torch.cat([x_t[:n_latent], x_t[n_latent + n_replay:]])  # two-stage, aug, noise
             fresh_slots = torch.randint(train.pixel_replay_size, (fresh.shape[0],),
                                         generator=self.generator, device=self.device)
             self.pixel_buffer[fresh_slots] = fresh
@@ -241,6 +252,22 @@ class Trainer:
         self._clip_and_step(self.phi_optimizer, self.model.dae.parameters())
 
         # gamma: lower U^s at data latents, raise it at chain ends (phi frozen).
+        gamma = self._semantic_contrastive(x_data, z_neg) \
+            if train.semantic_contrastive_weight > 0 else {}
+        losses = {"contrastive_phi": loss_phi.item(), "penalty": penalty_phi.item(),
+                  "data_energy": e_data.mean().item(), "negative_energy": e_neg.mean().item(),
+                  **gamma}
+        # Diagnostics: two-stage chains versus persistent and noise-started pixel chains.
+        if n_from_latent:
+            losses["negative_energy_two_stage"] = e_neg[:n_from_latent].mean().item()
+        if n_from_latent < e_neg.shape[0]:
+            losses["negative_energy_other_chains"] = e_neg[n_from_latent:].mean().item()
+        return losses
+
+    def _semantic_contrastive(self, x_data: torch.Tensor, z_neg: torch.Tensor
+                              ) -> dict[str, float]:
+        train = self.config.training
+        alpha, d = train.energy_penalty, self.pixel_dims
         self.gamma_optimizer.zero_grad(set_to_none=True)
         for p in self.model.dae.parameters():
             p.requires_grad_(False)
@@ -258,24 +285,16 @@ class Trainer:
                                          sigma_latent, generator=self.generator) / d
             else:
                 es_neg = torch.zeros(1, device=self.device)
-            loss_gamma = train.contrastive_weight * (es_data.mean() - es_neg.mean())
-            penalty_gamma = alpha * (es_data.pow(2).mean() + es_neg.pow(2).mean())
-            (loss_gamma + penalty_gamma).backward()
+            loss = train.semantic_contrastive_weight * (es_data.mean() - es_neg.mean())
+            penalty = alpha * (es_data.pow(2).mean() + es_neg.pow(2).mean())
+            (loss + penalty).backward()
             self._clip_and_step(self.gamma_optimizer, self.model.decoder.parameters())
         finally:
             for p in self.model.dae.parameters():
                 p.requires_grad_(True)
-        losses = {"contrastive_phi": loss_phi.item(), "contrastive_gamma": loss_gamma.item(),
-                "penalty": (penalty_phi + penalty_gamma).item(),
-                "data_energy": e_data.mean().item(), "negative_energy": e_neg.mean().item(),
+        return {"contrastive_gamma": loss.item(), "semantic_penalty": penalty.item(),
                 "semantic_data_energy": es_data.mean().item(),
                 "semantic_negative_energy": es_neg.mean().item()}
-        # Diagnostics: two-stage chains versus persistent and noise-started pixel chains.
-        if n_from_latent:
-            losses["negative_energy_two_stage"] = e_neg[:n_from_latent].mean().item()
-        if n_from_latent < e_neg.shape[0]:
-            losses["negative_energy_other_chains"] = e_neg[n_from_latent:].mean().item()
-        return losses
 
     # -- one step, then the loop -------------------------------------------------------------
     def train_step(self, should_cancel: CancelFn | None = None) -> StepMetrics:

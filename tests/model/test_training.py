@@ -69,7 +69,8 @@ def test_progress_reports_the_documented_fields():
     warm, contrastive = history
     assert warm.phase == "warmup" and {"dae", "decoder"} <= warm.losses.keys()
     assert contrastive.phase == "contrastive"
-    assert {"contrastive_phi", "contrastive_gamma", "penalty"} <= contrastive.losses.keys()
+    assert {"contrastive_phi", "contrastive_gamma", "penalty", "semantic_penalty"} \
+        <= contrastive.losses.keys()
     assert contrastive.total_steps == 2 and contrastive.seconds > 0
 
 
