@@ -8,8 +8,9 @@ import base64
 import httpx
 import pytest
 
-from tests.support import (KEY_HEADERS, decode_png, digit_png, dump_logs, free_port,
-                           image_bytes, service_env, tiny_total_steps, wait_job, wait_until)
+from tests.support import (API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY, decode_png, digit_png,
+                           dump_logs, free_port, image_bytes, service_env, tiny_total_steps,
+                           wait_job, wait_until)
 from tests.system.conftest import api_server, celery_worker, wait_ready
 
 pytestmark = pytest.mark.system
@@ -34,6 +35,15 @@ def test_generate_score_train_default_cancel(tmp_path, redis_url, redis_prefix, 
             _flows(client)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
+        wrong = "not-the-key-but-close-0123456789"
+        assert client.get("/models", headers={"X-API-Key": wrong}).status_code == 401
+        assert client.post("/train", json={"dataset": "mnist5k"},
+                           headers=USE_HEADERS).status_code == 403
+    # No key, right or wrong, reaches any process's log (uvicorn's access log included).
+    logs = dump_logs(*procs)
+    assert "401" in logs and "403" in logs
+    for secret in (API_KEY, USE_KEY, wrong):
+        assert secret not in logs
 
 
 def _flows(client: httpx.Client) -> None:
