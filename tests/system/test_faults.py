@@ -7,7 +7,6 @@ Redis' visibility timeout."""
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
