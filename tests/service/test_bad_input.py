@@ -296,17 +296,13 @@ def test_non_finite_training_override_is_422(client):
     assert response.status_code == 422 and "finite" in response.text
 
 
-def test_unknown_models_for_scoring_and_defaults(client):
+def test_unknown_models_for_scoring(client):
+    """(Unknown models for PUT /models/{name}/default: test_routes.py.)"""
     one = [("files", ("a.png", digit_png(), "image/png"))]
     for model, status in (("ghost", 404), ("demo:9", 404), ("Ghost!", 422), ("demo:x", 422)):
         response = client.post("/ood-score", files=one, params={"model": model}, headers=H)
         assert response.status_code == status, (model, response.text)
-    assert client.put("/models/ghost/default", json={"version": 1},
-                      headers=H).status_code == 404
-    assert client.put("/models/demo/default", json={"version": 0},
-                      headers=H).status_code == 422
-    assert client.put("/models/demo/default", json={"version": "1.5"},
-                      headers=H).status_code == 422
+        assert "ghost" in response.text.lower() or "demo" in response.text
 
 
 def test_dataset_expansion_is_limited_to_four_times_the_upload_limit(make_client):

@@ -43,6 +43,18 @@ def wait_ready(base: str, procs, timeout: float = 120, training: bool = True) ->
         raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
 
 
+def start_service(env: dict, log_dir, procs: list, *workers: tuple[str, str],
+                  training: bool = True) -> str:
+    """Start the API and Celery workers (``(name, queues)`` pairs) as OS processes, wait for
+    /readyz, and return the base URL.  The processes are appended to ``procs``."""
+    port = free_port()
+    procs.append(api_server(env, log_dir, port))
+    procs.extend(celery_worker(name, queues, env, log_dir) for name, queues in workers)
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(base, procs, training=training)
+    return base
+
+
 @pytest.fixture
 def redis_prefix(redis_url):
     """Per-test job-record prefix, and the Celery queues emptied afterwards, so messages

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from tests.support import (API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY, decode_png, digit_png,
-                           dump_logs, free_port, image_bytes, service_env, tiny_total_steps,
+                           dump_logs, image_bytes, service_env, tiny_total_steps,
                            wait_job, wait_until)
-from tests.system.conftest import api_server, celery_worker, wait_ready
+from tests.system.conftest import start_service
 
 pytestmark = pytest.mark.system
 H = KEY_HEADERS
@@ -21,12 +21,9 @@ def test_generate_score_train_default_cancel(tmp_path, redis_url, redis_prefix, 
                                              tiny_checkpoint):
     env = service_env(tmp_path / "data", redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
-    port = free_port()
-    procs.append(api_server(env, tmp_path, port))
-    procs.append(celery_worker("inference", "inference", env, tmp_path))
-    procs.append(celery_worker("training", "training", env, tmp_path))
-    base = f"http://127.0.0.1:{port}"
-    ready = wait_ready(base, procs)
+    base = start_service(env, tmp_path, procs, ("inference", "inference"),
+                         ("training", "training"))
+    ready = httpx.get(f"{base}/readyz").json()
     assert ready["mode"] == "distributed" and ready["checks"]["model"]["detail"] == \
         "serving demo:1"
 

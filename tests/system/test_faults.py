@@ -20,9 +20,9 @@ from service.jobs import open_store
 from service.registry import ModelRegistry
 from service.settings import Settings
 from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, Proc, RedisServer, SmallFilesystem,
-                           digit_png, dump_logs, free_port, image_zip, service_env,
+                           digit_png, dump_logs, image_zip, service_env,
                            tiny_total_steps, wait_job, wait_until)
-from tests.system.conftest import api_server, celery_worker, wait_ready
+from tests.system.conftest import api_server, celery_worker, start_service
 from worker.celery_app import create_celery
 
 pytestmark = pytest.mark.system
@@ -110,12 +110,8 @@ def test_inference_worker_killed_mid_generate_client_still_gets_its_result(
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
-    port = free_port()
-    procs.append(api_server(env, tmp_path, port))
-    first = celery_worker("inference-1", "inference", env, tmp_path)
-    procs.append(first)
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, procs, training=False)
+    base = start_service(env, tmp_path, procs, ("inference-1", "inference"), training=False)
+    first = procs[-1]
 
     answer: dict = {}
 
@@ -153,12 +149,9 @@ def test_redis_restart_loses_no_job_and_the_api_recovers_by_itself(tmp_path, pro
     data = tmp_path / "data"
     env = service_env(data, redis_url=server.url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX="restart")
-    port = free_port()
-    api = api_server(env, tmp_path, port)
-    procs.extend([api, celery_worker("inference", "inference", env, tmp_path),
-                  celery_worker("training", "training", env, tmp_path)])
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, procs)
+    base = start_service(env, tmp_path, procs, ("inference", "inference"),
+                         ("training", "training"))
+    api = next(proc for proc in procs if proc.name == "api")
     client = httpx.Client(base_url=base, timeout=30)
     tiny = {"dataset": "mnist5k", "preset": "tiny", "name": "restarted"}
 
@@ -230,11 +223,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_default_keeps_serving(
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
-    port = free_port()
-    procs.extend([api_server(env, tmp_path, port),
-                  celery_worker("inference", "inference", env, tmp_path)])
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, procs, training=False)
+    base = start_service(env, tmp_path, procs, ("inference", "inference"), training=False)
     registry = ModelRegistry(data / "models")
     for note in ("truncated", "bit flip", "manifest"):
         registry.register("demo", tiny_checkpoint, note=note)  # versions 2, 3, 4
@@ -302,11 +291,7 @@ def _disk_full_scenario(disk, tmp_path, redis_url, redis_prefix, procs, tiny_che
     data = disk.path
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
-    port = free_port()
-    procs.extend([api_server(env, tmp_path, port),
-                  celery_worker("worker", "inference,training", env, tmp_path)])
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, procs)
+    base = start_service(env, tmp_path, procs, ("worker", "inference,training"))
     client = httpx.Client(base_url=base, timeout=60)
     train = {"dataset": "mnist5k", "preset": "tiny", "name": "full", "seed": 0}
 
@@ -364,11 +349,8 @@ def test_api_restart_mid_job_keeps_every_job_status(tmp_path, redis_url, redis_p
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
-    port = free_port()
-    api = api_server(env, tmp_path, port)
-    procs.extend([api, celery_worker("worker", "inference,training", env, tmp_path)])
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, procs)
+    base = start_service(env, tmp_path, procs, ("worker", "inference,training"))
+    api = procs[0]
     with httpx.Client(base_url=base, timeout=30) as client:
         train = client.post("/train", headers=H, json={
             "dataset": "mnist5k", "preset": "tiny", "name": "kept",
@@ -378,7 +360,7 @@ def test_api_restart_mid_job_keeps_every_job_status(tmp_path, redis_url, redis_p
                             or {}).get("step", 0) > 3, timeout=90, what="training to run")
         before = client.get(f"/jobs/{train}", headers=H).json()
     api.kill()
-    api = api_server(env, tmp_path, port)  # a fresh API process on the same port
+    api = api_server(env, tmp_path, int(base.rsplit(":", 1)[1]))  # a fresh API, same port
     procs.append(api)
 
     def answers():

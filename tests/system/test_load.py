@@ -13,9 +13,9 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, digit_png, dump_logs, free_port,
-                           service_env, wait_until)
-from tests.system.conftest import api_server, celery_worker, wait_ready
+from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, digit_png, dump_logs, service_env,
+                           wait_until)
+from tests.system.conftest import start_service
 
 pytestmark = pytest.mark.system
 
@@ -32,12 +32,8 @@ def test_mixed_traffic_past_the_queue_limits(tmp_path, redis_url, redis_prefix, 
                       DEBM_MAX_QUEUED_JOBS_PER_KEY="4",
                       DEBM_API_KEYS=",".join(f"{n}:{k}" for n, k in USERS.items()),
                       DEBM_ADMIN_KEYS=ADMIN_KEYS_SPEC)
-    port = free_port()
-    procs.extend([api_server(env, tmp_path, port),
-                  celery_worker("inference", "inference", env, tmp_path),
-                  celery_worker("training", "training", env, tmp_path)])
-    base = f"http://127.0.0.1:{port}"
-    wait_ready(base, procs)
+    base = start_service(env, tmp_path, procs, ("inference", "inference"),
+                         ("training", "training"))
 
     statuses: Counter = Counter()
     accepted: list[str] = []
