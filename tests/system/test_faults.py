@@ -63,7 +63,7 @@ def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
     procs.append(first)
     wait_worker(store, "training", [first])
 
-    iterations = 150
+    iterations = 100
     total = tiny_total_steps(iterations=iterations)
     dispatcher = Dispatcher(settings, store, create_celery(settings), DataDir(data).ensure())
     job = dispatcher.submit("train", "tester", {
@@ -74,7 +74,7 @@ def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
         record = store.get(job.id)
         step = (record.progress or {}).get("step", 0)
         return record.status == "running" and checkpoint_step(data, job.id) >= 10 and \
-            step < total - 40 and step
+            step < total - 30 and step
     try:
         wait_until(mid_job, timeout=120, interval=0.05, what="a checkpoint mid-job")
     except AssertionError as exc:
@@ -164,7 +164,7 @@ def test_redis_restart_loses_no_job_and_the_api_recovers_by_itself(tmp_path, pro
                                          "steps_pixel": 800})
     queued_generates = [submit("/generate", {"n": 1, "seed": i}) for i in range(2)]
     long_train = submit("/train", {**tiny, "overrides": {
-        "training": {"iterations": 100, "checkpoint_every": 10}}})
+        "training": {"iterations": 60, "checkpoint_every": 10}}})
     queued_train = submit("/train", tiny)
     jobs = [long_generate, *queued_generates, long_train, queued_train]
 
@@ -200,7 +200,7 @@ def test_redis_restart_loses_no_job_and_the_api_recovers_by_itself(tmp_path, pro
         raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
     assert {j: f["status"] for j, f in finals.items()} == {j: "succeeded" for j in jobs}, \
         (finals, dump_logs(*procs))
-    assert finals[long_train]["result"]["step"] == tiny_total_steps(iterations=100)
+    assert finals[long_train]["result"]["step"] == tiny_total_steps(iterations=60)
     listed = {j["job_id"] for j in client.get("/jobs?limit=100", headers=H).json()["jobs"]}
     assert listed == set(jobs)
     versions = client.get("/models", headers=H).json()["models"]
