@@ -18,6 +18,11 @@ MAX_ZIP_UNCOMPRESSED = 2 * 1024 ** 3
 MAX_ZIP_RATIO = 200  # a member expanding more than this is treated as a zip bomb
 
 
+# .npz archives: the first of these names present holds the images, the next the labels.
+IMAGE_ARRAY_KEYS = ("x", "images", "X", "arr_0")
+LABEL_ARRAY_KEYS = ("y", "labels", "arr_1")
+
+
 class DatasetError(ValueError):
     """A dataset cannot be read; the message names the file and the problem.
 
@@ -49,3 +54,26 @@ def check_zip_member(info: zipfile.ZipInfo) -> None:
 def is_metadata_member(name: str) -> bool:
     """OS litter (macOS resource forks, dot files) that is skipped rather than refused."""
     return PurePosixPath(name).name.startswith(".") or "__MACOSX" in name
+
+
+def pixel_value_scale(kind: str, lo: float, hi: float, *, source: str) -> tuple[float, float]:
+    """How array values map to uint8 pixels: returns (offset, scale) with
+    pixel = (value + offset) * scale, or raises DatasetError naming the range.
+
+    Integers must lie in 0..255.  Floats in [-1, 1] with negatives are the model's range,
+    floats in [0, 1] are unit intensities, other floats in [0, 255] are already pixels."""
+    if kind in "ui":
+        if lo < 0 or hi > 255:
+            raise DatasetError(f"{source}: integer pixel values span [{lo:g}, {hi:g}]; "
+                               "expected 0..255")
+        return 0.0, 1.0
+    if kind != "f":
+        raise DatasetError(f"{source}: dtype kind {kind!r} is not an image type")
+    if lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6 and lo < 0:
+        return 1.0, 127.5
+    if lo >= 0 and hi <= 1.0 + 1e-6:
+        return 0.0, 255.0
+    if lo >= 0 and hi <= 255:
+        return 0.0, 1.0
+    raise DatasetError(f"{source}: float pixel values span [{lo:g}, {hi:g}]; expected [0, 1], "
+                       "[-1, 1] or [0, 255]")

@@ -15,7 +15,6 @@ the SHA-256 of every file is checked on load so a truncated or corrupt file is r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -25,18 +24,16 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize_tensors
 
 from .config import ConfigError, ExperimentConfig
+from .manifest import (FORMAT, FORMAT_VERSION, MANIFEST, CheckpointError, checked_file,
+                       read_manifest, sha256_file)
 from .networks import DenoisingEBM
 
-FORMAT = "debm-checkpoint"
-FORMAT_VERSION = 1
-MANIFEST = "checkpoint.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, truncated or does not fit the model."""
+__all__ = ["CheckpointError", "LoadedCheckpoint", "load_checkpoint", "load_training_state",
+           "read_manifest", "save_checkpoint", "update_calibration"]
 
 
 @dataclass
@@ -47,14 +44,6 @@ class LoadedCheckpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     path: Path | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -78,11 +67,12 @@ def atomic_write_json(path: Path, document: dict[str, Any]) -> None:
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Serialise in memory, then write with plain file I/O, so a full disk or a read-only
+    directory surfaces as an OSError with its errno (safetensors' own writer hides it)."""
     tmp = path.with_name(f".{path.name}.tmp")
+    data = serialize_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        _fsync_write(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -98,7 +88,7 @@ def save_checkpoint(directory: str | Path, *, model: DenoisingEBM, config: Exper
     files: dict[str, str] = {}
     weights = f"model-{step:08d}.safetensors"
     _save_tensors(model.state_dict(), directory / weights)
-    files[weights] = _sha256(directory / weights)
+    files[weights] = sha256_file(directory / weights)
     document: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(),
         "step": int(step), "metadata": metadata or {}, "calibration": calibration,
@@ -108,7 +98,7 @@ def save_checkpoint(directory: str | Path, *, model: DenoisingEBM, config: Exper
         tensors, meta = training_state
         state_name = f"state-{step:08d}.safetensors"
         _save_tensors(tensors, directory / state_name)
-        files[state_name] = _sha256(directory / state_name)
+        files[state_name] = sha256_file(directory / state_name)
         document["training_state"] = {"file": state_name, **meta}
     document["files"] = files
     atomic_write_json(directory / MANIFEST, document)
@@ -119,33 +109,9 @@ def save_checkpoint(directory: str | Path, *, model: DenoisingEBM, config: Exper
     return directory
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: not a checkpoint (no {MANIFEST})")
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} manifest")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: unsupported format version "
-                              f"{document.get('format_version')}")
-    return document
-
-
 def _verified_tensors(directory: Path, name: str, document: dict[str, Any]
                       ) -> dict[str, torch.Tensor]:
-    if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
-        raise CheckpointError(f"{directory}: manifest names an invalid file {name!r}")
-    path = directory / name
-    expected = document.get("files", {}).get(name)
-    if not path.is_file():
-        raise CheckpointError(f"{directory}: {name} is missing")
-    if expected is None or _sha256(path) != expected:
-        raise CheckpointError(f"{directory}: {name} is corrupt or truncated (checksum mismatch)")
+    path = checked_file(directory, name, document)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:

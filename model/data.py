@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .archives import (BUILTIN_DATASETS, IMAGE_SUFFIXES, MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED,
-                       DatasetError, check_zip_member, is_metadata_member)
+from .archives import (BUILTIN_DATASETS, IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEYS,
+                       MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED, DatasetError, check_zip_member,
+                       is_metadata_member, pixel_value_scale)
 from .imagefile import ImageRejected, decode_image
 
 __all__ = ["BUILTIN_DATASETS", "DatasetError", "ImageDataset", "check_zip_member",
@@ -208,22 +209,14 @@ def _images_from_array(array: np.ndarray, source: str) -> np.ndarray:
         raise DatasetError(f"{source}: images need 1 or 3 channels, got shape {array.shape}")
     if array.shape[0] == 0 or min(array.shape[2:]) < 1:
         raise DatasetError(f"{source}: no images")
-    if array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise DatasetError(f"{source}: images contain NaN or infinity")
-        lo, hi = float(array.min()), float(array.max())
-        if lo >= -1.0 - 1e-6 and hi <= 1.0 + 1e-6 and lo < 0:
-            array = (array + 1.0) * 127.5
-        elif lo >= 0 and hi <= 1.0 + 1e-6:
-            array = array * 255.0
-        elif not (lo >= 0 and hi <= 255):
-            raise DatasetError(f"{source}: float pixel values span [{lo}, {hi}]; expected "
-                               "[0, 1], [-1, 1] or [0, 255]")
-        return np.clip(np.round(array), 0, 255).astype(np.uint8)
-    lo, hi = int(array.min()), int(array.max())
-    if lo < 0 or hi > 255:
-        raise DatasetError(f"{source}: integer pixel values span [{lo}, {hi}]; expected 0..255")
-    return array.astype(np.uint8)
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise DatasetError(f"{source}: images contain NaN or infinity")
+    offset, scale = pixel_value_scale(array.dtype.kind, float(array.min()), float(array.max()),
+                                      source=source)
+    if (offset, scale) == (0.0, 1.0) and array.dtype.kind in "ui":
+        return array.astype(np.uint8)
+    return np.clip(np.round((array.astype(np.float64) + offset) * scale), 0, 255
+                   ).astype(np.uint8)
 
 
 def load_npz(source: Path | bytes) -> tuple[np.ndarray, np.ndarray | None]:
@@ -239,13 +232,13 @@ def load_npz(source: Path | bytes) -> tuple[np.ndarray, np.ndarray | None]:
         raise DatasetError(f"{label}: expected an .npz archive of named arrays")
     with archive:
         keys = list(archive.files)
-        key = next((k for k in ("x", "images", "X", "arr_0") if k in keys), None)
+        key = next((k for k in IMAGE_ARRAY_KEYS if k in keys), None)
         if key is None:
             raise DatasetError(f"{label}: no image array; name it 'x' or 'images' "
                                f"(found {keys})")
         try:
             images = _images_from_array(archive[key], f"{label}[{key}]")
-            label_key = next((k for k in ("y", "labels", "arr_1") if k in keys), None)
+            label_key = next((k for k in LABEL_ARRAY_KEYS if k in keys), None)
             labels = archive[label_key] if label_key else None
         except ValueError as exc:
             if isinstance(exc, DatasetError):

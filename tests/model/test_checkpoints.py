@@ -74,3 +74,27 @@ def test_resave_replaces_old_files_atomically(tmp_path):
     names = sorted(p.name for p in path.iterdir())
     assert names == ["checkpoint.json", "model-00000013.safetensors"]
     assert load_checkpoint(path).step == 13
+
+
+def test_write_failures_surface_as_os_errors_with_errno(tmp_path):
+    """The service maps errno (ENOSPC, EROFS, ...) to clear job errors."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config = ExperimentConfig(network=tiny_network()).validate()
+    with pytest.raises(OSError) as info:
+        save_checkpoint(blocker / "ck", model=DenoisingEBM(config.network), config=config,
+                        step=1)
+    assert info.value.errno is not None
+
+
+def test_torch_free_verification_checks_every_listed_file(tmp_path):
+    from model.manifest import verify_checkpoint_files
+
+    path, model, config = _save(tmp_path)
+    assert verify_checkpoint_files(path)["step"] == 12
+    weights = path / read_manifest(path)["weights"]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        verify_checkpoint_files(path)
