@@ -208,6 +208,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from model.checkpoints import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(json.dumps({"out": str(out),
+                      "bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}))
+    return 0
+
+
 def _say(message: str) -> None:
     print(f"debm eval: {message}", file=sys.stderr, flush=True)
 
@@ -299,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", help="defaults to the checkpoint's training set")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("export", help="copy a checkpoint without its training state "
+                                      "(for serving or shipping)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval-ood", help="AUROC / AUPR-in / FPR95 against OOD sets")
     p.add_argument("--checkpoint", required=True)

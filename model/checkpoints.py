@@ -32,8 +32,8 @@ from .manifest import (FORMAT, FORMAT_VERSION, MANIFEST, CheckpointError, checke
                        read_manifest, sha256_file)
 from .networks import DenoisingEBM
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "load_checkpoint", "load_training_state",
-           "read_manifest", "save_checkpoint", "update_calibration"]
+__all__ = ["CheckpointError", "LoadedCheckpoint", "export_checkpoint", "load_checkpoint",
+           "load_training_state", "read_manifest", "save_checkpoint", "update_calibration"]
 
 
 @dataclass
@@ -150,6 +150,26 @@ def load_training_state(directory: str | Path) -> tuple[dict[str, torch.Tensor],
     tensors = _verified_tensors(directory, info["file"], document)
     meta = {k: v for k, v in info.items() if k != "file"}
     return tensors, meta
+
+
+def export_checkpoint(source: str | Path, target: str | Path) -> Path:
+    """Copy a checkpoint for serving or shipping: weights, config, metadata and calibration,
+    without the resumable training state (optimizer moments are most of its size).  A
+    warm-up baseline sub-checkpoint is exported alongside, so evaluation still finds it."""
+    source, target = Path(source), Path(target)
+    document = read_manifest(source)
+    if target.exists() and any(target.iterdir()):
+        raise CheckpointError(f"{target}: exists and is not empty")
+    weights = checked_file(source, document.get("weights"), document)
+    target.mkdir(parents=True, exist_ok=True)
+    _fsync_write(target / weights.name, weights.read_bytes())
+    exported = {**document, "training_state": None,
+                "files": {weights.name: document["files"][weights.name]}}
+    atomic_write_json(target / MANIFEST, exported)
+    warmup = (document.get("metadata") or {}).get("warmup_checkpoint")
+    if isinstance(warmup, str) and "/" not in warmup and (source / warmup / MANIFEST).exists():
+        export_checkpoint(source / warmup, target / warmup)
+    return target
 
 
 def update_calibration(directory: str | Path, calibration: dict[str, Any]) -> None:

@@ -98,3 +98,21 @@ def test_torch_free_verification_checks_every_listed_file(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         verify_checkpoint_files(path)
+
+
+def test_export_drops_training_state_and_keeps_the_warmup_baseline(tmp_path):
+    from model.checkpoints import export_checkpoint
+
+    config = ExperimentConfig(network=tiny_network()).validate()
+    model = DenoisingEBM(config.network)
+    source = tmp_path / "run"
+    save_checkpoint(source / "warmup", model=model, config=config, step=3)
+    state = ({"x": torch.zeros(3)}, {"step": 5, "optimizers": {}})
+    save_checkpoint(source, model=model, config=config, step=5,
+                    metadata={"warmup_checkpoint": "warmup"}, training_state=state)
+    out = export_checkpoint(source, tmp_path / "shipped")
+    assert read_manifest(out)["training_state"] is None
+    assert not list(out.glob("state-*"))
+    assert load_checkpoint(out).step == 5 and load_checkpoint(out / "warmup").step == 3
+    with pytest.raises(CheckpointError, match="not empty"):
+        export_checkpoint(source, out)
