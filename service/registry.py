@@ -10,14 +10,14 @@ processes and workers on one host (or sharing one volume) never see a half-writt
 A registration that carries a job id is idempotent: a training task that is delivered twice
 registers one version.
 
-Torch-free: checkpoints are inspected through their JSON manifest only; the workers load
-weights with model.checkpoints.
+Torch-free: checkpoints are read and verified with model.manifest (the same manifest and
+checksum rules model.checkpoints loads with); the workers load weights with
+model.checkpoints.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,11 +28,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from model.manifest import MANIFEST, CheckpointError, read_manifest, verify_checkpoint_files
+
 from .datadir import atomic_write_bytes
 from .settings import MODEL_NAME_RE
-
-MANIFEST = "checkpoint.json"
-CHECKPOINT_FORMAT = "debm-checkpoint"
 
 
 class RegistryError(ValueError):
@@ -48,68 +47,60 @@ class CorruptCheckpoint(RegistryError):
     serving (the API answers 409 and keeps the current default)."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# (directory, ((file, size, mtime_ns), ...)) -> None: files already verified unchanged.
-_verified: dict[tuple, None] = {}
+# Signatures (directory, manifest "files", ((file, size, mtime_ns), ...)) of checkpoints whose
+# files were already verified and have not changed since.
+_verified: set[tuple] = set()
 _verified_lock = threading.Lock()
 
 
-def verify_checkpoint(directory: Path) -> dict[str, Any]:
-    """Check that every file the manifest lists exists and matches its SHA-256, as
-    model.checkpoints.load_checkpoint will (torch-free, so the API can refuse a corrupt
-    version before any worker tries it).  Results are cached by file size and mtime, so a
-    version is hashed once, not per request.  Returns the manifest summary."""
-    directory = Path(directory)
-    summary = checkpoint_summary(directory)
-    document = json.loads((directory / MANIFEST).read_text())
+def _signature(directory: Path, document: dict[str, Any]) -> tuple | None:
+    """What a verification result is cached under; None when a listed file cannot be
+    stat'ed (the verification then says why)."""
     files = document.get("files")
-    if not isinstance(files, dict) or document.get("weights") not in files:
-        raise CorruptCheckpoint(f"{directory.name}: the manifest lists no checksums")
-    signature = []
+    if not isinstance(files, dict):
+        return None
+    stats = []
     for name in sorted(files):
-        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
-            raise CorruptCheckpoint(f"the manifest names an invalid file {name!r}")
         try:
             stat = (directory / name).stat()
-        except OSError:
-            raise CorruptCheckpoint(f"{name} is missing") from None
-        signature.append((name, stat.st_size, stat.st_mtime_ns))
-    key = (str(directory.resolve()), tuple(signature))
-    with _verified_lock:
-        if key in _verified:
-            return summary
-    for name in sorted(files):
-        if _sha256(directory / name) != files[name]:
-            raise CorruptCheckpoint(f"{name} is corrupt or truncated (checksum mismatch)")
-    with _verified_lock:
-        if len(_verified) > 1024:
-            _verified.clear()
-        _verified[key] = None
-    return summary
+        except (OSError, ValueError):  # ValueError: a NUL in the name
+            return None
+        stats.append((name, stat.st_size, stat.st_mtime_ns))
+    return str(directory.resolve()), json.dumps(files, sort_keys=True), tuple(stats)
 
 
-def checkpoint_summary(directory: Path) -> dict[str, Any]:
-    """What GET /models shows about a checkpoint, read from its JSON manifest (no torch).
-    Raises RegistryError when the directory is not a readable checkpoint."""
-    path = Path(directory) / MANIFEST
+def verify_checkpoint(directory: Path) -> dict[str, Any]:
+    """Check that every file the manifest lists exists and matches its SHA-256, with the
+    rules model.checkpoints.load_checkpoint applies (model.manifest, torch-free, so the API
+    can refuse a corrupt version before any worker tries it).  Results are cached by file
+    size and mtime, so a version is hashed once, not per request.  Returns the manifest
+    summary.  Raises RegistryError when ``directory`` is not a readable checkpoint and
+    CorruptCheckpoint when its files fail verification."""
+    directory = Path(directory)
     try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RegistryError(f"{directory}: not a checkpoint (no {MANIFEST})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RegistryError(f"{path}: unreadable checkpoint manifest ({exc})") from None
-    if not isinstance(document, dict) or document.get("format") != CHECKPOINT_FORMAT:
-        raise RegistryError(f"{path}: not a {CHECKPOINT_FORMAT} manifest")
-    weights = document.get("weights")
-    if not isinstance(weights, str) or not (Path(directory) / weights).is_file():
-        raise RegistryError(f"{directory}: its weights file is missing")
+        document = read_manifest(directory)
+    except CheckpointError as exc:
+        raise RegistryError(str(exc)) from None
+    # Taken before hashing: a file changed while (or after) it is hashed changes the key.
+    key = _signature(directory, document)
+    with _verified_lock:
+        cached = key is not None and key in _verified
+    if not cached:
+        try:
+            verified = verify_checkpoint_files(directory)
+        except CheckpointError as exc:
+            raise CorruptCheckpoint(str(exc)) from None
+        if key is not None and verified.get("files") == document.get("files"):
+            with _verified_lock:
+                if len(_verified) > 1024:
+                    _verified.clear()
+                _verified.add(key)
+        document = verified
+    return checkpoint_summary(document)
+
+
+def checkpoint_summary(document: dict[str, Any]) -> dict[str, Any]:
+    """What GET /models shows about a checkpoint, from its manifest (no torch)."""
     config = document.get("config") or {}
     network = config.get("network") or {}
     metadata = document.get("metadata") or {}

@@ -484,7 +484,7 @@ def load_training_dataset(runtime: TaskRuntime, dataset: Any, config):
 
 def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
               should_cancel: CancelCheck) -> dict[str, Any]:
-    from model.checkpoints import read_manifest
+    from model.manifest import MANIFEST, read_manifest
     from model.pipeline import run_training
     from service.settings import MODEL_NAME_RE
 
@@ -499,7 +499,7 @@ def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     dataset = load_training_dataset(runtime, params.get("dataset"), config)
     out_dir = runtime.data.job_dir(job.id) / "checkpoint"
     # A redelivered job (its worker died) continues from its own last checkpoint.
-    resume = (out_dir / "checkpoint.json").is_file()
+    resume = (out_dir / MANIFEST).is_file()
     if resume:
         log.info("job %s: resuming from %s", job.id, out_dir)
     run_training(config, out_dir, resume=resume, device=settings.device, dataset=dataset,

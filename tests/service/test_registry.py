@@ -7,7 +7,8 @@ import multiprocessing
 
 import pytest
 
-from service.registry import ModelRegistry, RegistryError, UnknownModel, parse_model_spec
+from service.registry import (CorruptCheckpoint, ModelRegistry, RegistryError, UnknownModel,
+                              parse_model_spec)
 
 
 def test_register_versions_and_defaults(tmp_path, tiny_checkpoint):
@@ -72,3 +73,59 @@ def test_concurrent_processes_get_distinct_versions(tmp_path, tiny_checkpoint):
     assert versions == list(range(1, 13))
     document = json.loads((root / "registry.json").read_text())
     assert sorted(map(int, document["models"]["m"]["versions"])) == list(range(1, 13))
+
+
+def _replace(path, data: bytes) -> None:
+    """Registered files are hard links to the session's checkpoint: replace, never modify."""
+    path.unlink()
+    path.write_bytes(data)
+
+
+def test_corrupt_versions_are_refused_with_the_reason(tmp_path, tiny_checkpoint):
+    registry = ModelRegistry(tmp_path / "models")
+    for _ in range(4):
+        registry.register("demo", tiny_checkpoint)
+    manifest = json.loads((tiny_checkpoint / "checkpoint.json").read_text())
+    weights = registry.path("demo", 2) / manifest["weights"]
+    _replace(weights, weights.read_bytes()[:100])
+    (registry.path("demo", 3) / manifest["weights"]).unlink()
+    _replace(registry.path("demo", 4) / "checkpoint.json", b'{"format": "debm-checkp')
+    registry.verify("demo", 1)
+    for version, words in ((2, "corrupt or truncated (checksum mismatch)"),
+                           (3, "is missing"), (4, "unreadable checkpoint manifest")):
+        with pytest.raises(CorruptCheckpoint, match=r"cannot be served") as info:
+            registry.verify("demo", version)
+        assert words in str(info.value)
+        with pytest.raises(CorruptCheckpoint, match=r"the default stays demo:1"):
+            registry.set_default("demo", version)
+    assert registry.resolve("demo", default_model="demo") == ("demo", 1)
+    # Registering a copy of a corrupt directory is refused too; a non-checkpoint is not corrupt.
+    with pytest.raises(CorruptCheckpoint, match=r"not registered: .*checksum mismatch"):
+        registry.register("other", registry.path("demo", 2))
+    with pytest.raises(RegistryError, match=r"not a checkpoint") as info:
+        registry.register("other", tmp_path)
+    assert not isinstance(info.value, CorruptCheckpoint)
+
+
+def test_verification_is_cached_until_a_file_changes(tmp_path, tiny_checkpoint, monkeypatch):
+    import model.manifest
+
+    hashed = []
+    real = model.manifest.sha256_file
+    monkeypatch.setattr(model.manifest, "sha256_file",
+                        lambda path: hashed.append(path.name) or real(path))
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register("demo", tiny_checkpoint)
+    files = json.loads((tiny_checkpoint / "checkpoint.json").read_text())["files"]
+    hashed.clear()
+    registry.verify("demo", 1)
+    assert sorted(hashed) == sorted(files)  # the registered copy: hashed once ...
+    registry.verify("demo", 1)
+    registry.resolve_servable("demo", default_model="demo")
+    assert sorted(hashed) == sorted(files)  # ... and not again while nothing changed
+    weights = registry.path("demo", 1) / json.loads(
+        (tiny_checkpoint / "checkpoint.json").read_text())["weights"]
+    data = weights.read_bytes()
+    _replace(weights, data[:-1] + bytes([data[-1] ^ 1]))  # same size, new mtime
+    with pytest.raises(CorruptCheckpoint, match="checksum mismatch"):
+        registry.verify("demo", 1)
