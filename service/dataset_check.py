@@ -18,12 +18,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from model.archives import (IMAGE_SUFFIXES, MAX_ZIP_UNCOMPRESSED, DatasetError,
-                            check_zip_member, is_metadata_member)
+from model.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, MAX_ZIP_UNCOMPRESSED,
+                            DatasetError, check_zip_member, is_metadata_member,
+                            pixel_value_scale)
 from model.imagefile import ImageRejected, decode_image
 
-# Keys model.data.load_npz looks for, in its order of preference.
-IMAGE_KEYS = ("x", "images", "X", "arr_0")
 CHUNK_BYTES = 8 << 20
 # An .npz member is a flat array name; anything else (folders, traversal) is refused.
 NPZ_MEMBER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}\.npy$")
@@ -145,7 +144,7 @@ def check_npz(path: Path, *, max_images: int, max_pixels: int, max_uncompressed:
             if member.flag_bits & 0x1:
                 raise DatasetRejected(f"npz member {name!r} is encrypted")
         keys = [n[:-4] for n in members if n.endswith(".npy")]
-        key = next((k for k in IMAGE_KEYS if k in keys), None)
+        key = next((k for k in IMAGE_ARRAY_KEYS if k in keys), None)  # model.data's order
         if key is None:
             raise DatasetRejected(f"no image array; name it 'x' or 'images' (found {keys})")
         with archive.open(members[key + ".npy"]) as handle:
@@ -193,8 +192,8 @@ def _check_shape(key: str, shape: tuple[int, ...]) -> DatasetSummary:
 
 
 def _check_values(handle, key: str, dtype: np.dtype, count: int) -> None:
-    """Stream the data: finite, and in [0, 255] (integers) or [-1, 1] / [0, 1] / [0, 255]
-    (floats), as model.data accepts."""
+    """Stream the data in chunks: finite, and within a range model.data accepts
+    (model.archives.pixel_value_scale, the rule model.data converts pixels with)."""
     per_chunk = max(1, CHUNK_BYTES // dtype.itemsize)
     remaining, lo, hi = count, np.inf, -np.inf
     while remaining:
@@ -207,12 +206,7 @@ def _check_values(handle, key: str, dtype: np.dtype, count: int) -> None:
             raise DatasetRejected(f"array {key!r} contains NaN or infinity")
         lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
         remaining -= take
-    if dtype.kind in "ui" and (lo < 0 or hi > 255):
-        raise DatasetRejected(f"array {key!r}: integer pixel values span [{lo:g}, {hi:g}]; "
-                              "expected 0..255")
-    if dtype.kind == "f" and not (lo >= -1.0 - 1e-6 and hi <= 255):
-        raise DatasetRejected(f"array {key!r}: float pixel values span [{lo:g}, {hi:g}]; "
-                              "expected [0, 1], [-1, 1] or [0, 255]")
-    if dtype.kind == "f" and lo < 0 and hi > 1.0 + 1e-6:
-        raise DatasetRejected(f"array {key!r}: float pixel values span [{lo:g}, {hi:g}]; "
-                              "expected [0, 1], [-1, 1] or [0, 255]")
+    try:
+        pixel_value_scale(dtype.kind, lo, hi, source=f"array {key!r}")
+    except DatasetError as exc:
+        raise DatasetRejected.wrap(exc) from None
