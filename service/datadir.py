@@ -37,18 +37,15 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCE
 
 
 def storage_errno(exc: BaseException | None) -> tuple[int, str | None] | None:
-    """(errno, filename) of a refused write anywhere in ``exc``'s chain, also when a library
-    reports it only in its text (safetensors: "I/O error: No space left on device (os error
-    28)"); None for any other error."""
+    """(errno, filename) of a refused write: the first OSError with an errno in ``exc``'s
+    chain (causes and contexts), when that errno is a storage one; None for any other error.
+    Checkpoints are written with plain file I/O (model.checkpoints), so a full disk or a
+    read-only directory arrives as an OSError with its errno."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno is not None:
             return (exc.errno, exc.filename) if exc.errno in STORAGE_ERRNOS else None
-        match = re.search(r"\(os error (\d+)\)", str(exc))
-        if match:
-            code = int(match.group(1))
-            return (code, None) if code in STORAGE_ERRNOS else None
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -104,19 +101,13 @@ class DataDir:
         return self
 
     def job_dir(self, job_id: str) -> Path:
-        if not JOB_ID_RE.match(job_id):
-            raise ValueError(f"invalid job id {job_id!r}")
-        return self.jobs / job_id
+        return _job_path(self.jobs, job_id)
 
     def result_dir(self, job_id: str) -> Path:
-        if not JOB_ID_RE.match(job_id):
-            raise ValueError(f"invalid job id {job_id!r}")
-        return self.results / job_id
+        return _job_path(self.results, job_id)
 
     def upload_dir(self, job_id: str) -> Path:
-        if not JOB_ID_RE.match(job_id):
-            raise ValueError(f"invalid job id {job_id!r}")
-        return self.uploads / job_id
+        return _job_path(self.uploads, job_id)
 
     def dataset_dir(self, dataset_id: str) -> Path:
         if not DATASET_ID_RE.match(dataset_id):
@@ -149,6 +140,12 @@ class DataDir:
         if path != self.root and self.root not in path.parents:
             raise ValueError(f"data path {relative!r} leaves the data directory")
         return path
+
+
+def _job_path(parent: Path, job_id: str) -> Path:
+    if not JOB_ID_RE.match(job_id):
+        raise ValueError(f"invalid job id {job_id!r}")
+    return parent / job_id
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:

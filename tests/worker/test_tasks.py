@@ -3,9 +3,12 @@ re-validation of job records, and training that resumes and registers once."""
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 
+import pytest
 from PIL import Image
 
 from model.config import preset
@@ -199,3 +202,31 @@ def test_the_time_limit_is_enforced_between_steps_in_process(runtime, submit):
     job = runtime.store.get(job_id)
     assert job.error == "time limit of 1 s exceeded" and job.progress["step"] < 10000
     assert not runtime.data.result_dir(job_id).exists()
+
+
+def test_a_refused_write_fails_the_job_with_a_clear_error(runtime, submit, monkeypatch):
+    """A full or read-only data directory (an OSError with its errno, also as the cause of
+    another error) fails the job with the reason; other OS errors stay internal errors."""
+    import worker.tasks
+
+    def refuse(code: int, wrap: bool):
+        def write(path, data, **_):
+            error = OSError(code, os.strerror(code), str(path))
+            if wrap:
+                raise RuntimeError("saving failed") from error
+            raise error
+        return write
+
+    for code, wrap in ((errno.ENOSPC, False), (errno.EROFS, True)):
+        monkeypatch.setattr(worker.tasks, "atomic_write_bytes", refuse(code, wrap))
+        job_id = submit("generate", n=1)
+        assert run(runtime, job_id)["status"] == "failed"
+        job = runtime.store.get(job_id)
+        assert job.error.startswith("could not write to the data directory (results/") and \
+            os.strerror(code) in job.error, job.error
+        assert not runtime.data.result_dir(job_id).exists()
+    monkeypatch.setattr(worker.tasks, "atomic_write_bytes", refuse(errno.ENOENT, False))
+    job_id = submit("generate", n=1)
+    with pytest.raises(FileNotFoundError):
+        run(runtime, job_id)
+    assert runtime.store.get(job_id).error.startswith("internal error (FileNotFoundError)")
