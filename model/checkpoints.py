@@ -135,7 +135,8 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
         first = str(exc).strip().splitlines()
         raise CheckpointError(f"{directory}: weights do not fit the stored config "
                               f"({first[1].strip() if len(first) > 1 else first[0]})") from None
-    model.to(device).eval()
+    # Inference only needs gradients with respect to inputs (Langevin), never weights.
+    model.to(device).eval().requires_grad_(False)
     return LoadedCheckpoint(model=model, config=config, step=int(document.get("step", 0)),
                             metadata=document.get("metadata") or {},
                             calibration=document.get("calibration"), path=directory)

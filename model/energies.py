@@ -139,15 +139,19 @@ def texture_score(dae: DenoisingUNet, x: torch.Tensor, *, sigma: float, draws: i
 
     The draws come from ``seed`` and are shared by every image (common random numbers), so an
     image's score does not depend on which other images share its request or batch, and
-    differences between images are not blurred by independent noise."""
+    differences between images are not blurred by independent noise.  Images and draws are
+    flattened into one batch of up to ``batch_size`` rows, so a request with a single image
+    still runs one forward pass, not ``draws`` of them."""
     generator = torch.Generator(device=x.device).manual_seed(seed)
     noises = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device,
                          dtype=x.dtype)
+    images_per_chunk = max(1, batch_size // draws)
     scores = []
-    for start in range(0, x.shape[0], batch_size):
-        chunk = x[start:start + batch_size]
-        total = torch.zeros(chunk.shape[0], device=x.device, dtype=x.dtype)
-        for noise in noises:
-            total += texture_energy(dae, chunk, sigma, noise=noise.expand_as(chunk))
-        scores.append(-total / draws)
+    for start in range(0, x.shape[0], images_per_chunk):
+        chunk = x[start:start + images_per_chunk]
+        n = chunk.shape[0]
+        repeated = chunk.repeat_interleave(draws, dim=0)  # image-major: i*draws + m
+        noise = noises.repeat(n, *([1] * (x.dim() - 1)))
+        energy = texture_energy(dae, repeated, sigma, noise=noise)
+        scores.append(-energy.view(n, draws).mean(dim=1))
     return torch.cat(scores) if scores else torch.zeros(0, device=x.device)
