@@ -191,6 +191,7 @@ def test_redis_restart_loses_no_job_and_the_api_recovers_by_itself(tmp_path, pro
         time.sleep(3)  # long enough for every worker to notice the lost connection
     finally:
         server.start()  # same port, same AOF
+        procs.append(server.proc)  # the restarted server is a new process: stop it too
     # The same API process recovers by itself.
     wait_until(lambda: client.get("/jobs", headers=H).status_code == 200, timeout=30,
                what="the API to answer again")
