@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -117,8 +118,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     on_step, close = _progress_printer(total, args.quiet)
     started = time.perf_counter()
     try:
+        command = "debm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         out = run_training(config, args.out, resume=args.resume, init_from=args.init_from,
-                           device=args.device, on_step_end=on_step)
+                           device=args.device, on_step_end=on_step,
+                           extra_metadata={"command": command})
     finally:
         close()
     from model.checkpoints import read_manifest

@@ -60,6 +60,7 @@ def atomic_write_json(path: Path, document: dict[str, Any]) -> None:
     os.close(fd)
     try:
         _fsync_write(Path(tmp), json.dumps(document, indent=2, sort_keys=True).encode())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the API and workers may run as other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
