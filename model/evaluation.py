@@ -49,8 +49,10 @@ def knn_pixel_scores(queries: torch.Tensor, reference: torch.Tensor, *, query_ch
     """-min_j ||x - t_j||_2 over the reference images, for each query x (float [-1, 1]).
 
     ``reference`` may be uint8 (converted chunk by chunk, so a 50k-image CIFAR train set never
-    exists as floats at once).  Squared distances use ||x||^2 + ||t||^2 - 2 x.t (one matmul
-    per chunk pair), clamped at 0 against rounding; float32 is ample for ranking."""
+    exists as floats at once).  The nearest neighbour in each chunk is found with
+    ||x||^2 + ||t||^2 - 2 x.t (one matmul per chunk pair); its distance is then recomputed
+    directly as ||x - t||, because the expanded form cancels catastrophically in float32 for
+    near-duplicates (an exact training member would read ~1e-3 instead of 0)."""
     device = queries.device
     best = torch.full((queries.shape[0],), math.inf, device=device)
     flat_q = queries.flatten(1).float()
@@ -62,7 +64,8 @@ def knn_pixel_scores(queries: torch.Tensor, reference: torch.Tensor, *, query_ch
         for q_start in range(0, flat_q.shape[0], query_chunk):
             q = flat_q[q_start:q_start + query_chunk]
             d2 = q_sq[q_start:q_start + query_chunk, None] + r_sq[None] - 2.0 * q @ ref.T
-            chunk_best = d2.clamp_min(0).min(dim=1).values
+            nearest = d2.argmin(dim=1)
+            chunk_best = (q - ref[nearest]).pow(2).sum(1)
             best[q_start:q_start + query_chunk] = torch.minimum(
                 best[q_start:q_start + query_chunk], chunk_best)
     return -best.sqrt().cpu()
