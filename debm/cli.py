@@ -220,6 +220,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set_sampler(args: argparse.Namespace) -> int:
+    from model.checkpoints import update_sampler_defaults
+
+    malformed = [pair for pair in args.settings if "=" not in pair]
+    if malformed:
+        raise CliError(f"expected NAME=VALUE, got {malformed[0]!r}")
+    overrides = _parse_set([f"sampler.{pair}" for pair in args.settings]).get("sampler", {})
+    note = "debm set-sampler " + " ".join(shlex.quote(a) for a in
+                                          ["--checkpoint", str(args.checkpoint), *args.settings])
+    print(json.dumps(update_sampler_defaults(args.checkpoint, overrides, note=note)))
+    return 0
+
+
 def _say(message: str) -> None:
     print(f"debm eval: {message}", file=sys.stderr, flush=True)
 
@@ -317,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("set-sampler", help="change a checkpoint's generation defaults in "
+                                           "place (config.sampler; weights untouched)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("settings", nargs="+", metavar="NAME=VALUE",
+                   help="e.g. steps_latent=30 temperature_latent=0.3")
+    p.set_defaults(func=cmd_set_sampler)
 
     p = sub.add_parser("eval-ood", help="AUROC / AUPR-in / FPR95 against OOD sets")
     p.add_argument("--checkpoint", required=True)

@@ -174,6 +174,32 @@ def export_checkpoint(source: str | Path, target: str | Path) -> Path:
     return target
 
 
+def update_sampler_defaults(directory: str | Path, overrides: dict[str, Any], *,
+                            note: str | None = None) -> dict[str, Any]:
+    """Change the generation defaults a checkpoint carries (``config.sampler``), in place.
+
+    Sampler settings do not touch the weights, the scoring or the calibration, so they can be
+    retuned after training without a new run.  The change is validated against the full
+    config and appended to ``metadata.sampler_updates`` (old and new values, and ``note``,
+    e.g. the command), so the checkpoint still says how its defaults came about.  Returns the
+    new sampler section."""
+    directory = Path(directory)
+    document = read_manifest(directory)
+    config = ExperimentConfig.from_dict(document["config"])
+    updated = config.replace(sampler=overrides)  # unknown names and bad values raise
+    old = config.to_dict()["sampler"]
+    new = updated.to_dict()["sampler"]
+    changed = {k: {"old": old[k], "new": new[k]} for k in overrides if old[k] != new[k]}
+    document["config"] = updated.to_dict()
+    metadata = dict(document.get("metadata") or {})
+    history = list(metadata.get("sampler_updates") or [])
+    history.append({"changed": changed, **({"note": note} if note else {})})
+    metadata["sampler_updates"] = history
+    document["metadata"] = metadata
+    atomic_write_json(directory / MANIFEST, document)
+    return new
+
+
 def update_calibration(directory: str | Path, calibration: dict[str, Any]) -> None:
     """Attach an OOD calibration to an existing checkpoint (atomic manifest rewrite)."""
     directory = Path(directory)

@@ -115,3 +115,36 @@ def test_resume_continues_to_more_iterations(trained, tmp_path):
                   "--seed", "3", "--out", str(run), "--resume")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 5
+
+
+def test_set_sampler_changes_generation_defaults_and_records_them(trained, tmp_path):
+    import shutil
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(trained, tuned)
+    weights_before = {p.name: p.read_bytes() for p in tuned.glob("*.safetensors")}
+    result = debm("set-sampler", "--checkpoint", str(tuned), "steps_latent=1",
+                  "temperature_latent=0.25")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["steps_latent"] == 1
+    manifest = json.loads((tuned / "checkpoint.json").read_text())
+    assert manifest["config"]["sampler"]["temperature_latent"] == 0.25
+    history = manifest["metadata"]["sampler_updates"]
+    assert history[-1]["changed"]["steps_latent"] == {"old": 3, "new": 1}
+    assert "set-sampler" in history[-1]["note"]
+    assert {p.name: p.read_bytes() for p in tuned.glob("*.safetensors")} == weights_before
+
+    # The new default is what `debm sample` uses: the same seed now gives other samples.
+    outs = {}
+    for name, ck in (("orig", trained), ("tuned", tuned)):
+        run = debm("sample", "--checkpoint", str(ck), "--n", "2", "--seed", "0",
+                   "--out", str(tmp_path / f"{name}.png"), "--npz", str(tmp_path / f"{name}.npz"))
+        assert run.returncode == 0, run.stderr
+        outs[name] = np.load(tmp_path / f"{name}.npz")["x"]
+    assert not np.array_equal(outs["orig"], outs["tuned"])
+
+    for bad, message in ((["bogus=1"], "unknown setting"), (["steps_latent=-1"], ">= 0"),
+                         (["steps_latent"], "NAME=VALUE")):
+        failed = debm("set-sampler", "--checkpoint", str(tuned), *bad)
+        assert failed.returncode == 2 and message in failed.stderr, failed.stderr
+    assert json.loads((tuned / "checkpoint.json").read_text()) == manifest
