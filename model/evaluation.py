@@ -237,7 +237,7 @@ DEFAULT_SAMPLES_N = 128
 TIMING_BATCH = 64
 
 
-def _row_metrics(classifier, images: torch.Tensor, reference: torch.Tensor
+def sample_metrics(classifier, images: torch.Tensor, reference: torch.Tensor
                  ) -> dict[str, Any]:
     """fd, confidence, class_histogram (counts) of images against reference features."""
     from .metrics import frechet_distance_from_features
@@ -351,7 +351,7 @@ def evaluate_samples(checkpoint_dir: str | Path, *, n: int = DEFAULT_SAMPLES_N, 
         grid_root.mkdir(parents=True, exist_ok=True)
 
     def record(row: str, images: torch.Tensor, *, steps: int, seconds: float) -> None:
-        metrics = _row_metrics(classifier, images, reference)
+        metrics = sample_metrics(classifier, images, reference)
         results[row] = {**metrics, "seconds_per_64": round(seconds * TIMING_BATCH / n, 3),
                         "steps": int(steps)}
         if grid_root is not None:

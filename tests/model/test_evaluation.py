@@ -139,7 +139,7 @@ def tiny_splits():
 def test_classifier_is_cached_and_separates_digits_from_noise(tiny_splits, classifier_cache):
     from model.classifier import classifier_for
     from model.data import to_model_range
-    from model.evaluation import _row_metrics
+    from model.evaluation import sample_metrics
 
     config = preset("tiny")
     first = classifier_for(config, tiny_splits, cache_dir=classifier_cache)
@@ -155,8 +155,8 @@ def test_classifier_is_cached_and_separates_digits_from_noise(tiny_splits, class
 
     reference = first.features(to_model_range(holdout.images))
     noise = torch.rand((64, 1, 8, 8), generator=torch.Generator().manual_seed(0)) * 2 - 1
-    real = _row_metrics(first, to_model_range(train.images[:64]), reference)
-    fake = _row_metrics(first, noise, reference)
+    real = sample_metrics(first, to_model_range(train.images[:64]), reference)
+    fake = sample_metrics(first, noise, reference)
     assert real["fd"] < fake["fd"] / 3
     assert sum(real["class_histogram"]) == 64 and len(real["class_histogram"]) == 10
 
