@@ -281,7 +281,8 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
                 raise ConfigError(f"{cls.__name__}.{name} must be true or false")
             kwargs[name] = value
         elif isinstance(default, int) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or int(value) != value):
                 raise ConfigError(f"{cls.__name__}.{name} must be an integer, got {value!r}")
             kwargs[name] = int(value)
         elif isinstance(default, float):

@@ -19,6 +19,8 @@ def test_replace_overrides_and_validates():
     ({"training": {"lr": -1.0}}, "lr must be a positive"),
     ({"training": {"lr": float("nan")}}, "lr must be a positive"),
     ({"training": {"iterations": 1.5}}, "must be an integer"),
+    ({"training": {"iterations": float("inf")}}, "must be an integer"),
+    ({"sampler": {"steps_latent": float("nan")}}, "must be an integer"),
     ({"network": {"channels": 2}}, "channels must be 1 or 3"),
     ({"network": {"image_size": 9}}, "must be divisible"),
     ({"sampler": {"steps_pixel": -1}}, "steps_pixel must be >= 0"),
