@@ -287,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative_int)
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    p.add_argument("--init-from", help="start from another run's checkpoint (same network)")
+    p.add_argument("--init-from", help="start from another run's checkpoint (same network): its "
+                                       "weights, optimizer, RNG and step, or only its weights "
+                                       "if it was exported")
     p.add_argument("--set", nargs="*", metavar="SECTION.NAME=VALUE",
                    help="override config values, e.g. training.lr=1e-4")
     p.add_argument("--device", default="auto")

@@ -55,7 +55,8 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
     carries an OOD calibration computed on the held-out split.
 
     ``init_from`` continues another run's weights, optimizer, RNG and step under this config
-    (same network), e.g. a contrastive phase with new settings after a shared warm-up."""
+    (same network), e.g. a contrastive phase with new settings after a shared warm-up.  From
+    an exported checkpoint (no training state) only the weights are taken, from step 0."""
     out_dir = Path(out_dir)
     resumed_seconds = 0.0
     if resume and (out_dir / "checkpoint.json").exists():
@@ -72,8 +73,15 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
         if loaded.config.network != config.network:
             raise CheckpointError(f"{init_from}: its network config differs from this run's")
         trainer.model.load_state_dict(loaded.model.state_dict())
-        tensors, meta = load_training_state(init_from)
-        trainer.load_state_tensors(tensors, meta, strict_buffers=init_from == out_dir)
+        has_state = bool(read_manifest(init_from).get("training_state"))
+        if has_state or init_from == out_dir:
+            tensors, meta = load_training_state(init_from)
+            trainer.load_state_tensors(tensors, meta, strict_buffers=init_from == out_dir)
+        else:
+            # An exported checkpoint (weights only): this run starts at step 0 with fresh
+            # optimizers, chains and RNG from its own seed, e.g. more contrastive iterations
+            # on a shipped model with --warmup 0.
+            extra_metadata = {**(extra_metadata or {}), "init_from_weights": str(init_from)}
         if init_from != out_dir:
             resumed_seconds = float(loaded.metadata.get("train_seconds", 0.0))
 

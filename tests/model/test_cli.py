@@ -148,3 +148,17 @@ def test_set_sampler_changes_generation_defaults_and_records_them(trained, tmp_p
         failed = debm("set-sampler", "--checkpoint", str(tuned), *bad)
         assert failed.returncode == 2 and message in failed.stderr, failed.stderr
     assert json.loads((tuned / "checkpoint.json").read_text()) == manifest
+
+
+def test_train_can_start_from_an_exported_checkpoint(trained, tmp_path):
+    exported = tmp_path / "exported"
+    assert debm("export", "--checkpoint", str(trained), "--out", str(exported)).returncode == 0
+    assert json.loads((exported / "checkpoint.json").read_text())["training_state"] is None
+    result = debm("train", "--dataset", "mnist5k", "--preset", "tiny", "--warmup", "0",
+                  "--iters", "1", "--seed", "4", "--init-from", str(exported),
+                  "--out", str(tmp_path / "more"))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "more" / "checkpoint.json").read_text())
+    # Weights only: the new run counts its own steps from 0.
+    assert manifest["step"] == 1
+    assert manifest["metadata"]["init_from_weights"] == str(exported)
