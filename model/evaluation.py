@@ -238,7 +238,7 @@ TIMING_BATCH = 64
 
 
 def sample_metrics(classifier, images: torch.Tensor, reference: torch.Tensor
-                 ) -> dict[str, Any]:
+                   ) -> dict[str, Any]:
     """fd, confidence, class_histogram (counts) of images against reference features."""
     from .metrics import frechet_distance_from_features
 
