@@ -19,9 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.checkpoints import load_checkpoint  # noqa: E402
 from model.data import to_model_range  # noqa: E402
-from model.evaluation import resolve_baseline  # noqa: E402
+from model.evaluation import model_and_baseline  # noqa: E402
 from model.pipeline import load_splits, score_images  # noqa: E402
 
 
@@ -30,12 +29,8 @@ def main() -> int:
     parser.add_argument("--checkpoint", default="checkpoints/demo")
     parser.add_argument("--json")
     args = parser.parse_args()
-    loaded = load_checkpoint(args.checkpoint)
-    scorers = {"model": loaded}
-    baseline, _ = resolve_baseline(args.checkpoint, loaded.metadata, None)
-    if baseline is not None:
-        scorers["dae_only"] = load_checkpoint(baseline)
-    _, holdout = load_splits(loaded.config)
+    scorers = model_and_baseline(args.checkpoint)
+    _, holdout = load_splits(scorers["model"].config)
     if holdout.labels is None:
         raise SystemExit("per_class needs a labelled dataset")
     x = to_model_range(holdout.images)

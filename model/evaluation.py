@@ -94,6 +94,18 @@ def resolve_baseline(checkpoint_dir: str | Path, metadata: dict[str, Any],
     return path, None
 
 
+def model_and_baseline(checkpoint_dir: str | Path, *, device: str | torch.device = "cpu"
+                       ) -> dict[str, LoadedCheckpoint]:
+    """{"model": the checkpoint, "dae_only": its recorded warm-up baseline, when there is one}:
+    the scorers that the benchmarks compare side by side."""
+    loaded = load_checkpoint(checkpoint_dir, device=device)
+    scorers = {"model": loaded}
+    baseline, _ = resolve_baseline(checkpoint_dir, loaded.metadata, None)
+    if baseline is not None:
+        scorers["dae_only"] = load_checkpoint(baseline, device=device)
+    return scorers
+
+
 def _summary(scores: torch.Tensor) -> dict[str, float]:
     s = scores.double()
     return {"mean": float(s.mean()), "std": float(s.std()) if s.numel() > 1 else 0.0,
