@@ -13,7 +13,7 @@ from debm.cli import main
 from model.config import preset
 from model.evaluation import knn_pixel_scores, resolve_baseline
 from model.ood_sets import OOD_SETS
-from model.pipeline import run_training
+from model.pipeline import load_splits, run_training
 
 METRIC_KEYS = {"auroc", "aupr_in", "fpr95"}
 
@@ -131,8 +131,6 @@ def classifier_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_splits():
-    from model.pipeline import load_splits
-
     return load_splits(preset("tiny"))
 
 
@@ -159,6 +157,28 @@ def test_classifier_is_cached_and_separates_digits_from_noise(tiny_splits, class
     fake = sample_metrics(first, noise, reference)
     assert real["fd"] < fake["fd"] / 3
     assert sum(real["class_histogram"]) == 64 and len(real["class_histogram"]) == 10
+
+
+def test_classifier_weights_do_not_depend_on_the_callers_thread_count():
+    """CPU conv reductions depend on the thread count; without pinning it during training
+    these two 28x28 runs differ in their weights (checked when this test was written)."""
+    from model.classifier import ClassifierSettings, train_network
+    from model.data import ImageDataset
+
+    train, _ = load_splits(preset("demo"))
+    subset = ImageDataset(train.images[:512], train.labels[:512], "mnist5k")
+    before = torch.get_num_threads()
+    weights = []
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            net = train_network(subset, channels=1, num_classes=10,
+                                settings=ClassifierSettings(epochs=1))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+            weights.append(net.state_dict())
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_classifier_key_depends_on_settings_and_data(tiny_splits):
