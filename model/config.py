@@ -336,7 +336,7 @@ def preset(name: str) -> ExperimentConfig:
             network=NetworkConfig(image_size=28, channels=1, base_width=32,
                                   channel_mults=(1, 2, 2), latent_dim=64, decoder_width=64),
             # Sampled colder than trained (temperature 0.3 on the latent chain): at K=20 it
-            # lowered the sample Frechet distance from 146 to 109 (benchmarks/sampler_sweep.py).
+            # lowered the sample Frechet distance from 152 to 115 (benchmarks/sampler_sweep.py).
             # K=20, T=5 keeps generation under a tenth of the annealed baseline's time.
             sampler=SamplerConfig(steps_latent=20, steps_pixel=5, step_size_pixel=0.003,
                                   temperature_latent=0.3, temperature_pixel=0.3),
