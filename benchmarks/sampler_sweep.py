@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.checkpoints import load_checkpoint  # noqa: E402
 from model.classifier import classifier_for  # noqa: E402
 from model.data import to_model_range  # noqa: E402
-from model.evaluation import TIMING_BATCH, sample_metrics  # noqa: E402
-from model.pipeline import generate, load_splits, resolve_device  # noqa: E402
+from model.evaluation import TIMING_BATCH, sample_in_batches, sample_metrics  # noqa: E402
+from model.pipeline import load_splits, resolve_device  # noqa: E402
 
 # K (latent steps), T (pixel steps) and the latent chain's temperature; the first row is the
 # checkpoint's own defaults.
@@ -65,16 +64,11 @@ def main() -> int:
 
     rows = []
     for overrides in grid:
-        images, semantic = [], []
-        began = time.perf_counter()
-        for batch, start in enumerate(range(0, args.n, TIMING_BATCH)):
-            result = generate(loaded, n=min(TIMING_BATCH, args.n - start), seed=args.seed + batch,
-                              sampler="two_stage", **overrides)
-            images.append(result.images.cpu())
-            semantic.append(result.semantic.cpu())
-        seconds = time.perf_counter() - began
-        final = sample_metrics(classifier, torch.cat(images), reference)
-        latent = sample_metrics(classifier, torch.cat(semantic), reference)
+        images, semantic, _, seconds, _ = sample_in_batches(
+            loaded, sampler="two_stage", n=args.n, seed=args.seed, overrides=overrides,
+            keep_semantic=True)
+        final = sample_metrics(classifier, images, reference)
+        latent = sample_metrics(classifier, semantic, reference)
         settings = {**{k: getattr(loaded.config.sampler, k) for k in
                        ("steps_latent", "steps_pixel", "temperature_latent",
                         "step_size_latent")}, **overrides}

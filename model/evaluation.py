@@ -272,9 +272,9 @@ def sample_metrics(classifier, images: torch.Tensor, reference: torch.Tensor
     return out
 
 
-def _run_sampler(loaded: LoadedCheckpoint, *, sampler: str, n: int, seed: int,
-                 overrides: dict[str, Any], keep_semantic: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor | None, int, float, float]:
+def sample_in_batches(loaded: LoadedCheckpoint, *, sampler: str, n: int, seed: int,
+                      overrides: dict[str, Any], keep_semantic: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None, int, float, float]:
     """(images, semantic images, steps, seconds for all n, seconds of the latent stage).
 
     Samples come in batches of 64 with seeds seed, seed + 1, ...: the batch the timing is
@@ -383,7 +383,7 @@ def evaluate_samples(checkpoint_dir: str | Path, *, n: int = DEFAULT_SAMPLES_N, 
             record("real", to_model_range(train.images[index]), steps=0, seconds=0.0)
             continue
         if row in ("two_stage", "semantic"):
-            images, semantic, steps, seconds, latent = _run_sampler(
+            images, semantic, steps, seconds, latent = sample_in_batches(
                 loaded, sampler="two_stage", n=n, seed=seed, overrides={}, keep_semantic=True)
             if "two_stage" in rows:
                 record("two_stage", images, steps=steps, seconds=seconds)
@@ -391,7 +391,7 @@ def evaluate_samples(checkpoint_dir: str | Path, *, n: int = DEFAULT_SAMPLES_N, 
                 record("semantic", semantic, steps=settings.steps_latent, seconds=latent)
             continue
         sampler, overrides = plans[row]
-        images, _, steps, seconds, _ = _run_sampler(loaded, sampler=sampler, n=n, seed=seed,
+        images, _, steps, seconds, _ = sample_in_batches(loaded, sampler=sampler, n=n, seed=seed,
                                                     overrides=overrides)
         record(row, images, steps=steps, seconds=seconds)
 
