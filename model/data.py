@@ -17,24 +17,21 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import io
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
-from .archives import (BUILTIN_DATASETS, IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEYS,
-                       MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED, DatasetError, check_zip_member,
-                       is_metadata_member, pixel_value_scale)
-from .imagefile import ImageRejected, decode_image
+from .archives import BUILTIN_DATASETS, DatasetError
+from .conform import conform
+from .loaders import (dataset_bytes, images_from_array, load_image_folder, load_image_zip,
+                      load_npz)
 
-__all__ = ["BUILTIN_DATASETS", "DatasetError", "ImageDataset", "check_zip_member",
-           "load_dataset"]
+__all__ = ["BUILTIN_DATASETS", "DatasetError", "ImageDataset", "conform", "dataset_bytes",
+           "load_dataset", "load_image_folder", "load_image_zip", "load_npz"]
 
 
 @dataclass
@@ -59,43 +56,6 @@ def to_model_range(images: torch.Tensor) -> torch.Tensor:
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """float [-1, 1] -> uint8 [0, 255]."""
     return ((images.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
-
-
-def conform(images: np.ndarray | torch.Tensor, *, image_size: int, channels: int
-            ) -> torch.Tensor:
-    """uint8 (N, C, H, W) with any C in {1, 3} and any size -> the model's C and size.
-
-    Grey becomes RGB by repetition, RGB becomes grey by ITU-R 601 luma; sizes change by
-    antialiased bilinear resampling (square images) or by resizing the longer side and
-    padding the shorter with the border's mean (non-square)."""
-    x = torch.as_tensor(np.ascontiguousarray(images))
-    if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise DatasetError(f"expected uint8 images of shape (N, 1|3, H, W), got "
-                           f"{tuple(x.shape)} {x.dtype}")
-    if x.shape[1] != channels:
-        if channels == 3:
-            x = x.repeat(1, 3, 1, 1)
-        else:
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            x = (x.float() * weights).sum(dim=1, keepdim=True).round().clamp(0, 255).byte()
-    h, w = x.shape[-2:]
-    if (h, w) == (image_size, image_size):
-        return x.contiguous()
-    out = []
-    for start in range(0, x.shape[0], 1024):
-        chunk = x[start:start + 1024].float()
-        scale = image_size / max(h, w)
-        new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-        chunk = F.interpolate(chunk, size=(new_h, new_w), mode="bilinear",
-                              align_corners=False, antialias=True)
-        if (new_h, new_w) != (image_size, image_size):
-            fill = torch.cat([chunk[..., 0, :], chunk[..., -1, :]], dim=-1).mean(-1)
-            canvas = fill[..., None, None].expand(-1, -1, image_size, image_size).clone()
-            top, left = (image_size - new_h) // 2, (image_size - new_w) // 2
-            canvas[..., top:top + new_h, left:left + new_w] = chunk
-            chunk = canvas
-        out.append(chunk.round().clamp(0, 255).to(torch.uint8))
-    return torch.cat(out)
 
 
 # --- built-in sets -------------------------------------------------------------------------
@@ -127,127 +87,6 @@ def load_digits8x8() -> tuple[np.ndarray, np.ndarray]:
         table = np.loadtxt(handle, delimiter=",", dtype=np.float32)
     images = (table[:, :64] * (255.0 / 16.0)).round().reshape(-1, 1, 8, 8).astype(np.uint8)
     return images, table[:, 64].astype(np.int64)
-
-
-# --- files ---------------------------------------------------------------------------------
-
-def _stack_pil(images: list, source: str) -> np.ndarray:
-    if not images:
-        raise DatasetError(f"{source}: no images found")
-    grey = all(img.mode == "L" for img in images)
-    size = images[0].size
-    arrays = []
-    for img in images:
-        img = img.convert("L" if grey else "RGB")
-        if img.size != size:
-            img = img.resize(size)
-        a = np.asarray(img, dtype=np.uint8)
-        arrays.append(a[None] if grey else a.transpose(2, 0, 1))
-    return np.stack(arrays)
-
-
-def load_image_folder(path: Path, *, max_pixels: int) -> np.ndarray:
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and p.is_file())
-    images = []
-    for file in files:
-        try:
-            images.append(decode_image(file.read_bytes(), max_pixels=max_pixels).image)
-        except ImageRejected as exc:
-            raise DatasetError(f"{file}: {exc}") from None
-    return _stack_pil(images, str(path))
-
-
-def load_image_zip(source: Path | bytes, *, max_pixels: int,
-                   max_uncompressed: int = MAX_ZIP_UNCOMPRESSED) -> np.ndarray:
-    label = str(source) if isinstance(source, Path) else "upload"
-    try:
-        archive = zipfile.ZipFile(source if isinstance(source, Path) else io.BytesIO(source))
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise DatasetError(f"{label}: not a readable zip file ({exc})") from None
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir()]
-        if len(members) > MAX_ZIP_MEMBERS:
-            raise DatasetError(f"{label}: {len(members)} files; the limit is {MAX_ZIP_MEMBERS}")
-        total = sum(m.file_size for m in members)
-        if total > max_uncompressed:
-            raise DatasetError(f"{label}: expands to {total} bytes; the limit is "
-                               f"{max_uncompressed}")
-        images = []
-        for member in members:
-            check_zip_member(member)
-            if is_metadata_member(member.filename):
-                continue
-            if Path(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
-                raise DatasetError(f"zip member {member.filename!r} is not a PNG, JPEG or "
-                                   "WebP image")
-            with archive.open(member) as handle:
-                data = handle.read(member.file_size + 1)
-            if len(data) > member.file_size:
-                raise DatasetError(f"zip member {member.filename!r} is larger than declared")
-            try:
-                images.append(decode_image(data, max_pixels=max_pixels).image)
-            except ImageRejected as exc:
-                raise DatasetError(f"zip member {member.filename!r}: {exc}") from None
-    return _stack_pil(images, label)
-
-
-def _images_from_array(array: np.ndarray, source: str) -> np.ndarray:
-    """Accept (N, H, W), (N, H, W, C) or (N, C, H, W) arrays, uint8 in [0, 255] or float in
-    [0, 1] or [-1, 1]; anything else is refused with the reason."""
-    if array.dtype == object or array.dtype.hasobject:
-        raise DatasetError(f"{source}: object arrays are refused (they need pickle)")
-    if array.dtype.kind not in "uif":
-        raise DatasetError(f"{source}: dtype {array.dtype} is not an image type")
-    if array.ndim == 3:
-        array = array[:, None]
-    if array.ndim != 4:
-        raise DatasetError(f"{source}: expected (N, H, W[, C]) images, got shape {array.shape}")
-    if array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):
-        array = array.transpose(0, 3, 1, 2)
-    if array.shape[1] not in (1, 3):
-        raise DatasetError(f"{source}: images need 1 or 3 channels, got shape {array.shape}")
-    if array.shape[0] == 0 or min(array.shape[2:]) < 1:
-        raise DatasetError(f"{source}: no images")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise DatasetError(f"{source}: images contain NaN or infinity")
-    offset, scale = pixel_value_scale(array.dtype.kind, float(array.min()), float(array.max()),
-                                      source=source)
-    if (offset, scale) == (0.0, 1.0) and array.dtype.kind in "ui":
-        return array.astype(np.uint8)
-    return np.clip(np.round((array.astype(np.float64) + offset) * scale), 0, 255
-                   ).astype(np.uint8)
-
-
-def load_npz(source: Path | bytes) -> tuple[np.ndarray, np.ndarray | None]:
-    label = str(source) if isinstance(source, Path) else "upload"
-    try:
-        archive = np.load(source if isinstance(source, Path) else io.BytesIO(source),
-                          allow_pickle=False)
-    except ValueError as exc:
-        raise DatasetError(f"{label}: refused ({exc}); object arrays need pickle") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise DatasetError(f"{label}: not a readable .npz file ({exc})") from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DatasetError(f"{label}: expected an .npz archive of named arrays")
-    with archive:
-        keys = list(archive.files)
-        key = next((k for k in IMAGE_ARRAY_KEYS if k in keys), None)
-        if key is None:
-            raise DatasetError(f"{label}: no image array; name it 'x' or 'images' "
-                               f"(found {keys})")
-        try:
-            images = _images_from_array(archive[key], f"{label}[{key}]")
-            label_key = next((k for k in LABEL_ARRAY_KEYS if k in keys), None)
-            labels = archive[label_key] if label_key else None
-        except ValueError as exc:
-            if isinstance(exc, DatasetError):
-                raise
-            raise DatasetError(f"{label}: refused ({exc})") from None
-    if labels is not None and (labels.ndim != 1 or labels.shape[0] != images.shape[0]
-                               or labels.dtype.kind not in "iu"):
-        labels = None
-    return images, labels
 
 
 class _CifarUnpickler(pickle.Unpickler):
@@ -297,13 +136,18 @@ def load_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if x.ndim != 4 or x.shape[2] != 3:
         raise DatasetError(f"{path}: X has shape {x.shape}; expected (32, 32, 3, N)")
     labels = np.asarray(mat.get("y", np.zeros(x.shape[3]))).reshape(-1).astype(np.int64) % 10
-    return _images_from_array(x.transpose(3, 2, 0, 1), str(path)), labels
+    return images_from_array(x.transpose(3, 2, 0, 1), str(path)), labels
 
 
 def load_dataset(source: str, *, image_size: int, channels: int,
-                 max_pixels: int = 4096 * 4096) -> ImageDataset:
-    """Load a built-in name or a local path and conform it to the model's size."""
+                 max_pixels: int = 4096 * 4096, max_bytes: int | None = None) -> ImageDataset:
+    """Load a built-in name or a local path and conform it to the model's size.
+
+    Folders, zips and .npz files are read at the model's size as they load (model.loaders),
+    refused before anything is decoded when the result would exceed ``max_bytes``."""
     labels: np.ndarray | None = None
+    sized = dict(image_size=image_size, channels=channels, max_pixels=max_pixels,
+                 max_bytes=max_bytes)
     if source == "mnist5k":
         raw, labels = load_mnist5k()
     elif source == "digits8x8":
@@ -316,16 +160,20 @@ def load_dataset(source: str, *, image_size: int, channels: int,
         if path.is_dir() and any(path.glob("data_batch_*")):
             raw, labels = load_cifar10(path)
         elif path.is_dir():
-            raw = load_image_folder(path, max_pixels=max_pixels)
+            raw = load_image_folder(path, **sized)
         elif path.suffix.lower() == ".zip":
-            raw = load_image_zip(path, max_pixels=max_pixels)
+            raw = load_image_zip(path, **sized)
         elif path.suffix.lower() == ".npz":
-            raw, labels = load_npz(path)
+            raw, labels = load_npz(path, **sized)
         elif path.suffix.lower() == ".mat":
             raw, labels = load_svhn(path)
         else:
             raise DatasetError(f"{source}: unknown dataset format; use a folder, .zip, .npz, "
                                "a CIFAR-10 batch folder or an SVHN .mat")
+    if max_bytes is not None and dataset_bytes(len(raw), channels, image_size) > max_bytes:
+        raise DatasetError(f"{source}: {len(raw)} images at {channels}x{image_size}x"
+                           f"{image_size} exceed the worker's budget of {max_bytes} bytes",
+                           kind="too_large")
     images = conform(raw, image_size=image_size, channels=channels)
     return ImageDataset(images, torch.as_tensor(labels) if labels is not None else None,
                         name=source)

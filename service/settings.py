@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(1 * MiB, ge=1024)  # any other request body (413)
     max_images_per_request: int = Field(64, ge=1)  # images per /ood-score (413)
     max_image_pixels: int = Field(4096 * 4096, ge=64)  # width * height of one image (413)
+    # Pixels of all the images of one /ood-score, summed from their headers before any is
+    # decoded (413): bounds a request's decoding work (images are decoded one at a time).
+    max_request_pixels: int = Field(4 * 4096 * 4096, ge=64)
     max_dataset_images: int = Field(100_000, ge=1)  # images in one uploaded dataset (413)
     max_generate_n: int = Field(64, ge=1)  # n per /generate (422)
     max_generate_steps: int = Field(2000, ge=1)  # steps_latent / steps_pixel per request (422)
@@ -64,6 +67,10 @@ class Settings(BaseSettings):
     max_training_image_size: int = Field(256, ge=4)  # network.image_size
     max_training_batch: int = Field(1024, ge=1)  # training.batch_size, chain_batch_size
     max_training_width: int = Field(1024, ge=8)  # widest layer, latent and embedding sizes
+    # Memory one training job may claim on a worker (422 above it): the dataset at the
+    # network's size, plus the estimate of parameters, optimiser state and activations
+    # (core of service/trainmemory.py).
+    worker_memory_bytes: int = Field(8 * 1024 * MiB, ge=64 * MiB)
     max_queued_jobs: int = Field(100, ge=1)  # queued + running jobs in total (429)
     max_queued_jobs_per_key: int = Field(20, ge=1)  # queued + running jobs per key (429)
     max_wait_seconds: float = Field(120.0, ge=0)  # largest ?wait= accepted (422 above)

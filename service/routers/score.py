@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from model.imagefile import ImageRejected, decode_image
+from model.imagefile import ImageRejected, decode_image, read_header
 
 from ..datadir import atomic_write_bytes
 from ..deps import ServicesDep, UsePrincipal
@@ -34,12 +34,33 @@ MULTIPART_IMAGES = {
                                "is accepted."}}}}}}}
 
 
-def validate_images(files: list[UploadedFile], max_pixels: int) -> None:
-    """Decode every upload with Pillow (explicit formats, bomb checks) before anything is
-    queued; the first bad file answers 413/415/422 with its name and the reason."""
+# The API decodes only to check that the file is whole; nothing larger is kept.  JPEG is
+# decoded at a reduced DCT scale no smaller than this, other formats are reduced right after
+# decoding, one file at a time (model.imagefile).
+VALIDATION_SIZE = 256
+
+
+def validate_images(files: list[UploadedFile], max_pixels: int, max_request_pixels: int
+                    ) -> None:
+    """Check every upload with Pillow (explicit formats, bomb checks) before anything is
+    queued; the first bad file answers 413/415/422 with its name and the reason.
+
+    First every header (no pixels decoded): the pixels the request declares, summed, must fit
+    ``max_request_pixels`` (413), so a request's decoding work is bounded before it starts.
+    Then each file is decoded, shrunk and dropped before the next."""
+    total = 0
     for upload in files:
         try:
-            decode_image(upload.data, max_pixels=max_pixels)
+            total += read_header(upload.data, max_pixels=max_pixels).pixels
+        except ImageRejected as exc:
+            raise HTTPException(IMAGE_STATUS.get(exc.kind, 422),
+                                f"file {upload.filename!r}: {exc}") from None
+    if total > max_request_pixels:
+        raise HTTPException(413, f"the images hold {total} pixels in all; the limit is "
+                                 f"{max_request_pixels} per request (DEBM_MAX_REQUEST_PIXELS)")
+    for upload in files:
+        try:
+            decode_image(upload.data, max_pixels=max_pixels, shrink_to=VALIDATION_SIZE)
         except ImageRejected as exc:
             raise HTTPException(IMAGE_STATUS.get(exc.kind, 422),
                                 f"file {upload.filename!r}: {exc}") from None
@@ -70,7 +91,8 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
     if len(files) > settings.max_images_per_request:
         raise HTTPException(413, f"{len(files)} images; the limit is "
                                  f"{settings.max_images_per_request} per request")
-    await run_in_threadpool(validate_images, files, settings.max_image_pixels)
+    await run_in_threadpool(validate_images, files, settings.max_image_pixels,
+                            settings.max_request_pixels)
 
     job_id = services.dispatcher.new_id()
     upload_dir = services.data.upload_dir(job_id)

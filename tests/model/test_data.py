@@ -13,6 +13,9 @@ from PIL import Image
 
 from model.data import (DatasetError, conform, load_dataset, load_image_zip, load_npz,
                         sample_batch, to_model_range, train_holdout_split)
+from model.imagefile import DECODES
+
+SIZED = {"image_size": 8, "channels": 1}
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -92,15 +95,15 @@ def test_cifar_pickle_that_runs_code_is_refused(tmp_path):
 def test_npz_object_arrays_and_bad_values_are_refused(tmp_path):
     np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
     with pytest.raises(DatasetError, match="pickle"):
-        load_npz(tmp_path / "obj.npz")
+        load_npz(tmp_path / "obj.npz", **SIZED)
     np.savez(tmp_path / "nan.npz", x=np.full((2, 8, 8), np.nan))
     with pytest.raises(DatasetError, match="NaN"):
-        load_npz(tmp_path / "nan.npz")
+        load_npz(tmp_path / "nan.npz", **SIZED)
     np.savez(tmp_path / "str.npz", x=np.array(["a", "b"]))
     with pytest.raises(DatasetError, match="not an image type"):
-        load_npz(tmp_path / "str.npz")
+        load_npz(tmp_path / "str.npz", **SIZED)
     with pytest.raises(DatasetError, match="not a readable"):
-        load_npz(b"PK\x03\x04 broken")
+        load_npz(b"PK\x03\x04 broken", **SIZED)
 
 
 @pytest.mark.parametrize("name", ["../evil.png", "/abs.png", "a/../../b.png"])
@@ -109,7 +112,7 @@ def test_zip_path_traversal_is_refused(name):
     with zipfile.ZipFile(buffer, "w") as archive:
         archive.writestr(name, _png(_digit_like(0)))
     with pytest.raises(DatasetError, match="unsafe path"):
-        load_image_zip(buffer.getvalue(), max_pixels=10_000)
+        load_image_zip(buffer.getvalue(), max_pixels=10_000, **SIZED)
 
 
 def test_zip_bombs_nested_archives_and_non_images_are_refused():
@@ -117,13 +120,13 @@ def test_zip_bombs_nested_archives_and_non_images_are_refused():
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("zeros.png", b"\0" * 5_000_000)
     with pytest.raises(DatasetError, match="zip bomb"):
-        load_image_zip(buffer.getvalue(), max_pixels=10_000)
+        load_image_zip(buffer.getvalue(), max_pixels=10_000, **SIZED)
     for name, payload in [("inner.zip", b"PK"), ("notes.txt", b"hello")]:
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
             archive.writestr(name, payload)
         with pytest.raises(DatasetError, match="nested archive|not a PNG"):
-            load_image_zip(buffer.getvalue(), max_pixels=10_000)
+            load_image_zip(buffer.getvalue(), max_pixels=10_000, **SIZED)
 
 
 def test_conform_converts_channels_and_pads_non_square():
@@ -146,3 +149,67 @@ def test_flip_option_is_seeded():
 def test_missing_path_names_the_problem():
     with pytest.raises(DatasetError, match="no such file"):
         load_dataset("/nonexistent/set.npz", image_size=8, channels=1)
+
+
+def _big_png(seed: int, size: int = 1024) -> bytes:
+    """A large image that compresses to a few kB (the shape of a decompression-heavy upload)."""
+    image = Image.new("RGB", (size, size), (seed * 40 % 256, 90, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_zip_and_folder_load_one_full_size_image_at_a_time(tmp_path):
+    """The loaders decode member by member, shrink each to the model size and drop the
+    full-size decode before the next: at most one is alive, whatever the member count."""
+    with zipfile.ZipFile(tmp_path / "big.zip", "w") as archive:
+        for i in range(6):
+            archive.writestr(f"{i}.png", _big_png(i))
+    DECODES.reset()
+    data = load_dataset(str(tmp_path / "big.zip"), image_size=16, channels=3)
+    assert data.images.shape == (6, 3, 16, 16)
+    assert DECODES.decoded == 6 and DECODES.peak == 1 and DECODES.alive == 0
+    # the colour survives the shrink (box reduce, then the antialiased resize)
+    assert data.images[1, :, 8, 8].tolist() == [40, 90, 200]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.jpg").write_bytes(image_bytes_jpeg(i))
+    DECODES.reset()
+    assert load_dataset(str(folder), image_size=8, channels=1).images.shape == (3, 1, 8, 8)
+    # JPEG is decoded at a reduced DCT scale: 1024 -> 128 pixels a side, never full size
+    assert DECODES.peak == 1 and DECODES.decoded_pixels == 3 * 128 * 128
+
+
+def image_bytes_jpeg(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (1024, 1024), (seed * 50, 20, 20)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def test_npz_streams_in_chunks_and_matches_the_whole_array_conversion(tmp_path, monkeypatch):
+    import model.loaders as loaders
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 20, 20, 3)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", x=x, y=np.arange(40))
+    monkeypatch.setattr(loaders, "CHUNK_BYTES", 7 * 20 * 20 * 3 * 4)  # 7 images a chunk
+    images, labels = load_npz(tmp_path / "a.npz", image_size=8, channels=3)
+    whole = conform(loaders.images_from_array(x, "x"), image_size=8, channels=3).numpy()
+    assert np.array_equal(images, whole) and labels.tolist() == list(range(40))
+
+
+def test_a_dataset_over_the_memory_budget_is_refused_before_decoding(tmp_path):
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as archive:
+        for i in range(4):
+            archive.writestr(f"{i}.png", _png(_digit_like(i)))
+    DECODES.reset()
+    with pytest.raises(DatasetError, match="budget") as info:
+        load_dataset(str(tmp_path / "set.zip"), image_size=16, channels=3,
+                     max_bytes=4 * 3 * 16 * 16 - 1)
+    assert info.value.kind == "too_large" and DECODES.decoded == 0
+    np.savez(tmp_path / "a.npz", x=np.zeros((10, 8, 8), np.uint8))
+    with pytest.raises(DatasetError, match="budget"):
+        load_dataset(str(tmp_path / "a.npz"), image_size=8, channels=1, max_bytes=639)
+    assert len(load_dataset(str(tmp_path / "a.npz"), image_size=8, channels=1,
+                            max_bytes=640)) == 10
