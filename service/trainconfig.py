@@ -3,24 +3,24 @@
 Used twice: by the API, to answer 422 before anything is queued, and by the training worker,
 which re-validates what it reads from the job record.  model.config is pure Python (no torch),
 so the API may import it.
+
+The checks, in order: every override's type and range (service.override_schema), the
+config's own cross-field rules, the limits from Settings, the network's shapes and size
+(model.netshape walks model.networks without torch) and, when the dataset is known, the
+memory the job would claim on a worker.  Anything else that goes wrong while checking is a
+TrainingRequestError too: a request is never a 500.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 from typing import Any
+
+log = logging.getLogger("debm.trainconfig")
 
 
 class TrainingRequestError(ValueError):
     """The preset, overrides or limits do not allow this job; the message says why."""
-
-
-def _check_finite(value: Any, where: str) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise TrainingRequestError(f"{where} must be a finite number")
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_finite(item, f"{where}[{i}]")
 
 
 def training_limits(settings) -> dict[str, int]:
@@ -30,7 +30,8 @@ def training_limits(settings) -> dict[str, int]:
             "max_image_size": settings.max_training_image_size,
             "max_batch": settings.max_training_batch,
             "max_width": settings.max_training_width,
-            "max_chain_steps": settings.max_generate_steps}
+            "max_chain_steps": settings.max_generate_steps,
+            "memory_budget": settings.worker_memory_bytes}
 
 
 def _check_sizes(config, *, max_image_size: int, max_batch: int, max_width: int,
@@ -80,18 +81,39 @@ def build_training_config(*, preset_name: str, overrides: dict[str, Any] | None,
                           seed: int | None, dataset: str, max_steps: int,
                           checkpoint_every: int, max_image_size: int = 256,
                           max_batch: int = 1024, max_width: int = 1024,
-                          max_chain_steps: int = 2000):
-    from model.config import ConfigError, preset
+                          max_chain_steps: int = 2000, memory_budget: int | None = None,
+                          dataset_images: int | None = None):
+    """The job's config, or TrainingRequestError naming the field.  ``dataset_images`` (the
+    dataset's image count, when known) enables the memory check against ``memory_budget``."""
+    try:
+        return _build(preset_name=preset_name, overrides=overrides, seed=seed,
+                      dataset=dataset, max_steps=max_steps, checkpoint_every=checkpoint_every,
+                      max_image_size=max_image_size, max_batch=max_batch, max_width=max_width,
+                      max_chain_steps=max_chain_steps, memory_budget=memory_budget,
+                      dataset_images=dataset_images)
+    except TrainingRequestError:
+        raise
+    except Exception as exc:  # an unforeseen value: still the request's fault, still a 422
+        log.warning("training request refused by an unexpected %s: %s",
+                    type(exc).__name__, exc)
+        raise TrainingRequestError(f"invalid overrides ({type(exc).__name__}: "
+                                   f"{str(exc)[:200]})") from None
 
-    sections: dict[str, dict[str, Any]] = {}
-    for section, values in (overrides or {}).items():
-        if not isinstance(values, dict):
-            raise TrainingRequestError(f"overrides.{section} must be an object of settings")
-        for key, value in values.items():
-            _check_finite(value, f"overrides.{section}.{key}")
-        sections[section] = dict(values)
-    if "preset" in sections:
+
+def _build(*, preset_name, overrides, seed, dataset, max_steps, checkpoint_every,
+           max_image_size, max_batch, max_width, max_chain_steps, memory_budget,
+           dataset_images):
+    from model.config import ConfigError, preset
+    from model.netshape import network_shape, training_memory
+
+    from .override_schema import OverrideError, check_overrides
+
+    if isinstance(overrides, dict) and "preset" in overrides:
         raise TrainingRequestError("choose the preset with the 'preset' field")
+    try:
+        sections = check_overrides(overrides)
+    except OverrideError as exc:
+        raise TrainingRequestError(str(exc)) from None
     if "dataset" in sections.get("data", {}):
         raise TrainingRequestError("choose the dataset with the 'dataset' field, not "
                                    "overrides.data.dataset")
@@ -115,4 +137,25 @@ def build_training_config(*, preset_name: str, overrides: dict[str, Any] | None,
                                    f"{max_steps} steps per job (DEBM_MAX_TRAINING_STEPS)")
     _check_sizes(config, max_image_size=max_image_size, max_batch=max_batch,
                  max_width=max_width, max_chain_steps=max_chain_steps)
+    try:
+        network_shape(config.network)
+    except ConfigError as exc:
+        raise TrainingRequestError(str(exc)) from None
+    if memory_budget is not None and dataset_images is not None:
+        need = training_memory(config, dataset_images)
+        if need["total"] > memory_budget:
+            parts = ", ".join(f"{k} {v / 2 ** 20:.0f}" for k, v in need.items() if k != "total")
+            raise TrainingRequestError(
+                f"this job would need about {need['total'] / 2 ** 20:.0f} MiB on a worker "
+                f"({parts} MiB: {dataset_images} images at {config.network.channels}x"
+                f"{config.network.image_size}x{config.network.image_size}); the budget is "
+                f"{memory_budget / 2 ** 20:.0f} MiB (DEBM_WORKER_MEMORY_BYTES)")
     return config
+
+
+def dataset_budget(config, memory_budget: int) -> int:
+    """Bytes left for the dataset itself once the rest of the job's estimate is counted: the
+    loader refuses a dataset larger than this before decoding it."""
+    from model.netshape import training_memory
+
+    return memory_budget - training_memory(config, 0)["total"]

@@ -48,7 +48,7 @@ from service.jobs import (CANCELLED, FAILED, SUCCEEDED, CancelCheck, JobRecord, 
 from service.registry import ModelRegistry, RegistryError
 from service.settings import Settings
 from service.trainconfig import (TrainingRequestError, build_training_config,
-                                 training_limits)
+                                 dataset_budget, training_limits)
 
 from .cache import ModelCache
 from .names import GENERATE, INFERENCE_QUEUE, SCORE, TRAIN, TRAINING_QUEUE
@@ -400,7 +400,9 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
 
 def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
               should_cancel: CancelCheck) -> dict[str, Any]:
-    from model.imagefile import ImageRejected, decode_image
+    import torch
+
+    from model.imagefile import ImageRejected, decode_image, read_header
     from model.images import pil_to_model_tensor
     from model.pipeline import interpret_scores, score_images
 
@@ -411,7 +413,7 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
                             f"{settings.max_images_per_request} images")
     upload_dir = runtime.data.upload_dir(job.id)
     try:
-        images, names = [], []
+        paths, names = [], []
         for entry in files:
             if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
                 raise JobInputError("malformed file entry in the job record")
@@ -421,20 +423,43 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
                 raise JobInputError(str(exc)) from None
             if path.parent != upload_dir:
                 raise JobInputError(f"file {entry['path']!r} is not one of this job's uploads")
+            paths.append(path)
+            names.append(str(entry.get("filename") or path.name)[:255])
+
+        def read(path) -> bytes:
             try:
-                data = path.read_bytes()
+                return path.read_bytes()
             except OSError as exc:
-                raise JobInputError(f"upload {entry['path']} is unreadable: "
+                raise JobInputError(f"upload {runtime.data.relative(path)} is unreadable: "
                                     f"{exc.strerror or exc}") from None
-            name = str(entry.get("filename") or path.name)[:255]
-            try:  # the API validated the same bytes; a changed file is refused here too
-                images.append(decode_image(data, max_pixels=settings.max_image_pixels).image)
+
+        # The API checked the same bytes; a file changed since is refused here too.  The
+        # request's pixels are summed from the headers before any file is decoded.
+        total = 0
+        for path, name in zip(paths, names):
+            try:
+                total += read_header(read(path), max_pixels=settings.max_image_pixels).pixels
             except ImageRejected as exc:
                 raise ImageRejected(f"{name}: {exc}", kind=exc.kind) from None
-            names.append(name)
+        if total > settings.max_request_pixels:
+            raise JobInputError(f"the images hold {total} pixels in all; the limit is "
+                                f"{settings.max_request_pixels} per request")
         model_ref, loaded = _model_of(runtime, params)
         net, scoring = loaded.config.network, loaded.config.scoring
-        x = pil_to_model_tensor(images, image_size=net.image_size, channels=net.channels)
+        # One file at a time: decoded shrunk towards the model's size, made a model-size
+        # tensor, and its decode dropped before the next file is read.
+        tensors = []
+        for path, name in zip(paths, names):
+            try:
+                image = decode_image(read(path), max_pixels=settings.max_image_pixels,
+                                     shrink_to=net.image_size).image
+            except ImageRejected as exc:
+                raise ImageRejected(f"{name}: {exc}", kind=exc.kind) from None
+            tensors.append(pil_to_model_tensor([image], image_size=net.image_size,
+                                               channels=net.channels))
+            del image
+        x = torch.cat(tensors)
+        del tensors
         scores: list[float] = []
         for start in range(0, len(x), SCORE_BATCH):
             if should_cancel():
@@ -458,14 +483,15 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
             shutil.rmtree(upload_dir, ignore_errors=True)
 
 
-def load_training_dataset(runtime: TaskRuntime, dataset: Any, config):
-    from model.data import load_dataset
+def training_dataset_source(runtime: TaskRuntime, dataset: Any) -> tuple[str, int | None]:
+    """(what model.data.load_dataset reads, the image count its record declares)."""
+    from model.netshape import BUILTIN_DATASET_SIZES
 
     if not isinstance(dataset, str):
         raise JobInputError("dataset must be a name or a dataset id")
     if dataset in BUILTIN_DATASETS:
-        source = dataset
-    elif DATASET_ID_RE.match(dataset):
+        return dataset, BUILTIN_DATASET_SIZES.get(dataset, (None,))[0]
+    if DATASET_ID_RE.match(dataset):
         directory = runtime.data.dataset_dir(dataset)
         try:
             meta = json.loads((directory / "meta.json").read_text())
@@ -474,12 +500,21 @@ def load_training_dataset(runtime: TaskRuntime, dataset: Any, config):
         filename = meta.get("file")
         if filename not in ("data.zip", "data.npz"):
             raise JobInputError(f"dataset {dataset} has an invalid file entry")
-        source = str(directory / filename)
-    else:
-        raise JobInputError(f"unknown dataset {dataset!r}")
+        count = meta.get("count")
+        return str(directory / filename), count if isinstance(count, int) else None
+    raise JobInputError(f"unknown dataset {dataset!r}")
+
+
+def load_training_dataset(runtime: TaskRuntime, dataset: Any, config):
+    """The dataset at the network's size; refused before decoding when it would not fit the
+    worker's memory budget with the rest of the job (the file may differ from its record)."""
+    from model.data import load_dataset
+
+    source, _ = training_dataset_source(runtime, dataset)
     net = config.network
     return load_dataset(source, image_size=net.image_size, channels=net.channels,
-                        max_pixels=runtime.settings.max_image_pixels)
+                        max_pixels=runtime.settings.max_image_pixels,
+                        max_bytes=dataset_budget(config, runtime.settings.worker_memory_bytes))
 
 
 def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
@@ -492,10 +527,11 @@ def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     name = params.get("name")
     if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
         raise JobInputError(f"invalid model name {name!r}")
+    _, images = training_dataset_source(runtime, params.get("dataset"))
     config = build_training_config(
         preset_name=str(params.get("preset")), overrides=params.get("overrides") or {},
         seed=_int_param(params, "seed", low=0, high=2 ** 31 - 1),
-        dataset=params.get("dataset"), **training_limits(settings))
+        dataset=params.get("dataset"), dataset_images=images, **training_limits(settings))
     dataset = load_training_dataset(runtime, params.get("dataset"), config)
     out_dir = runtime.data.job_dir(job.id) / "checkpoint"
     # A redelivered job (its worker died) continues from its own last checkpoint.

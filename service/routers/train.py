@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from model.archives import BUILTIN_DATASETS  # torch-free
+from model.netshape import BUILTIN_DATASET_SIZES  # torch-free
 
 from ..datadir import DATASET_ID_RE
 from ..deps import AdminPrincipal, ServicesDep
@@ -17,20 +20,29 @@ from .common import invalid
 router = APIRouter(tags=["train"])
 
 
+def dataset_images(services, dataset: str) -> int:
+    """The dataset's image count (for the job's memory estimate), or 404."""
+    if dataset in BUILTIN_DATASET_SIZES:
+        return BUILTIN_DATASET_SIZES[dataset][0]
+    if DATASET_ID_RE.match(dataset):
+        try:
+            meta = json.loads((services.data.dataset_dir(dataset) / "meta.json").read_text())
+            return int(meta["count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    raise HTTPException(404, f"unknown dataset {dataset!r}: use "
+                             f"{' or '.join(BUILTIN_DATASETS)}, or an id returned by "
+                             "POST /datasets")
+
+
 @router.post("/train", status_code=202, response_model=JobAccepted,
              responses=errors(400, 401, 403, 404, 413, 422, 429, 503))
 async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal):
     settings = services.settings
-    if body.dataset not in BUILTIN_DATASETS:
-        known = DATASET_ID_RE.match(body.dataset) and \
-            (services.data.dataset_dir(body.dataset) / "meta.json").is_file()
-        if not known:
-            raise HTTPException(404, f"unknown dataset {body.dataset!r}: use "
-                                     f"{' or '.join(BUILTIN_DATASETS)}, or an id returned by "
-                                     "POST /datasets")
+    images = await run_in_threadpool(dataset_images, services, body.dataset)
     try:  # the same function the worker runs again on the record
         build_training_config(preset_name=body.preset, overrides=body.overrides,
-                              seed=body.seed, dataset=body.dataset,
+                              seed=body.seed, dataset=body.dataset, dataset_images=images,
                               **training_limits(settings))
     except TrainingRequestError as exc:
         raise invalid(["body", "overrides"], str(exc)) from None
