@@ -21,7 +21,7 @@ import numpy as np
 from model.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, MAX_ZIP_UNCOMPRESSED,
                             DatasetError, check_zip_member, is_metadata_member,
                             pixel_value_scale)
-from model.imagefile import ImageRejected, decode_image
+from model.imagefile import ImageRejected, decode_image, read_header
 
 CHUNK_BYTES = 8 << 20
 # An .npz member is a flat array name; anything else (folders, traversal) is refused.
@@ -109,7 +109,9 @@ def check_image_zip(path: Path, *, max_images: int, max_pixels: int,
             if len(data) > member.file_size:
                 raise DatasetRejected(f"zip member {member.filename!r} is larger than declared")
             try:
-                image = decode_image(data, max_pixels=max_pixels).image
+                header = read_header(data, max_pixels=max_pixels)
+                # decoded only to prove it whole: shrunk while decoding, dropped at once
+                image = decode_image(data, max_pixels=max_pixels, shrink_to=256).image
             except ImageRejected as exc:
                 raise DatasetRejected(f"zip member {member.filename!r}: {exc}",
                                       kind=_kind_of(exc)) from None
@@ -118,7 +120,8 @@ def check_image_zip(path: Path, *, max_images: int, max_pixels: int,
                 raise DatasetRejected(f"more than {max_images} images; the limit is "
                                       f"{max_images}", kind="too_large")
             colour = colour or image.mode != "L"
-            first = first or image.size
+            first = first or (header.width, header.height)
+            del image
     if count == 0:
         raise DatasetRejected("the zip holds no images")
     return DatasetSummary("zip", count, 3 if colour else 1, first[1], first[0])
