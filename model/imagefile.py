@@ -113,9 +113,7 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageRejected(f"image too large: {exc}", kind="too_large") from None
             except Image.UnidentifiedImageError:
-                raise ImageRejected(
-                    f"not an accepted image; accepted formats: {', '.join(formats)}",
-                    kind="unsupported_format") from None
+                raise _unidentified(data, formats) from None
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
                 raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     finally:
@@ -150,9 +148,7 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
                 raise ImageRejected(f"image too large: {exc}", kind="too_large") from None
             except Image.UnidentifiedImageError:
-                raise ImageRejected(
-                    f"not an accepted image; accepted formats: {', '.join(formats)}",
-                    kind="unsupported_format") from None
+                raise _unidentified(data, formats) from None
             except (OSError, SyntaxError, ValueError, EOFError) as exc:
                 raise ImageRejected(f"corrupt or truncated image: {exc}") from None
             try:
@@ -168,6 +164,22 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         Image.MAX_IMAGE_PIXELS = previous
     return DecodedImage(image=converted, format=fmt, original_mode=mode,
                         width=converted.width, height=converted.height)
+
+
+# File signatures: bytes that start like an accepted format but that Pillow cannot open are a
+# damaged file of that format (e.g. a PNG whose IHDR checksum fails), not another format.
+_SIGNATURES = {"PNG": lambda d: d.startswith(b"\x89PNG\r\n\x1a\n"),
+               "JPEG": lambda d: d.startswith(b"\xff\xd8\xff"),
+               "WEBP": lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP"}
+
+
+def _unidentified(data: bytes, formats: tuple[str, ...]) -> ImageRejected:
+    for fmt in formats:
+        if _SIGNATURES.get(fmt, lambda d: False)(data):
+            return ImageRejected(f"corrupt or truncated image: a {fmt} file whose header "
+                                 "does not parse (bad checksum or cut short)")
+    return ImageRejected(f"not an accepted image; accepted formats: {', '.join(formats)}",
+                         kind="unsupported_format")
 
 
 def _decode_small(data: bytes, formats: tuple[str, ...], *, allow_alpha: bool,

@@ -49,6 +49,12 @@ def corrupt_png() -> bytes:
     return bytes(data)
 
 
+def corrupt_png_header() -> bytes:
+    data = bytearray(image_bytes("PNG", size=(32, 32)))
+    data[29] ^= 0xFF  # the IHDR chunk's CRC: Pillow cannot even identify the file
+    return bytes(data)
+
+
 def palette_with_transparency() -> bytes:
     image = Image.new("P", (16, 16))
     image.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
@@ -96,6 +102,8 @@ IMAGES = {
     "cut.png": (lambda: digit_png()[:60], 422, "truncated"),
     "cut.jpg": (lambda: image_bytes("JPEG", size=(64, 64))[:300], 422, "truncated"),
     "crc.png": (corrupt_png, 422, "corrupt"),
+    "crc-header.png": (corrupt_png_header, 422, "corrupt or truncated"),
+    "cut-header.png": (lambda: digit_png()[:20], 422, "corrupt or truncated"),
     "bomb.png": (lambda: save(Image.new("1", (12000, 12000)), "PNG"), 413, "too large"),
     "header-bomb.png": (lambda: png_header_only(100_000, 100_000), 413, "pixels"),
     "huge.png": (lambda: save(Image.new("1", (5000, 4000)), "PNG"), 413, "pixels"),
