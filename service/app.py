@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,7 +28,7 @@ from .jobs import StoreUnavailable, clean_json, open_store
 from .registry import CorruptCheckpoint, ModelRegistry, RegistryError, UnknownModel
 from .routers import datasets, generate, health, jobs, models, score, train
 from .settings import Settings, get_settings
-from .uploads import BodyLimitMiddleware
+from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
 log = logging.getLogger("debm.api")
 
@@ -84,7 +84,9 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
         BodyLimitMiddleware,
         limits={"/ood-score": (settings.max_upload_bytes, "the upload"),
                 "/datasets": (settings.max_dataset_bytes, "the dataset upload")},
-        default=(settings.max_json_bytes, "the request body"))
+        default=(settings.max_json_bytes, "the request body"),
+        authenticate=lambda candidate: keys.authenticate(candidate) is not None)
+    app.add_middleware(CatchAllMiddleware)  # outermost: see service/uploads.py
     _install_error_handlers(app)
     return app
 
@@ -141,10 +143,4 @@ def _install_error_handlers(app: FastAPI) -> None:
             return _error(507, full, **{"Retry-After": "60"})
         log.error("OS error on %s %s", request.method, request.url.path, exc_info=exc)
         return _error(500, "internal server error")
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, exc: Exception):
-        if isinstance(exc, HTTPException):  # pragma: no cover - handled by FastAPI
-            raise exc
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return _error(500, "internal server error")
+    # Any other exception: CatchAllMiddleware answers a JSON 500 and keeps the connection.

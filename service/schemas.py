@@ -201,8 +201,10 @@ ERROR_DESCRIPTIONS = {
     409: "conflict: no result yet, already final, or a model version whose files fail their "
          "checksums",
     410: "the job's result files are gone from the data directory",
-    413: "too large: request body, images per request, pixels per image, dataset size",
-    415: "not an accepted image or archive format",
+    413: "too large: request body, images per request, pixels per image or per request, "
+         "dataset size",
+    415: "not the content type the route takes (JSON, or multipart/form-data for uploads), "
+         "or not an accepted image or archive format",
     422: "invalid parameters or a malformed file; the message names the problem",
     429: "queue full (in total or for this key); see Retry-After",
     503: "Redis / the job store or broker is unreachable; see Retry-After",

@@ -1,17 +1,30 @@
-"""Request-body limits enforced while the body streams, and multipart parsing.
+"""Request framing, decided before the body is read, and multipart parsing.
 
-``BodyLimitMiddleware`` (pure ASGI) picks a byte limit per route: the scoring upload, the
-dataset upload, and everything else (JSON).  A declared Content-Length above the limit is
-refused before a byte is read; otherwise the bytes are counted as they arrive and the request
-is cut off with 413 the moment the count passes the limit, so a chunked body without
-Content-Length is bounded just the same.  Multipart routes read their body themselves
-(``read_form``), not through FastAPI's File() parameters: FastAPI turns any exception raised
-while it parses a body into "400 There was an error parsing the body", which would hide the 413.
+``BodyLimitMiddleware`` (pure ASGI) answers, in this order, for every request with a body:
+
+1. **401** when it carries no valid API key: nothing of the body is read;
+2. **413** when its declared Content-Length is over the route's limit (the scoring upload, the
+   dataset upload, or any other body: JSON);
+3. **415** when its content type is not the route's (multipart/form-data for the uploads,
+   JSON elsewhere), before reading, with one exception: a *chunked* multipart body sent to a
+   JSON route is counted up to the JSON limit first (at most 1 MiB is read) and answered 413
+   when it passes it, 415 otherwise;
+4. **413** while the body streams, the moment the count passes the limit (chunked bodies).
+
+Early answers carry ``Connection: close``: the unread body cannot be skipped on a kept-alive
+connection.  Multipart routes read their body themselves (``read_form``), not through
+FastAPI's File() parameters: FastAPI turns any exception raised while it parses a body into
+"400 There was an error parsing the body", which would hide the 413.
+
+``CatchAllMiddleware`` is the outermost layer: an exception nothing else handled becomes a
+JSON 500, and the exception stops there, so the server keeps the client's connection.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +32,12 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+log = logging.getLogger("debm.api")
+
 UPLOAD_READ_CHUNK = 1 << 20
+BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
+UNAUTHORIZED = ("missing or invalid API key; send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>'")
 
 
 class BodyTooLarge(Exception):
@@ -29,20 +47,46 @@ class BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app, *, limits: dict[str, tuple[int, str]], default: tuple[int, str]):
+    """``limits``: path -> (bytes, what) for the multipart routes; ``default`` for the rest
+    (JSON).  ``authenticate(candidate) -> bool`` checks a key before the body is read."""
+
+    def __init__(self, app, *, limits: dict[str, tuple[int, str]], default: tuple[int, str],
+                 authenticate: Callable[[str | None], bool] | None = None):
         self.app, self.limits, self.default = app, limits, default
+        self.authenticate = authenticate
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
             return await self.app(scope, receive, send)
-        limit, what = self.limits.get(scope["path"].rstrip("/") or "/", self.default)
+        path = scope["path"].rstrip("/") or "/"
+        multipart_route = path in self.limits
+        limit, what = self.limits.get(path, self.default)
         declared = _content_length(scope)
+        chunked = declared is None and _header(scope, b"transfer-encoding") is not None
+        if not chunked and not declared:  # no body: the route answers as it would
+            return await self.app(scope, receive, send)
+        if self.authenticate is not None and not self.authenticate(_candidate_key(scope)):
+            client = scope.get("client") or ("?",)
+            log.warning("401 %s %s from %s: %s API key (body not read)", scope["method"],
+                        scope["path"], client[0], "invalid" if _candidate_key(scope) else "no")
+            return await _send_error(send, 401, UNAUTHORIZED,
+                                     [(b"www-authenticate", b"Bearer")])
         if declared is not None and declared > limit:
-            return await _send_413(send, BodyTooLarge(limit, what))
+            return await _send_error(send, 413, str(BodyTooLarge(limit, what)))
+        content_type = (_header(scope, b"content-type") or b"").decode("latin-1").lower()
+        if multipart_route and not content_type.startswith("multipart/form-data"):
+            return await _send_error(send, 415, "expected a multipart/form-data upload (got "
+                                                f"{content_type or 'no content type'})")
+        if not multipart_route and content_type and not _is_json(content_type):
+            if chunked and content_type.startswith("multipart/"):
+                if await _drain_over(receive, limit):
+                    return await _send_error(send, 413, str(BodyTooLarge(limit, what)))
+            return await _send_error(send, 415, "expected a JSON body (content-type: "
+                                                f"application/json; got {content_type})")
         if declared is not None:
             # The HTTP server enforces Content-Length framing, so the body cannot be longer.
             return await self.app(scope, receive, send)
-        if not _is_multipart(scope):
+        if not multipart_route:
             # A chunked JSON body: read it here (it is small by definition), so that a body
             # over the limit gets 413 rather than FastAPI's generic 400.
             chunks, seen = [], 0
@@ -53,7 +97,7 @@ class BodyLimitMiddleware:
                 chunks.append(message.get("body", b""))
                 seen += len(chunks[-1])
                 if seen > limit:
-                    return await _send_413(send, BodyTooLarge(limit, what))
+                    return await _send_error(send, 413, str(BodyTooLarge(limit, what)))
                 if not message.get("more_body", False):
                     break
             replayed = False
@@ -88,11 +132,77 @@ class BodyLimitMiddleware:
         try:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge as exc:
-            # Raised from inside the app while it read the body (FastAPI may wrap it for
-            # JSON bodies; multipart routes let it through).  Nothing was sent yet.
+            # Raised from inside the app while it read the body (multipart routes let it
+            # through).  Nothing was sent yet.
             if started:
                 raise
-            await _send_413(send, exc)
+            await _send_error(send, 413, str(exc))
+
+
+class CatchAllMiddleware:
+    """Any exception that reaches here becomes a JSON 500 (logged with its traceback) and is
+    not raised further: raised, the server would log it again and drop the connection."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # half a response went out: the connection cannot be saved
+                raise
+            await _send_error(send, 500, "internal server error", close=False)
+
+
+async def _drain_over(receive, limit: int) -> bool:
+    """Read and drop a body; True as soon as it passes ``limit`` bytes."""
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return False
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            return True
+        if not message.get("more_body", False):
+            return False
+
+
+def _header(scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return None
+
+
+def _candidate_key(scope) -> str | None:
+    key = _header(scope, b"x-api-key")
+    if key:
+        return key.decode("latin-1")
+    auth = (_header(scope, b"authorization") or b"").decode("latin-1")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
+def _is_json(content_type: str) -> bool:
+    """FastAPI's own rule: application/json or application/*+json, any parameters."""
+    main = content_type.split(";", 1)[0].strip()
+    kind, _, subtype = main.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _content_length(scope) -> int | None:
@@ -105,19 +215,15 @@ def _content_length(scope) -> int | None:
     return None
 
 
-def _is_multipart(scope) -> bool:
-    for name, value in scope.get("headers", []):
-        if name == b"content-type":
-            return value.lower().startswith(b"multipart/")
-    return False
-
-
-async def _send_413(send, exc: BodyTooLarge) -> None:
-    body = json.dumps({"detail": str(exc)}).encode()
-    await send({"type": "http.response.start", "status": 413,
+async def _send_error(send, status: int, detail: str,
+                      headers: list[tuple[bytes, bytes]] | None = None, *,
+                      close: bool = True) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    extra = [(b"connection", b"close")] if close else []
+    await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            *extra, *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 

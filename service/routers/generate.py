@@ -20,7 +20,7 @@ router = APIRouter(tags=["generate"])
     "/generate", status_code=202, response_model=JobAccepted,
     responses={200: {"model": GenerateResult,
                      "description": "with ?wait=: the images, when ready in time"},
-               **errors(400, 401, 403, 404, 409, 413, 422, 429, 503)})
+               **errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)})
 async def generate(body: GenerateRequest, services: ServicesDep, principal: UsePrincipal,
                    wait: Annotated[float | None, Query(
                        description="seconds to wait for the result (at most "

@@ -33,7 +33,7 @@ async def list_models(services: ServicesDep, principal: UsePrincipal):
 
 
 @router.put("/models/{name}/default", response_model=ModelInfo,
-            responses=errors(400, 401, 403, 404, 409, 413, 422))
+            responses=errors(400, 401, 403, 404, 409, 413, 415, 422))
 async def set_default(name: str, body: SetDefaultRequest, services: ServicesDep,
                       principal: AdminPrincipal):
     """Serve ``version`` of ``name`` to requests that name no version (running jobs keep the

@@ -36,7 +36,7 @@ def dataset_images(services, dataset: str) -> int:
 
 
 @router.post("/train", status_code=202, response_model=JobAccepted,
-             responses=errors(400, 401, 403, 404, 413, 422, 429, 503))
+             responses=errors(400, 401, 403, 404, 413, 415, 422, 429, 503))
 async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal):
     settings = services.settings
     images = await run_in_threadpool(dataset_images, services, body.dataset)
