@@ -11,11 +11,11 @@ import logging
 import shutil
 from typing import Any
 
-from worker.names import QUEUE_FOR_KIND, TASK_FOR_KIND
-
-from .datadir import DataDir, new_job_id
-from .jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
-from .settings import Settings
+from core.datadir import DataDir, new_job_id
+from core.jobs.store import (CANCELLED, FAILED, CapacityExceeded, JobRecord,
+                             JobStore)
+from core.names import QUEUE_FOR_KIND, TASK_FOR_KIND
+from core.settings import Settings
 
 log = logging.getLogger("debm.api")
 

@@ -33,8 +33,8 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
 def tiny_total_steps(**training) -> int:
-    """Warm-up + iterations of the tiny preset (with overrides), as model.config defines it."""
-    from model.config import preset
+    """Warm-up + iterations of the tiny preset (with overrides), as model.formats.config defines it."""
+    from model.formats.config import preset
 
     config = preset("tiny").replace(training=training) if training else preset("tiny")
     return config.training.warmup_steps + config.training.iterations

@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from service.jobs import CANCELLED, FAILED, QUEUED, RUNNING, JobStore, StoreUnavailable
-from service.settings import Settings
-
-from .names import QUEUE_FOR_KIND
+from core.jobs.store import (CANCELLED, FAILED, QUEUED, RUNNING, JobStore,
+                             StoreUnavailable)
+from core.names import QUEUE_FOR_KIND
+from core.settings import Settings
 
 log = logging.getLogger("debm.recovery")
 
@@ -137,7 +137,7 @@ class Recovery:
         self.settings: Settings = app.debm_settings
 
     def send(self, kind: str, job_id: str) -> None:
-        from .names import TASK_FOR_KIND
+        from core.names import TASK_FOR_KIND
 
         self.app.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, task_id=job_id,
                            queue=QUEUE_FOR_KIND[kind])

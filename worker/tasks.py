@@ -22,7 +22,7 @@ refuses (disk full, read-only) fails the job with a message saying so.
 
 model/ is imported inside the functions so that this module, and therefore the worker's
 parent process, stays light; torch and CUDA are first touched in the process that runs tasks.
-(model.archives and model.config are torch-free.)
+(model.formats.archives and model.formats.config are torch-free.)
 """
 
 from __future__ import annotations
@@ -40,18 +40,19 @@ from typing import Any, Callable
 
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
-from model.archives import BUILTIN_DATASETS  # torch-free
-from model.config import SAMPLER_NAMES  # torch-free
-from service.datadir import DATASET_ID_RE, JOB_ID_RE, DataDir, atomic_write_bytes
-from service.jobs import (CANCELLED, FAILED, SUCCEEDED, CancelCheck, JobRecord, JobStore,
-                          LeaseKeeper, StoreUnavailable, open_store)
-from service.registry import ModelRegistry, RegistryError
-from service.settings import Settings
-from service.trainconfig import (TrainingRequestError, build_training_config,
-                                 training_limits)
+from core.datadir import DATASET_ID_RE, JOB_ID_RE, DataDir, atomic_write_bytes
+from core.jobs.store import (CANCELLED, FAILED, SUCCEEDED, CancelCheck,
+                             JobRecord, JobStore, LeaseKeeper,
+                             StoreUnavailable, open_store)
+from core.names import GENERATE, INFERENCE_QUEUE, SCORE, TRAIN, TRAINING_QUEUE
+from core.registry import ModelRegistry, RegistryError
+from core.settings import Settings
+from core.trainconfig import (TrainingRequestError, build_training_config,
+                              training_limits)
+from model.formats.archives import BUILTIN_DATASETS  # torch-free
+from model.formats.config import SAMPLER_NAMES  # torch-free
 
 from .cache import ModelCache
-from .names import GENERATE, INFERENCE_QUEUE, SCORE, TRAIN, TRAINING_QUEUE
 
 log = logging.getLogger("debm.worker")
 
@@ -161,9 +162,9 @@ class Reporter:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from model.checkpoints import CheckpointError
-    from model.config import ConfigError
     from model.data import DatasetError
-    from model.imagefile import ImageRejected
+    from model.formats.config import ConfigError
+    from model.formats.imagefile import ImageRejected
     from model.training import EnergyExplosion
 
     return (CheckpointError, ConfigError, DatasetError, ImageRejected, EnergyExplosion,
@@ -400,7 +401,7 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
 
 def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
               should_cancel: CancelCheck) -> dict[str, Any]:
-    from model.imagefile import ImageRejected, decode_image
+    from model.formats.imagefile import ImageRejected, decode_image
     from model.images import pil_to_model_tensor
     from model.pipeline import interpret_scores, score_images
 
@@ -484,9 +485,9 @@ def load_training_dataset(runtime: TaskRuntime, dataset: Any, config):
 
 def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
               should_cancel: CancelCheck) -> dict[str, Any]:
-    from model.manifest import MANIFEST, read_manifest
+    from core.settings import MODEL_NAME_RE
+    from model.formats.manifest import MANIFEST, read_manifest
     from model.pipeline import run_training
-    from service.settings import MODEL_NAME_RE
 
     settings, params = runtime.settings, job.params
     name = params.get("name")

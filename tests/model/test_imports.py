@@ -21,7 +21,7 @@ def test_model_imports_no_web_or_queue_packages():
 
 def test_torch_free_modules_do_not_import_torch():
     """The API process validates uploads and requests with these and must not import torch."""
-    code = ("import sys, model.imagefile, model.archives, model.config, model.manifest; "
+    code = ("import sys, model.formats.imagefile, model.formats.archives, model.formats.config, model.formats.manifest; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=60)

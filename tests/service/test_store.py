@@ -9,8 +9,9 @@ import uuid
 
 import pytest
 
-from service.jobs import (CancelCheck, CapacityExceeded, JobRecord, LeaseKeeper,
-                          RedisJobStore, SqliteJobStore, StoreUnavailable)
+from core.jobs.store import (CancelCheck, CapacityExceeded, JobRecord,
+                             LeaseKeeper, RedisJobStore, SqliteJobStore,
+                             StoreUnavailable)
 
 
 @pytest.fixture(params=["sqlite", "redis"])

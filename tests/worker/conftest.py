@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from service.jobs import JobRecord
-from service.settings import Settings
+from core.jobs.store import JobRecord
+from core.settings import Settings
 from worker.tasks import TaskRuntime
 
 

@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from service.jobs import JobRecord, open_store
-from service.settings import Settings
+from core.jobs.store import JobRecord, open_store
+from core.names import GENERATE, INFERENCE_QUEUE
+from core.settings import Settings
 from worker.celery_app import create_celery
-from worker.names import GENERATE, INFERENCE_QUEUE
 from worker.recovery import BrokerView, recover_orphans
 
 

@@ -10,8 +10,8 @@ import uuid
 
 import pytest
 
-from service.jobs import JobRecord
-from service.settings import Settings
+from core.jobs.store import JobRecord
+from core.settings import Settings
 from tests.support import RedisServer
 from worker.tasks import BODIES, StoreDown, TaskRuntime, execute
 
@@ -73,8 +73,8 @@ def test_a_task_gives_the_job_back_when_redis_stays_down(redis_runtime):
 def test_the_celery_task_requeues_its_message_when_redis_stays_down(redis_runtime):
     from celery.exceptions import Reject
 
+    from core.names import GENERATE
     from worker.celery_app import create_celery
-    from worker.names import GENERATE
 
     server, make = redis_runtime
     runtime = make(store_retry_seconds=1)

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from model.config import preset
+from model.formats.config import preset
 from tests.support import tiny_total_steps
 from worker.tasks import BODIES, execute
 
@@ -165,7 +165,7 @@ def test_cancelled_training_keeps_a_checkpoint_and_registers_nothing(runtime, su
 def test_a_duplicate_delivery_leaves_a_job_with_a_live_lease_alone(runtime, submit):
     """A second delivery of a job another worker is running (its lease is renewed) waits one
     lease period and skips it; it never runs the job twice."""
-    from service.jobs import LeaseKeeper
+    from core.jobs.store import LeaseKeeper
 
     job_id = submit("generate", n=1)
     runtime.store.acquire_lease(job_id, "other-worker", runtime.settings.lease_seconds)

@@ -28,10 +28,9 @@ import sys
 import threading
 from pathlib import Path
 
+from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
+from core.settings import Settings, get_settings
 from worker.celery_app import Heartbeat, create_celery
-from worker.names import INFERENCE_QUEUE, TRAINING_QUEUE
-
-from .settings import Settings, get_settings
 
 log = logging.getLogger("debm.embedded")
 
@@ -164,7 +163,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | N
     import uvicorn
     from pydantic import ValidationError
 
-    from .app import create_app
+    from service.app import create_app
 
     if data_dir is not None:
         os.environ["DEBM_DATA_DIR"] = str(data_dir)
