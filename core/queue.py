@@ -15,7 +15,8 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from .names import GENERATE, INFERENCE_QUEUE, SCORE, TRAIN, TRAINING_QUEUE
+from .names import (GENERATE, INFERENCE_QUEUE, QUEUE_FOR_KIND, SCORE,
+                    TASK_FOR_KIND, TRAIN, TRAINING_QUEUE)
 from .settings import Settings
 
 
@@ -81,3 +82,10 @@ def create_producer(settings: Settings, *, name: str = "debm") -> Celery:
     app = Celery(name, set_as_current=False)
     app.conf.update(celery_config(settings))
     return app
+
+
+def send_job(app: Celery, kind: str, job_id: str) -> None:
+    """Send a job's task by name.  The message carries only the job id (the parameters live in
+    the job record), and the Celery task id is the job id so ``revoke`` can name it."""
+    app.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, task_id=job_id,
+                  queue=QUEUE_FOR_KIND[kind])

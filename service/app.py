@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.datadir import DataDir, DataDirError
-from core.jobs.store import StoreUnavailable, clean_json, open_store
+from core.jobs import StoreUnavailable, clean_json, open_store
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
                            UnknownModel)

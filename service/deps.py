@@ -16,7 +16,7 @@ from fastapi.security import (APIKeyHeader, HTTPAuthorizationCredentials,
                               HTTPBearer)
 
 from core.datadir import DataDir
-from core.jobs.store import JobStore
+from core.jobs import JobStore
 from core.registry import ModelRegistry
 from core.settings import Settings
 

@@ -1,40 +1,28 @@
-"""The Celery application, configured from ``core.settings``.
+"""The worker's Celery application, configured from ``core.settings``.
 
     celery -A worker.celery_app worker -Q inference -c 1 -P prefork
     celery -A worker.celery_app worker -Q training  -c 1 -P prefork
 
-The configuration (core.queue.celery_config) is shared with the API's producer.  Creating
-the app imports neither torch nor the tasks; ``include_tasks=True`` registers them (workers
-and the embedded server only).  The module-level ``app`` / ``celery_app`` that the celery CLI
+The configuration (core.queue.celery_config) is the one the API's producer uses too.  A
+``WorkerApp`` is a Celery app with the three tasks registered and, as typed attributes, what
+they need: the settings, the embedded server's interrupt flag and the count of running tasks.
+Creating one imports no torch.  The module-level ``app`` / ``celery_app`` that the celery CLI
 looks up is built lazily (PEP 562) so that importing this module has no side effects.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 
 from celery import Celery, signals
 
-from core.queue import celery_config
+from core.queue import celery_config, send_job
 from core.settings import Settings, get_settings
 
+from .lease import Heartbeat
+
 log = logging.getLogger(__name__)
-
-
-def create_celery(settings: Settings, *, include_tasks: bool = False,
-                  name: str = "debm") -> Celery:
-    app = Celery(name, set_as_current=False)
-    app.conf.update(celery_config(settings))
-    app.debm_settings = settings  # read by the tasks (worker.tasks.runtime_for)
-    app.debm_active = ActiveTasks()  # tasks executing in this process (embedded shutdown)
-    if include_tasks:
-        from .tasks import register_tasks
-
-        register_tasks(app)
-    return app
 
 
 class ActiveTasks:
@@ -59,19 +47,41 @@ class ActiveTasks:
             return self._cond.wait_for(lambda: self._count == 0, timeout)
 
 
+class WorkerApp(Celery):
+    """A Celery app that runs the debm tasks.
+
+    ``interrupt`` is set by the embedded server when it shuts down: running tasks stop at
+    their next step and their jobs are requeued (not cancelled).  ``active`` counts the tasks
+    executing in this process, so that shutdown can wait for them."""
+
+    def __init__(self, settings: Settings, *, name: str = "debm",
+                 interrupt: threading.Event | None = None):
+        super().__init__(name, set_as_current=False)
+        self.conf.update(celery_config(settings))
+        self.settings = settings
+        self.interrupt = interrupt if interrupt is not None else threading.Event()
+        self.active = ActiveTasks()
+        from .tasks import register_tasks
+
+        register_tasks(self)
+
+    def send_job(self, kind: str, job_id: str) -> None:
+        send_job(self, kind, job_id)
+
+
 # --- the app the celery CLI runs ------------------------------------------------------------
 
-_worker_app: Celery | None = None
+_worker_app: WorkerApp | None = None
 _lock = threading.Lock()
 
 
-def get_worker_app() -> Celery:
+def get_worker_app() -> WorkerApp:
     global _worker_app
     with _lock:
         if _worker_app is None:
             settings = get_settings()
             logging.getLogger("debm").setLevel(settings.log_level)
-            _worker_app = create_celery(settings, include_tasks=True)
+            _worker_app = WorkerApp(settings)
             _worker_app.set_current()
             _connect_heartbeat(_worker_app)
         return _worker_app
@@ -83,63 +93,16 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-# --- heartbeats (for /readyz) ---------------------------------------------------------------
-
-class Heartbeat:
-    """Writes ``{worker, queues, pid}`` into the job store every ``heartbeat_seconds`` with a
-    time-to-live of three periods; /readyz counts the live ones.  With ``app`` (distributed
-    workers), each beat also recovers jobs whose worker died (worker.recovery)."""
-
-    def __init__(self, settings: Settings, worker: str, queues: list[str], *, alive=None,
-                 app: Celery | None = None):
-        from core.jobs.store import open_store
-
-        from .recovery import Recovery
-
-        self.settings, self.worker, self.queues = settings, worker, queues
-        self.alive = alive  # optional callable: beat only while it answers True
-        self.store = open_store(settings)
-        self.recovery = Recovery(app, self.store, queues) if app is not None else None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker}",
-                                        daemon=True)
-
-    def start(self) -> "Heartbeat":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        info = {"queues": self.queues, "pid": os.getpid(), "host": socket.gethostname()}
-        period = self.settings.heartbeat_seconds
-        while not self._stop.is_set():
-            if self.alive is not None and not self.alive():
-                break
-            try:
-                self.store.heartbeat(self.worker, info, ttl=3 * period)
-            except Exception as exc:  # the broker/store being down must not kill the worker
-                log.warning("heartbeat failed: %s", exc)
-            if self.recovery is not None:
-                self.recovery.step()
-            self._stop.wait(period)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self.store.forget_worker(self.worker)
-        except Exception:
-            pass
-
-
-def _connect_heartbeat(app: Celery) -> None:
+def _connect_heartbeat(app: WorkerApp) -> None:
+    """Beat (and, in distributed mode, recover orphaned jobs) while the worker runs."""
     state: dict[str, Heartbeat] = {}
 
     @signals.worker_ready.connect(weak=False)
     def _ready(sender=None, **_):
         queues = sorted(sender.app.amqp.queues.consume_from or sender.app.amqp.queues)
-        settings = app.debm_settings
+        settings = app.settings
         state["beat"] = Heartbeat(settings, sender.hostname, queues,
-                                  app=app if settings.distributed else None).start()
+                                  send=app.send_job if settings.distributed else None).start()
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(sender=None, **_):

@@ -12,7 +12,7 @@ from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
 from core.datadir import JOB_ID_RE
-from core.jobs.store import SUCCEEDED, JobRecord
+from core.jobs import SUCCEEDED, JobRecord
 
 from ..deps import Services
 from ..schemas import GenerateResult, Job, ScoreResult, TrainResult

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.jobs.store import SUCCEEDED
+from core.jobs import SUCCEEDED
 
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import GenerateRequest, GenerateResult, JobAccepted, errors

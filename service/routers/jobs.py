@@ -8,7 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.jobs.store import CANCELLED, SUCCEEDED
+from core.jobs import CANCELLED, SUCCEEDED
 
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus,

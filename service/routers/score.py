@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.datadir import atomic_write_bytes
-from core.jobs.store import SUCCEEDED
+from core.jobs import SUCCEEDED
 from model.formats.imagefile import ImageRejected, decode_image
 
 from ..deps import ServicesDep, UsePrincipal

@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from core.jobs.store import (CancelCheck, CapacityExceeded, JobRecord,
-                             LeaseKeeper, RedisJobStore, SqliteJobStore,
-                             StoreUnavailable)
+from core.jobs import (CapacityExceeded, JobRecord, RedisJobStore,
+                       SqliteJobStore, StoreUnavailable)
+from worker.lease import CancelCheck, LeaseKeeper
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from core.datadir import DataDir
-from core.jobs.store import open_store
+from core.jobs import open_store
 from core.queue import create_producer
 from core.registry import ModelRegistry
 from core.settings import Settings

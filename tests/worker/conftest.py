@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from core.jobs.store import JobRecord
+from core.jobs import JobRecord
 from core.settings import Settings
-from worker.tasks import TaskRuntime
+from worker.runtime import TaskRuntime
 
 
 @pytest.fixture

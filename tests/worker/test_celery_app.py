@@ -5,7 +5,7 @@ from __future__ import annotations
 from core.names import GENERATE, SCORE, TRAIN
 from core.queue import create_producer
 from core.settings import Settings
-from worker.celery_app import create_celery
+from worker.celery_app import WorkerApp
 
 
 def test_reliability_settings(tmp_path):
@@ -35,9 +35,11 @@ def test_api_app_has_no_task_code_and_worker_app_has_the_tasks(tmp_path):
     settings = Settings(data_dir=tmp_path, inference_time_limit=100, training_time_limit=3600)
     api = create_producer(settings)
     assert not [name for name in api.tasks if name.startswith("debm.")]
-    worker = create_celery(settings, include_tasks=True)
+    worker = WorkerApp(settings)
     tasks = worker.tasks
-    assert tasks[GENERATE].queue == "inference" and tasks[TRAIN].queue == "training"
+    route = worker.amqp.router.route
+    assert route({}, GENERATE)["queue"].name == route({}, SCORE)["queue"].name == "inference"
+    assert route({}, TRAIN)["queue"].name == "training"
     assert tasks[GENERATE].soft_time_limit == 100 and tasks[TRAIN].soft_time_limit == 3600
     assert tasks[TRAIN].acks_late and tasks[TRAIN].reject_on_worker_lost
 

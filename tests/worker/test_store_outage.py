@@ -10,10 +10,12 @@ import uuid
 
 import pytest
 
-from core.jobs.store import JobRecord
+from core.jobs import JobRecord
 from core.settings import Settings
 from tests.support import RedisServer
-from worker.tasks import BODIES, StoreDown, TaskRuntime, execute
+from worker.bodies import BODIES
+from worker.lifecycle import StoreDown, execute
+from worker.runtime import TaskRuntime
 
 
 @pytest.fixture
@@ -74,12 +76,12 @@ def test_the_celery_task_requeues_its_message_when_redis_stays_down(redis_runtim
     from celery.exceptions import Reject
 
     from core.names import GENERATE
-    from worker.celery_app import create_celery
+    from worker.celery_app import WorkerApp
 
     server, make = redis_runtime
     runtime = make(store_retry_seconds=1)
     job_id = submit(runtime)
-    app = create_celery(runtime.settings, include_tasks=True)
+    app = WorkerApp(runtime.settings)
     server.stop()
     with pytest.raises(Reject) as rejected:
         app.tasks[GENERATE](job_id)
