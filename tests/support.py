@@ -40,6 +40,15 @@ def tiny_total_steps(**training) -> int:
     return config.training.warmup_steps + config.training.iterations
 
 
+def new_job(store, owner="alice", kind="generate", **params):
+    """Create a queued job with a random id in ``store``."""
+    import uuid
+
+    from core.jobs import JobRecord
+
+    return store.create(JobRecord(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params))
+
+
 # --- images ---------------------------------------------------------------------------------
 
 def image_bytes(fmt: str = "PNG", *, size=(28, 28), mode: str = "L", seed: int = 0,

@@ -24,7 +24,7 @@ def redis_runtime(tmp_path, tiny_checkpoint):
 
     def make(**overrides) -> TaskRuntime:
         settings = Settings(data_dir=tmp_path / "data", redis_url=server.url,
-                            seed_checkpoint=None, torch_threads=1, heartbeat_seconds=0.2,
+                            seed_checkpoint=None, torch_threads=1, heartbeat_seconds=1,
                             **overrides)
         runtime = TaskRuntime.create(settings)
         if "demo" not in runtime.registry.names():

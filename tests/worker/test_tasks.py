@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from model.formats.config import preset
-from tests.support import tiny_total_steps
+from tests.support import tiny_total_steps, wait_until
 from worker.bodies import BODIES
 from worker.lifecycle import execute
 
@@ -44,12 +44,8 @@ def test_a_running_generate_stops_promptly_when_cancelled(runtime, submit):
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(run(runtime, job_id)))
     thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = runtime.store.get(job_id)
-        if job.progress and job.progress["step"] > 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: (runtime.store.get(job_id).progress or {}).get("step", 0) > 2,
+               timeout=60, interval=0.05, what="sampling under way")
     asked = time.monotonic()
     runtime.store.request_cancel(job_id)
     thread.join(30)
