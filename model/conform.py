@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .archives import DatasetError
+from .formats.archives import DatasetError
 
 
 def conform(images: np.ndarray | torch.Tensor, *, image_size: int, channels: int

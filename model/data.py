@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .archives import BUILTIN_DATASETS, DatasetError
+from .formats.archives import BUILTIN_DATASETS, DatasetError
 from .conform import conform
 from .loaders import (dataset_bytes, images_from_array, load_image_folder, load_image_zip,
                       load_npz)

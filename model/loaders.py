@@ -2,7 +2,7 @@
 
 Memory is bounded by the result, not by the files: the output array (N, C, S, S) is allocated
 once, after its size is checked against ``max_bytes``, and filled as the files are read.
-Images are decoded one at a time, shrunk while decoding (model.imagefile) and conformed to the
+Images are decoded one at a time, shrunk while decoding (model.formats.imagefile) and conformed to the
 model's size before the next is read; .npz arrays are streamed from the archive in chunks of
 ``CHUNK_BYTES``, never loaded whole.  So the peak beyond the result is one decoded image or one
 chunk, whatever the dataset holds.
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEYS, MAX_ZIP_MEMBERS,
+from .formats.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEYS, MAX_ZIP_MEMBERS,
                        MAX_ZIP_UNCOMPRESSED, DatasetError, check_zip_member,
                        is_metadata_member, pixel_value_scale)
 from .conform import conform
-from .imagefile import ImageRejected, decode_image
+from .formats.imagefile import ImageRejected, decode_image
 
 CHUNK_BYTES = 8 << 20  # raw .npz bytes converted at once
 
@@ -208,7 +208,7 @@ def load_npz(source: Path | bytes, *, image_size: int, channels: int,
     """Images (uint8, model size) and labels of an .npz, read without pickle, in chunks.
 
     Two passes over the image array: the first finds its value range (which decides how
-    values map to pixels, model.archives.pixel_value_scale), the second converts."""
+    values map to pixels, model.formats.archives.pixel_value_scale), the second converts."""
     label = str(source) if isinstance(source, Path) else "upload"
     try:
         archive = zipfile.ZipFile(source if isinstance(source, Path) else io.BytesIO(source))

@@ -9,11 +9,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from model.imagefile import ImageRejected, decode_image, read_header
+from core.datadir import atomic_write_bytes
+from core.jobs import SUCCEEDED
+from model.formats.imagefile import ImageRejected, decode_image, read_header
 
-from ..datadir import atomic_write_bytes
 from ..deps import ServicesDep, UsePrincipal
-from ..jobs import SUCCEEDED
 from ..schemas import MODEL_SPEC, JobAccepted, ScoreResult, errors
 from ..uploads import UploadedFile, read_files, read_form
 from .common import check_wait, result_json, wait_for
@@ -36,7 +36,7 @@ MULTIPART_IMAGES = {
 
 # The API decodes only to check that the file is whole; nothing larger is kept.  JPEG is
 # decoded at a reduced DCT scale no smaller than this, other formats are reduced right after
-# decoding, one file at a time (model.imagefile).
+# decoding, one file at a time (model.formats.imagefile).
 VALIDATION_SIZE = 256
 
 

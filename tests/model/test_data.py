@@ -13,7 +13,7 @@ from PIL import Image
 
 from model.data import (DatasetError, conform, load_dataset, load_image_zip, load_npz,
                         sample_batch, to_model_range, train_holdout_split)
-from model.imagefile import DECODES
+from model.formats.imagefile import DECODES
 
 SIZED = {"image_size": 8, "channels": 1}
 

@@ -1,4 +1,4 @@
-"""model.netshape (torch-free, used by the API) against the real networks on torch's meta
+"""model.formats.netshape (torch-free, used by the API) against the real networks on torch's meta
 device: the same verdict on every configuration, and the same parameter count."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.config import ConfigError, NetworkConfig, preset
-from model.netshape import network_shape, training_memory
+from model.formats.config import ConfigError, NetworkConfig, preset
+from model.formats.netshape import network_shape, training_memory
 from model.networks import DenoisingEBM
 
 

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from service.app import create_app
-from service.settings import Settings
+from core.settings import Settings
 from tests.support import (ADMIN_KEYS_SPEC, API_KEY, USE_KEYS_SPEC, digit_png,
                            free_port)
 

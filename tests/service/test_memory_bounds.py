@@ -1,5 +1,5 @@
 """Memory per request is bounded by the request's work: structural checks on the real API and
-the real task code (model.imagefile.DECODES counts the decoded images alive at once)."""
+the real task code (model.formats.imagefile.DECODES counts the decoded images alive at once)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import zipfile
 
 from PIL import Image
 
-from model.imagefile import DECODES
+from model.formats.imagefile import DECODES
 from tests.support import KEY_HEADERS
 
 H = KEY_HEADERS
@@ -66,7 +66,9 @@ def test_a_request_over_the_pixel_budget_is_413_before_any_decoding(make_client)
 
 
 def test_the_worker_rechecks_the_pixel_budget_of_a_changed_upload(client):
-    from worker.tasks import BODIES, TaskRuntime, execute
+    from worker.bodies import BODIES
+    from worker.lifecycle import execute
+    from worker.runtime import TaskRuntime
 
     budget = 2048 ** 2 - 1
     response = client.post("/ood-score", params={"wait": 0}, files=files_of(big_png(0, 64)),

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.override_schema import RANGES, SECTIONS, check_overrides
+from core.override_schema import RANGES, SECTIONS, check_overrides
 from tests.support import KEY_HEADERS
 
 H = KEY_HEADERS
@@ -180,7 +180,7 @@ def _one_training_step(config, tiny_data) -> None:
 
 
 def test_random_overrides_are_202_or_422_and_every_202_trains(make_client, tiny_data):
-    from service.trainconfig import build_training_config, training_limits
+    from core.trainconfig import build_training_config, training_limits
 
     client = make_client(**LIMITS)
     limits = training_limits(client.app.state.services.settings)

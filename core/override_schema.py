@@ -3,10 +3,10 @@
 A training request's overrides are checked here, field by field, before any config object is
 built: a value of the wrong type (a string, a fraction where an integer belongs, a list of the
 wrong length, a 400-digit integer) or outside its range is a 422 that names the field.  The
-models are generated from model.config's dataclasses, so a field added there is checked by its
+models are generated from model.formats.config's dataclasses, so a field added there is checked by its
 type at once; ``RANGES`` gives each field its range, and tests/service/test_overrides.py fails
 while a field has none.  Cross-field rules (divisibility, sums of fractions) stay in the
-dataclasses' ``validate``; the network's shape is checked by model.netshape.
+dataclasses' ``validate``; the network's shape is checked by model.formats.netshape.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
                       create_model)
 
-from model.config import (NEGATIVE_AUGMENTATIONS, DataConfig, NetworkConfig, NoiseConfig,
-                          SamplerConfig, ScoringConfig, TrainingConfig)
+from model.formats.config import (NEGATIVE_AUGMENTATIONS, DataConfig, NetworkConfig,
+                                  NoiseConfig, SamplerConfig, ScoringConfig, TrainingConfig)
 
 SECTIONS: dict[str, type] = {"network": NetworkConfig, "noise": NoiseConfig,
                              "sampler": SamplerConfig, "training": TrainingConfig,
@@ -29,7 +29,7 @@ SECTIONS: dict[str, type] = {"network": NetworkConfig, "noise": NoiseConfig,
 
 # Absolute bounds: types that cannot overflow anything downstream.  The tighter limits that
 # an operator sets (DEBM_MAX_TRAINING_*, DEBM_MAX_GENERATE_STEPS) are checked after these, by
-# service.trainconfig, with messages that name the setting.
+# core.trainconfig, with messages that name the setting.
 SEED = (0, 2 ** 31 - 1)
 STEPS = (0, 10 ** 9)
 COUNT = (1, 10 ** 9)

@@ -1,12 +1,12 @@
 """Training requests -> a validated ExperimentConfig.
 
 Used twice: by the API, to answer 422 before anything is queued, and by the training worker,
-which re-validates what it reads from the job record.  model.config is pure Python (no torch),
-so the API may import it.
+which re-validates what it reads from the job record.  model.formats.config is pure Python
+(no torch), so the API may import it.
 
-The checks, in order: every override's type and range (service.override_schema), the
+The checks, in order: every override's type and range (core.override_schema), the
 config's own cross-field rules, the limits from Settings, the network's shapes and size
-(model.netshape walks model.networks without torch) and, when the dataset is known, the
+(model.formats.netshape walks model.networks without torch) and, when the dataset is known, the
 memory the job would claim on a worker.  Anything else that goes wrong while checking is a
 TrainingRequestError too: a request is never a 500.
 """
@@ -103,8 +103,8 @@ def build_training_config(*, preset_name: str, overrides: dict[str, Any] | None,
 def _build(*, preset_name, overrides, seed, dataset, max_steps, checkpoint_every,
            max_image_size, max_batch, max_width, max_chain_steps, memory_budget,
            dataset_images):
-    from model.config import ConfigError, preset
-    from model.netshape import network_shape, training_memory
+    from model.formats.config import ConfigError, preset
+    from model.formats.netshape import network_shape, training_memory
 
     from .override_schema import OverrideError, check_overrides
 
@@ -156,6 +156,6 @@ def _build(*, preset_name, overrides, seed, dataset, max_steps, checkpoint_every
 def dataset_budget(config, memory_budget: int) -> int:
     """Bytes left for the dataset itself once the rest of the job's estimate is counted: the
     loader refuses a dataset larger than this before decoding it."""
-    from model.netshape import training_memory
+    from model.formats.netshape import training_memory
 
     return memory_budget - training_memory(config, 0)["total"]
