@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # whose lease is not renewed for 3 periods is taken to have lost its worker and is
     # requeued (worker.recovery).
     heartbeat_seconds: float = Field(5.0, gt=0)
+    # Touched by every heartbeat that reached the job store; a container healthcheck
+    # (python -m worker.health) calls the worker healthy while it is younger than 3 periods.
+    worker_health_file: Path | None = None
     # How long a task waits for the job store (Redis) to come back before it gives the
     # message back to the broker; the job is never failed because Redis blinked.
     store_retry_seconds: float = Field(30.0, ge=0)

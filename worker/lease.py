@@ -159,9 +159,19 @@ class Heartbeat:
                                  ttl=3 * self.settings.heartbeat_seconds)
         except Exception as exc:  # the broker/store being down must not kill the worker
             log.warning("heartbeat failed: %s", exc)
+        else:
+            self._touch_health_file()
         if self.recovery is not None:
             self.recovery.step()
         return True
+
+    def _touch_health_file(self) -> None:
+        path = self.settings.worker_health_file
+        if path is not None:
+            try:
+                path.touch()
+            except OSError as exc:
+                log.warning("cannot touch the health file %s: %s", path, exc)
 
     def start(self) -> "Heartbeat":
         self._loop.start()
@@ -173,3 +183,5 @@ class Heartbeat:
             self.store.forget_worker(self.worker)
         except Exception:
             pass
+        if self.settings.worker_health_file is not None:
+            self.settings.worker_health_file.unlink(missing_ok=True)

@@ -9,8 +9,8 @@ import yaml
 from tests.support import REPO
 
 
-def load_compose() -> dict:
-    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+def load_compose(name: str = "docker-compose.yml") -> dict:
+    return yaml.safe_load((REPO / name).read_text())
 
 
 def test_compose_services():
@@ -27,16 +27,26 @@ def test_compose_services():
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     assert api["build"]["dockerfile"] == "docker/Dockerfile.api"
 
+    # the worker image is built once, by worker-inference; worker-training runs it
+    assert services["worker-inference"]["build"]["dockerfile"] == "docker/Dockerfile.worker"
+    assert "build" not in services["worker-training"]
+    assert services["worker-training"]["pull_policy"] == "never"
+    gpu = load_compose("docker-compose.gpu.yml")["services"]
     for name, queue in (("worker-inference", "inference"), ("worker-training", "training")):
         worker = services[name]
-        assert worker["build"]["dockerfile"] == "docker/Dockerfile.worker"
+        assert worker["image"] == "debm-worker:latest"
         command = worker["command"]
         assert command[command.index("-Q") + 1] == queue
         assert command[command.index("-c") + 1] == "1"
         assert command[command.index("-P") + 1] == "prefork"
-        (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+        # the default file runs anywhere (no GPU reservation); the GPU file adds one each
+        assert "deploy" not in worker
+        (device,) = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert worker["healthcheck"]["test"][-2:] == ["-m", "worker.health"]
+        assert worker["environment"]["DEBM_WORKER_HEALTH_FILE"]
+    assert set(gpu) == {"worker-inference", "worker-training"}
 
 
 def test_api_and_workers_share_one_data_volume():
@@ -55,6 +65,9 @@ def test_api_image_has_no_torch_and_worker_image_is_cuda_pytorch():
     assert "torch" not in re.search(r"pip install [^\n]*", api).group(0)
     copied = set(re.findall(r"^COPY (\w+) ", api, re.M))
     assert {"core", "service", "model"} <= copied and "worker" not in copied, copied
+    # one --build-arg BASE_IMAGE for the whole compose build: the API image declares it
+    assert re.search(r"^ARG BASE_IMAGE$", api, re.M)
+    assert re.search(r"^FROM \$\{PYTHON_IMAGE\}$", api, re.M)
     worker = (REPO / "docker" / "Dockerfile.worker").read_text()
     base = re.search(r"ARG BASE_IMAGE=(\S+)", worker).group(1)
     assert base.startswith("pytorch/pytorch:") and "cuda" in base
