@@ -20,9 +20,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .names import MODEL_NAME_RE
+
 MiB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 class Settings(BaseSettings):

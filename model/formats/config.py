@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from .errors import UserError
+
 # Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
 # the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
 SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
@@ -18,7 +20,7 @@ SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
 NEGATIVE_AUGMENTATIONS = ("erase", "jigsaw", "rotate")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
@@ -363,7 +365,7 @@ def preset(name: str) -> ExperimentConfig:
                                     flip=True, checkpoint_every=2000),
             data=DataConfig(dataset="cifar10"),
         ).validate()
-    raise ConfigError(f"unknown preset {name!r}; choose tiny, demo or paper")
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
 PRESETS = ("tiny", "demo", "paper")
