@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from model.formats.errors import UserError
+from model.formats.files import atomic_write_bytes
 from model.formats.manifest import (MANIFEST, CheckpointError, read_manifest,
                                     verify_checkpoint_files)
 
-from .datadir import atomic_write_bytes
 from .names import MODEL_NAME_RE
 
 

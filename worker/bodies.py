@@ -16,13 +16,14 @@ import shutil
 import uuid
 from typing import Any
 
-from core.datadir import DATASET_ID_RE, atomic_write_bytes
+from core.datadir import DATASET_ID_RE
 from core.jobs import JobRecord
 from core.names import MODEL_NAME_RE
 from core.trainconfig import build_training_config, training_limits
 from model.formats.archives import BUILTIN_DATASETS
 from model.formats.config import SAMPLER_NAMES
 from model.formats.errors import Cancelled
+from model.formats.files import atomic_write_bytes
 
 from .lease import CancelCheck
 from .lifecycle import Body, JobInputError
