@@ -13,7 +13,7 @@ One contrastive iteration:
        plus alpha * (E_data^2 + E_neg^2) on per-dimension energies (IGEBM's magnitude penalty).
     4. Adam steps with parameter-gradient-norm clipping.
 
-Choices the paper leaves open, and why (DESIGN.md section 7; measurements in docs/RESULTS.md):
+Choices the paper leaves open, and why (measured in docs/RESULTS.md, "What was tried"):
   - Persistent latent chains (a small replay buffer, PCD-style): each chain continues across
     iterations, so chains of K steps per iteration run hundreds of steps in total and reach
     the model's own low-energy regions; fresh N(0, I) starts keep the buffer diverse.

@@ -121,7 +121,7 @@ class TrainingConfig:
     contrastive_betas: tuple[float, float] = (0.0, 0.999)  # beta1=0 is the EBM-code habit
     contrastive_weight: float = 1.0  # weight of the phi (texture) contrastive loss
     # Weight of the gamma (semantic decoder) contrastive loss; 0 skips it.  On a short CPU
-    # budget it turned decoder outputs into grey haze (DESIGN.md section 7), so demo uses 0.
+    # budget it turned decoder outputs into grey haze (docs/RESULTS.md), so demo uses 0.
     semantic_contrastive_weight: float = 1.0
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension

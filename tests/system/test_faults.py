@@ -1,5 +1,5 @@
-"""The fault suite of issue 5, with real processes (uvicorn API, Celery prefork workers) against
-real Redis: workers SIGKILLed mid-job, Redis restarted under load, corrupt checkpoints, a full
+"""The fault suite (docs/OPERATIONS.md), with real processes (uvicorn API, Celery prefork
+workers) against real Redis: workers SIGKILLed mid-job, Redis restarted under load, corrupt checkpoints, a full
 or read-only data directory, and an API restart.  Workers run with DEBM_HEARTBEAT_SECONDS=1,
 so a job whose worker died is recovered within a few seconds (worker.recovery), not after
 Redis' visibility timeout."""
