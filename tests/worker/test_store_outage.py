@@ -12,7 +12,7 @@ import pytest
 
 from core.jobs import JobRecord
 from core.settings import Settings
-from tests.support import RedisServer
+from tests.support.redis_db import RedisServer
 from worker.bodies import BODIES
 from worker.lifecycle import StoreDown, execute
 from worker.runtime import TaskRuntime
