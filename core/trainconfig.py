@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from model.formats.errors import UserError
+
 log = logging.getLogger("debm.trainconfig")
 
 
-class TrainingRequestError(ValueError):
+class TrainingRequestError(UserError, ValueError):
     """The preset, overrides or limits do not allow this job; the message says why."""
 
 

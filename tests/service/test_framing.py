@@ -14,8 +14,9 @@ import uvicorn
 
 from service.app import create_app
 from core.settings import Settings
-from tests.support import (ADMIN_KEYS_SPEC, API_KEY, USE_KEYS_SPEC, digit_png,
-                           free_port)
+from tests.support import ADMIN_KEYS_SPEC, API_KEY, USE_KEYS_SPEC
+from tests.support.images import digit_png
+from tests.support.processes import free_port
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import sys
 import time
 
 from core.settings import Settings
-from tests.support import REPO, free_port, wait_until
+from tests.support import REPO, wait_until
+from tests.support.processes import free_port
 from worker.lease import Heartbeat
 
 
