@@ -1,7 +1,7 @@
 """Peak memory of the API and of a worker for the largest requests the defaults allow.
 
-    python benchmarks/memory.py --out runs/memory.json
-    python benchmarks/memory.py --baseline /tmp/old-tree --out runs/memory.json
+    python benchmarks/memory.py --out docs/results/memory.json
+    python benchmarks/memory.py --baseline /tmp/old-tree --out docs/results/memory.json
 
 Runs the real API (uvicorn, embedded SQLite store) as a subprocess of a source tree and sends
 it, over HTTP:
@@ -219,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parents[1])
     parser.add_argument("--baseline", type=Path, help="another source tree, measured alike")
-    parser.add_argument("--out", type=Path, default=Path("runs/memory.json"))
+    parser.add_argument("--out", type=Path, default=Path("docs/results/memory.json"))
     args = parser.parse_args()
     rows = measure(args.tree.resolve(), "this tree")
     if args.baseline:
