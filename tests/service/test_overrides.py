@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.override_schema import RANGES, SECTIONS, check_overrides
+from core.override_schema import RANGES, SECTION_MODELS, SECTIONS, check_overrides
 from tests.support import KEY_HEADERS
 
 H = KEY_HEADERS
@@ -32,6 +33,9 @@ def test_every_field_of_every_section_has_a_declared_range():
         missing = {f.name for f in dataclasses.fields(cls)} - set(RANGES[name])
         assert not missing, f"{name}: no range declared for {sorted(missing)}"
         assert not set(RANGES[name]) - {f.name for f in dataclasses.fields(cls)}
+        untyped = [field for field, info in SECTION_MODELS[name].model_fields.items()
+                   if info.annotation is Any]
+        assert not untyped, f"{name}: no schema for the type of {untyped}"
 
 
 ISSUE_CASES = [
