@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from model.config import PRESETS as PRESET_NAMES  # torch-free
+
 EXIT_USAGE = 2
 
 
@@ -281,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True,
                    help="mnist5k, digits8x8, or a local folder / .zip / .npz / CIFAR-10 "
                         "batch folder / SVHN .mat")
-    p.add_argument("--preset", choices=("tiny", "demo", "paper"), default="demo")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="demo")
     p.add_argument("--iters", type=_non_negative_int, help="contrastive iterations")
     p.add_argument("--warmup", type=_non_negative_int, help="reconstruction-only steps")
     p.add_argument("--seed", type=_non_negative_int)

@@ -68,7 +68,7 @@ STABILISERS = dict(
     training=dict(
         replay_buffer_size=2048, replay_prob=0.9,  # persistent latent chains (PCD)
         noise_chain_fraction=0.125,  # an eighth of pixel chains start from uniform noise
-        shared_sigma=False, contrastive_sigma_min=0.03, contrastive_sigma_max=0.1,
+        contrastive_sigma_min=0.03, contrastive_sigma_max=0.1,  # sigma_i still shared
         energy_penalty=0.1,  # alpha * (E+^2 + E-^2), per-dimension energies
         latent_moment_weight=0.01,
         contrastive_betas=(0.0, 0.999),

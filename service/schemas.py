@@ -44,7 +44,7 @@ class TrainRequest(_Request):
     dataset: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$",
                          description="a built-in name (mnist5k, digits8x8) or an id from "
                                      "POST /datasets")
-    preset: Literal["tiny", "demo", "paper"] = "demo"
+    preset: Literal["tiny", "demo", "paper", "paper-stable", "cifar10", "celeba64"] = "demo"
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='config overrides by section, e.g. {"training": '
                                           '{"iterations": 50}}')
