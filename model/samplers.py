@@ -208,11 +208,11 @@ def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
     total = levels * per_level
     x = torch.rand(_image_shape(model, n), generator=generator, device=like.device,
                    dtype=like.dtype) * 2 - 1
-    sigma_last = float(sigmas[-1])
+    levels_host = sigmas.tolist()  # one transfer, not one per level
+    sigma_last = levels_host[-1]
     step = 0
     with torch.no_grad():
-        for sigma in sigmas:
-            s = float(sigma)
+        for s in levels_host:
             alpha = settings.annealed_step_size * (s / sigma_last) ** 2
             s_batch = torch.full((n,), s, device=like.device, dtype=like.dtype)
             for _ in range(per_level):

@@ -175,13 +175,13 @@ class Trainer:
         """Mean over n global rows of which ``values`` are this rank's (plain mean alone)."""
         return values.sum() / n if self.dist.active else values.mean()
 
-    def _clip_and_step(self, optimizer: torch.optim.Optimizer, params) -> float:
+    def _clip_and_step(self, optimizer: torch.optim.Optimizer, params) -> None:
         params = list(params)
         all_reduce_grads(self.dist, params)
         clip = self.config.training.grad_clip_norm
-        norm = float(nn.utils.clip_grad_norm_(params, clip)) if clip > 0 else float("nan")
+        if clip > 0:  # the norm stays on the device: no host round trip per update
+            nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
-        return norm
 
     def _check_energy(self, name: str, value: torch.Tensor) -> None:
         limit = self.config.training.max_energy
