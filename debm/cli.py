@@ -242,9 +242,16 @@ def _say(message: str) -> None:
 def cmd_eval_ood(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate_ood, format_ood_table
 
+    datasets = {}
+    for item in args.ood_data or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise SystemExit(f"--ood-data takes NAME=DATASET, got {item!r}")
+        datasets[name] = spec
     report = evaluate_ood(args.checkpoint, baseline_checkpoint=args.baseline,
                           per_set=args.per_set, seed=args.seed, device=args.device,
-                          on_progress=_say)
+                          sets=tuple(args.sets) if args.sets is not None else None,
+                          datasets=datasets, on_progress=_say)
     print(format_ood_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -348,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "warm-up checkpoint, if any)")
     p.add_argument("--per-set", type=_positive_int, default=500)
     p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--sets", nargs="*", help="built-in OOD sets to use (default: all; none "
+                   "with an empty list)")
+    p.add_argument("--ood-data", action="append", metavar="NAME=DATASET",
+                   help="an OOD set from any dataset spec (CIFAR-10/100 folder, SVHN .mat, "
+                   "image folder, .zip, .npz); repeat for several, e.g. svhn=~/test_32x32.mat")
     p.add_argument("--json")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval_ood)
