@@ -121,9 +121,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         command = "debm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        out = run_training(config, args.out, resume=args.resume, init_from=args.init_from,
-                           device=args.device, on_step_end=on_step,
-                           extra_metadata={"command": command})
+        if args.nproc > 1:
+            # Data-parallel: N ranks under torch.distributed.run (model/ddp_train.py).
+            from model.ddp_train import launch_ranks
+
+            if args.init_from:
+                raise SystemExit("--init-from is not supported with --nproc > 1")
+            out = launch_ranks(config, args.out, nproc=args.nproc, resume=args.resume,
+                               device=args.device, on_step_end=on_step,
+                               extra_metadata={"command": command})
+        else:
+            out = run_training(config, args.out, resume=args.resume, init_from=args.init_from,
+                               device=args.device, on_step_end=on_step,
+                               extra_metadata={"command": command})
     finally:
         close()
     from model.checkpoints import read_manifest
@@ -296,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative_int)
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes (one per GPU; gloo on CPU), same total batch")
     p.add_argument("--init-from", help="start from another run's checkpoint (same network): its "
                                        "weights, optimizer, RNG and step, or only its weights "
                                        "if it was exported")
