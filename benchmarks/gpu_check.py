@@ -4,7 +4,8 @@
 
 1. the model tests on the device (DEBM_TEST_DEVICE=cuda pytest tests/model);
 2. 200 Algorithm 1 iterations of the `paper` preset on CIFAR-shaped data (a CIFAR-10 folder
-   with --data, else random 32x32x3 images), with iterations per second;
+   with --data, else random 32x32x3 images), with iterations per second, and 50 more under
+   bf16 autocast (training.precision);
 3. 64 two-stage samples at the paper's K=20, T=90, timed in float32 and under bf16 autocast
    (the paper: 8.67 s for 64 samples, against 120.11 s for NCSN);
 4. OOD scoring throughput in images per second;
@@ -229,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data", help="a CIFAR-10 batch folder (default: random images)")
     parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--bf16-iters", type=int, default=50,
+                        help="iterations timed again under bf16 autocast")
     parser.add_argument("--n", type=int, default=64, help="samples per timed generation")
     parser.add_argument("--score-n", type=int, default=1024)
     parser.add_argument("--small", action="store_true", help="toy sizes (CPU CI)")
@@ -253,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = cifar_shaped(args.data, 512 if args.small else 10_000, seed=0)
     report["data"] = dataset.name
     report["training"], trainer = run_training_check(config, dataset, device, args.iters)
+    report["training_bf16"], _ = run_training_check(
+        config.replace(training={"precision": "bfloat16"}), dataset, device, args.bf16_iters)
     report["sampling"] = run_sampling_check(trainer, args.n, device)
     report["scoring"] = run_scoring_check(trainer, args.score_n, device)
     report["worker"] = run_worker_check(trainer, device, min(args.n, 8))
@@ -262,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "model tests pass": report.get("model_tests", {}).get("passed", True),
         "training finite": report["training"]["finite"],
         "training seeds reproduce": report["training"]["repro_max_diff"] <= tol,
+        "bf16 training finite": report["training_bf16"]["finite"],
         "fp32 samples finite": report["sampling"]["float32"]["finite"],
         "bf16 samples finite": report["sampling"]["bfloat16"]["finite"],
         "fp32 seeds reproduce": report["sampling"]["float32"]["repro_max_diff"] <= tol,
@@ -281,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         ("model tests", report.get("model_tests", {}).get("summary", "skipped"), ""),
         (f"paper training, {args.iters} it", f"{report['training']['it_per_s']} it/s",
          f"{report['training']['seconds']} s"),
+        (f"paper training bf16, {args.bf16_iters} it",
+         f"{report['training_bf16']['it_per_s']} it/s", ""),
         (f"{s['n']} samples K={s['K']} T={s['T']} fp32", f"{s['float32']['seconds']} s",
          f"paper {PAPER_SECONDS_64} s, NCSN {NCSN_SECONDS_64} s (64 samples)"),
         (f"{s['n']} samples bf16 autocast", f"{s['bfloat16']['seconds']} s",

@@ -181,6 +181,9 @@ class TrainingConfig:
     dae_loss_weighting: str = "edm"  # "edm" or "none" (eq. 1 unweighted)
     chain_grad_clip: float = 1000.0  # elementwise energy-gradient clip in training chains (0: off)
     clamp_chains: bool = True  # clamp pixel chains and decoded starts to [-1, 1]
+    # "bfloat16": network passes under torch.autocast (parameters, Adam and chain states stay
+    # float32); for GPUs.  "float32" is exact and the default.
+    precision: str = "float32"
     max_energy: float = 1e4  # mean energy per dimension above this is a blow-up
     checkpoint_every: int = 0  # save every N steps when training through the CLI/worker (0: end)
     seed: int = 0
@@ -206,6 +209,8 @@ class TrainingConfig:
                 raise ConfigError(f"{name} must be >= 0 (0: off), got {value}")
         if self.dae_loss_weighting not in DAE_LOSS_WEIGHTINGS:
             raise ConfigError(f"dae_loss_weighting must be one of {list(DAE_LOSS_WEIGHTINGS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}")
         if self.contrastive_sigma_min > self.contrastive_sigma_max:
             raise ConfigError("contrastive_sigma_min must be <= contrastive_sigma_max")
         for name in ("replay_prob", "noise_chain_fraction", "pixel_replay_fraction",

@@ -50,7 +50,8 @@ from .distributed import (SINGLE, DistContext, all_reduce_grads, all_reduce_sum,
 from .energies import (as_sigma_batch, latent_moment_penalty, reconstruction_losses,
                        semantic_energy, sigma_grid, texture_energy)
 from .networks import DenoisingEBM
-from .samplers import CancelFn, SamplingCancelled, latent_chain, pixel_chain
+from .samplers import (CancelFn, SamplingCancelled, latent_chain, pixel_chain,
+                       precision_context)
 
 
 class EnergyExplosion(RuntimeError):
@@ -429,6 +430,10 @@ class Trainer:
 
     # -- one step, then the loop -------------------------------------------------------------
     def train_step(self, should_cancel: CancelFn | None = None) -> StepMetrics:
+        with precision_context(self.config.training.precision, self.device):
+            return self._train_step(should_cancel)
+
+    def _train_step(self, should_cancel: CancelFn | None) -> StepMetrics:
         start = time.perf_counter()
         train = self.config.training
         self.model.train()

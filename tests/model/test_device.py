@@ -56,3 +56,11 @@ def test_scores_on_device_are_deterministic(device):
     b = texture_score(model.dae, x[2:3], sigma=0.05, draws=3, seed=0)
     assert a.device.type == device.type and torch.isfinite(a).all()
     assert torch.allclose(a[2:3], b, rtol=1e-5)
+
+
+def test_bf16_training_steps_are_finite(device):
+    config = paper_toy_config(precision="bfloat16")
+    trainer = Trainer(config, toy_dataset(), device=device)
+    metrics = [trainer.train_step() for _ in range(2)]
+    assert all(torch.isfinite(torch.tensor(list(m.losses.values()))).all() for m in metrics)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

@@ -15,7 +15,7 @@ def test_gpu_check_runs_on_cpu_at_small_sizes(tmp_path):
     out = tmp_path / "check.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu",
-                           "--small", "--skip-tests", "--iters", "2", "--n", "4",
+                           "--small", "--skip-tests", "--iters", "2", "--bf16-iters", "1", "--n", "4",
                            "--score-n", "16", "--json", str(out)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
