@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model.config import ExperimentConfig, preset  # noqa: E402
+from model.formats.config import ExperimentConfig, preset  # noqa: E402
 from model.data import ImageDataset, load_dataset  # noqa: E402
 from model.energies import texture_score  # noqa: E402
 from model.samplers import sample, with_overrides  # noqa: E402
@@ -173,7 +173,7 @@ def _worker_api():
     except ImportError:
         from worker.tasks import Reporter, TaskRuntime
     try:
-        from core.jobs.records import JobRecord  # type: ignore
+        from core.jobs import JobRecord  # type: ignore
         from core.settings import Settings  # type: ignore
     except ImportError:
         from service.jobs import JobRecord

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from .config import ExperimentConfig
+from .formats.config import ExperimentConfig
 
 STEP_PREFIX = "DEBM_STEP "
 
@@ -83,8 +83,8 @@ def launch_ranks(config: ExperimentConfig, out_dir: str | Path, *, nproc: int,
 
     Step callbacks receive objects with StepMetrics' fields (and ``to_dict``).  When
     ``should_cancel()`` answers True the ranks are stopped (their last periodic checkpoint
-    stays) and TrainingCancelled is raised, as a one-process run would."""
-    from .training import TrainingCancelled
+    stays) and Cancelled is raised, as a one-process run would."""
+    from .formats.errors import Cancelled
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def launch_ranks(config: ExperimentConfig, out_dir: str | Path, *, nproc: int,
     code = process.wait()
     drain.join(timeout=5)
     if cancelled.is_set():
-        raise TrainingCancelled("training cancelled")
+        raise Cancelled("training cancelled")
     if code != 0:
         tail = "".join(errors)[-2000:]
         raise RanksFailed(f"{nproc} training ranks failed (exit {code}): {tail}")

@@ -20,8 +20,9 @@ from typing import Callable, Protocol
 
 import torch
 
-from .config import NoiseConfig, SamplerConfig
 from .energies import semantic_energy_grad, sigma_grid, texture_energy_grad
+from .formats.config import NoiseConfig, SamplerConfig
+from .formats.errors import Cancelled
 from .networks import DenoisingEBM
 
 ProgressFn = Callable[[str, int, int], None]
@@ -29,10 +30,6 @@ CancelFn = Callable[[], bool]
 # Draws a standard-normal tensor of a given shape.  Training passes one that draws at the
 # global batch size and keeps this rank's rows (model/distributed.py); None: the generator.
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
-
-
-class SamplingCancelled(RuntimeError):
-    """Raised between steps when ``should_cancel()`` answers True."""
 
 
 @dataclass
@@ -69,7 +66,7 @@ def langevin_step(state: torch.Tensor, grad: torch.Tensor, *, step_size: float,
 
 def _check(should_cancel: CancelFn | None) -> None:
     if should_cancel is not None and should_cancel():
-        raise SamplingCancelled("sampling cancelled")
+        raise Cancelled("sampling cancelled")
 
 
 # --- chains (loops only iterate) -----------------------------------------------------------

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from model.config import NetworkConfig, preset
 from model.data import ImageDataset
+from model.formats.config import NetworkConfig, preset
 from model.networks import DenoisingEBM
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import NoiseConfig, SamplerConfig
+from model.formats.config import NoiseConfig, SamplerConfig
 from model.energies import texture_score
 from model.networks import DenoisingEBM
 from model.samplers import SAMPLERS, sample

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from model.checkpoints import load_checkpoint
-from model.config import ExperimentConfig, NoiseConfig, ScoringConfig, TrainingConfig
+from model.formats.config import ExperimentConfig, NoiseConfig, ScoringConfig, TrainingConfig
 from model.distributed import shard_bounds
 from model.pipeline import run_training
-from model.presets import PAPER_ALGORITHM
+from model.formats.presets import PAPER_ALGORITHM
 
 from .conftest import tiny_network, toy_dataset
 

@@ -9,10 +9,10 @@ import copy
 import pytest
 import torch
 
-from model.config import (ExperimentConfig, NoiseConfig, SamplerConfig, ScoringConfig,
+from model.formats.config import (ExperimentConfig, NoiseConfig, SamplerConfig, ScoringConfig,
                           TrainingConfig, preset)
 from model.data import to_model_range
-from model.presets import STABILISERS
+from model.formats.presets import STABILISERS
 from model.training import Trainer
 
 from .conftest import tiny_network, toy_dataset

@@ -1,4 +1,4 @@
-"""Every kind of bad input in issue 5, built for real (Pillow, zipfile, numpy), sent through
+"""Every kind of bad input of docs/OPERATIONS.md, built for real (Pillow, zipfile, numpy), sent through
 the real app: each one gets a 4xx JSON error that names the problem, and none reaches a
 worker (no job is created, nothing is stored)."""
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from model.checkpoints import load_checkpoint
-from worker.tasks import BODIES, execute
+from worker.bodies import BODIES
+from worker.lifecycle import execute
 
 
 def _train(runtime, submit, gpus: int, name: str):

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from .errors import UserError
 
 # Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
 # the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
@@ -23,7 +24,7 @@ DAE_LOSS_WEIGHTINGS = ("edm", "none")
 PRECISIONS = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
@@ -134,7 +135,7 @@ class TrainingConfig:
     contrastive_betas: tuple[float, float] = (0.0, 0.999)  # beta1=0 is the EBM-code habit
     contrastive_weight: float = 1.0  # weight of the phi (texture) contrastive loss
     # Weight of the gamma (semantic decoder) contrastive loss; 0 skips it.  On a short CPU
-    # budget it turned decoder outputs into grey haze (DESIGN.md section 7), so demo uses 0.
+    # budget it turned decoder outputs into grey haze (docs/RESULTS.md), so demo uses 0.
     semantic_contrastive_weight: float = 1.0
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
@@ -169,7 +170,7 @@ class TrainingConfig:
     lr_contrastive_phase: float | None = None
     flip: bool = False  # random horizontal flips (wrong for digits)
     # --- switches between the paper's Algorithm 1 and this project's stabilisers -----------
-    # (the defaults are the stabilised behaviour the demo was trained with; model/presets.py
+    # (the defaults are the stabilised behaviour the demo was trained with; model/formats/presets.py
     # turns each one to the paper's value in the `paper` preset)
     # Paper: one sigma_i per sample i from the grid, used by sample i's chains and by both its
     # data and negative energy terms.  False: chains and negatives at sigma_latent / a sigma
@@ -348,7 +349,7 @@ def preset(name: str) -> ExperimentConfig:
 
     tiny:  seconds on a CPU, for tests.
     demo:  MNIST-5k on a 2-core CPU in well under an hour (see docs/RESULTS.md for timings).
-    paper, cifar10, paper-stable, celeba64: the paper's settings, in model/presets.py.
+    paper, cifar10, paper-stable, celeba64: the paper's settings, in model/formats/presets.py.
     """
     if name == "tiny":
         return ExperimentConfig(
