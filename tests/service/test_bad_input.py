@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import (KEY_HEADERS, animated_png, digit_png, image_bytes, image_zip,
-                           npz_bytes, png_16bit)
+from tests.support import KEY_HEADERS
+from tests.support.images import (animated_png, digit_png, image_bytes,
+                                  image_zip, npz_bytes, png_16bit)
 
 H = KEY_HEADERS
 
