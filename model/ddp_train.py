@@ -101,29 +101,31 @@ def launch_ranks(config: ExperimentConfig, out_dir: str | Path, *, nproc: int,
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
-    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env, start_new_session=True)
     errors: list[str] = []
-    drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
-    drain.start()
     cancelled = threading.Event()
+    # The with-block closes both pipes whatever happens.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, start_new_session=True) as process:
+        drain = threading.Thread(target=lambda: errors.extend(process.stderr), daemon=True)
+        drain.start()
 
-    def watch() -> None:
-        while process.poll() is None:
-            if should_cancel is not None and should_cancel():
-                cancelled.set()
-                os.killpg(process.pid, signal.SIGTERM)
-                return
-            threading.Event().wait(poll_seconds)
+        def watch() -> None:
+            while process.poll() is None:
+                if should_cancel is not None and should_cancel():
+                    cancelled.set()
+                    os.killpg(process.pid, signal.SIGTERM)
+                    return
+                threading.Event().wait(poll_seconds)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    for line in process.stdout:
-        if line.startswith(STEP_PREFIX) and on_step_end is not None:
-            data = json.loads(line[len(STEP_PREFIX):])
-            on_step_end(SimpleNamespace(**data, to_dict=lambda data=data: dict(data)))
-    code = process.wait()
-    drain.join(timeout=5)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        for line in process.stdout:
+            if line.startswith(STEP_PREFIX) and on_step_end is not None:
+                data = json.loads(line[len(STEP_PREFIX):])
+                on_step_end(SimpleNamespace(**data, to_dict=lambda data=data: dict(data)))
+        code = process.wait()
+        drain.join(timeout=5)
+        watcher.join(timeout=poll_seconds * 2 + 1)
     if cancelled.is_set():
         raise Cancelled("training cancelled")
     if code != 0:
