@@ -1,6 +1,7 @@
 """One check of the whole stack on a CUDA GPU (about 5-8 minutes on one recent GPU).
 
-    python benchmarks/gpu_check.py --device cuda --json gpu_check.json [--data ~/cifar-10-batches-py]
+    python benchmarks/gpu_check.py --device cuda --json gpu_check.json \
+        [--data ~/cifar-10-batches-py]
 
 1. the model tests on the device (DEBM_TEST_DEVICE=cuda pytest tests/model);
 2. 200 Algorithm 1 iterations of the `paper` preset on CIFAR-shaped data (a CIFAR-10 folder
