@@ -1,4 +1,4 @@
-"""One check of the whole stack on a CUDA GPU (about 5-8 minutes on one recent GPU).
+"""One check of the whole stack on a CUDA GPU, sized for at most 8 minutes (not yet run on one).
 
     python benchmarks/gpu_check.py --device cuda --json gpu_check.json \
         [--data ~/cifar-10-batches-py]
