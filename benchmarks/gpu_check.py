@@ -37,13 +37,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from model.formats.config import ExperimentConfig, preset  # noqa: E402
-from model.data import ImageDataset, load_dataset  # noqa: E402
-from model.energies import texture_score  # noqa: E402
-from model.samplers import sample, with_overrides  # noqa: E402
-from model.training import Trainer  # noqa: E402
+from model.formats.config import ExperimentConfig, preset
+from model.data import ImageDataset, load_dataset
+from model.energies import texture_score
+from model.samplers import sample, with_overrides
+from model.training import Trainer
 
 PAPER_SECONDS_64 = 8.67  # paper: 64 two-stage samples at K=20, T=90
 NCSN_SECONDS_64 = 120.11

@@ -21,16 +21,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.formats.config import ExperimentConfig, preset  # noqa: E402
-from model.data import to_model_range  # noqa: E402
-from model.energies import texture_score  # noqa: E402
-from model.metrics import auroc  # noqa: E402
-from model.ood_sets import build_ood_set  # noqa: E402
-from model.pipeline import load_splits  # noqa: E402
-from model.formats.presets import PAPER_ALGORITHM  # noqa: E402
-from model.training import EnergyExplosion, Trainer  # noqa: E402
+from model.formats.config import ExperimentConfig, preset
+from model.data import to_model_range
+from model.energies import texture_score
+from model.metrics import auroc
+from model.ood_sets import build_ood_set
+from model.pipeline import load_splits
+from model.formats.presets import PAPER_ALGORITHM
+from model.training import EnergyExplosion, Trainer
 
 GROUPS = {  # one stabiliser = the settings that make it up
     "EDM-weighted DAE loss": ["dae_loss_weighting"],
