@@ -122,9 +122,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
         command = "debm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        out = run_training(config, args.out, resume=args.resume, init_from=args.init_from,
-                           device=args.device, on_step_end=on_step,
-                           extra_metadata={"command": command})
+        if args.nproc > 1:
+            # Data-parallel: N ranks under torch.distributed.run (model/ddp_train.py).
+            from model.ddp_train import launch_ranks
+
+            if args.init_from:
+                raise SystemExit("--init-from is not supported with --nproc > 1")
+            out = launch_ranks(config, args.out, nproc=args.nproc, resume=args.resume,
+                               device=args.device, on_step_end=on_step,
+                               extra_metadata={"command": command})
+        else:
+            out = run_training(config, args.out, resume=args.resume, init_from=args.init_from,
+                               device=args.device, on_step_end=on_step,
+                               extra_metadata={"command": command})
     finally:
         close()
     from model.checkpoints import read_manifest
@@ -243,9 +253,16 @@ def _say(message: str) -> None:
 def cmd_eval_ood(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate_ood, format_ood_table
 
+    datasets = {}
+    for item in args.ood_data or []:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise SystemExit(f"--ood-data takes NAME=DATASET, got {item!r}")
+        datasets[name] = spec
     report = evaluate_ood(args.checkpoint, baseline_checkpoint=args.baseline,
                           per_set=args.per_set, seed=args.seed, device=args.device,
-                          on_progress=_say)
+                          sets=tuple(args.sets) if args.sets is not None else None,
+                          datasets=datasets, on_progress=_say)
     print(format_ood_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -290,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_non_negative_int)
     p.add_argument("--out", required=True, help="checkpoint directory")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes (one per GPU; gloo on CPU), same total batch")
     p.add_argument("--init-from", help="start from another run's checkpoint (same network): its "
                                        "weights, optimizer, RNG and step, or only its weights "
                                        "if it was exported")
@@ -349,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "warm-up checkpoint, if any)")
     p.add_argument("--per-set", type=_positive_int, default=500)
     p.add_argument("--seed", type=_non_negative_int, default=0)
+    p.add_argument("--sets", nargs="*", help="built-in OOD sets to use (default: all; none "
+                   "with an empty list)")
+    p.add_argument("--ood-data", action="append", metavar="NAME=DATASET",
+                   help="an OOD set from any dataset spec (CIFAR-10/100 folder, SVHN .mat, "
+                   "image folder, .zip, .npz); repeat for several, e.g. svhn=~/test_32x32.mat")
     p.add_argument("--json")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval_ood)

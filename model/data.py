@@ -123,6 +123,29 @@ def load_cifar10(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(images), np.concatenate(labels)
 
 
+def load_cifar100(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """CIFAR-100's python version: a folder with ``train`` and ``test`` pickles (fine labels)."""
+    images, labels = [], []
+    for file in (path / "train", path / "test"):
+        if not file.is_file():
+            continue
+        with open(file, "rb") as handle:
+            try:
+                batch = _CifarUnpickler(handle, encoding="bytes").load()
+            except DatasetError:
+                raise
+            except Exception as exc:  # any unpickling failure is a bad file
+                raise DatasetError(f"{file}: not a CIFAR-100 file ({exc})") from None
+        if not isinstance(batch, dict) or b"data" not in batch:
+            raise DatasetError(f"{file}: not a CIFAR-100 file (no data array)")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch.get(b"fine_labels", np.zeros(len(images[-1]))),
+                                 dtype=np.int64))
+    if not images:
+        raise DatasetError(f"{path}: no CIFAR-100 train/test files")
+    return np.concatenate(images), np.concatenate(labels)
+
+
 def load_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     from scipy.io import loadmat  # scipy is only needed for this format
 
@@ -159,6 +182,8 @@ def load_dataset(source: str, *, image_size: int, channels: int,
                                f"dataset ({', '.join(BUILTIN_DATASETS)})")
         if path.is_dir() and any(path.glob("data_batch_*")):
             raw, labels = load_cifar10(path)
+        elif path.is_dir() and (path / "meta").is_file() and (path / "test").is_file():
+            raw, labels = load_cifar100(path)
         elif path.is_dir():
             raw = load_image_folder(path, **sized)
         elif path.suffix.lower() == ".zip":

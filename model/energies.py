@@ -59,8 +59,9 @@ def semantic_energy(dae: DenoisingUNet, decoder: SemanticDecoder, z: torch.Tenso
                     noise: torch.Tensor | None = None) -> torch.Tensor:
     """U^s(z, sigma) = ||h(z) - r(h(z) + e, sigma)||^2 / (2 sigma^2),  e ~ N(0, sigma^2 I)  (eq. 8).
 
-    It is the texture energy of the semantic image h(z)."""
-    return texture_energy(dae, decoder(z), sigma, generator=generator, noise=noise)
+    It is the texture energy of the semantic image h(z), kept in z's dtype (float32 under
+    bf16 autocast, so that sigma and the energy are not rounded to bf16)."""
+    return texture_energy(dae, decoder(z).to(z.dtype), sigma, generator=generator, noise=noise)
 
 
 def energy_and_grad(energy_fn, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +101,9 @@ def semantic_energy_grad(dae: DenoisingUNet, decoder: SemanticDecoder, z: torch.
 # --- training losses -----------------------------------------------------------------------
 
 def reconstruction_losses(dae: DenoisingUNet, decoder: SemanticDecoder, x: torch.Tensor,
-                          sigma: torch.Tensor, *, generator: torch.Generator | None = None
+                          sigma: torch.Tensor, *, generator: torch.Generator | None = None,
+                          noise: torch.Tensor | None = None, weighting: str = "edm",
+                          per_sample: bool = False
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(DAE loss, decoder loss, latents) from one noise draw and one encoder pass.
 
@@ -108,18 +111,30 @@ def reconstruction_losses(dae: DenoisingUNet, decoder: SemanticDecoder, x: torch
     Unweighted, sigma = 1 dominates and the small sigmas that OOD scoring uses are barely
     trained; the EDM weighting gives every level a unit-scale loss.  Mean per dimension.
 
+    ``weighting="none"`` is eq. 1 as the paper writes it (still a mean per dimension, a
+    constant factor).
+
     Decoder loss, eq. 13: E ||h(f(x~, sigma)) - x||^2, mean per dimension.  Its gradient also
     reaches the encoder, which makes z carry the image's content, not only what skips miss.
+
+    ``per_sample=True`` returns (B,) losses instead of batch means (data-parallel training
+    sums them over ranks).
     """
-    noise = draw_noise(x.shape, generator=generator, like=x)
+    if noise is None:
+        noise = draw_noise(x.shape, generator=generator, like=x)
     noisy = x + sigma[:, None, None, None] * noise
     z, skips, emb = dae.encode(noisy, sigma)
     recon = dae.denoise_from(noisy, sigma, z, skips, emb)
-    sd = dae.config.sigma_data
-    weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
-    loss_dae = (weight * (recon - x).flatten(1).pow(2).mean(dim=1)).mean()
-    loss_decoder = (decoder(z) - x).flatten(1).pow(2).mean(dim=1).mean()
-    return loss_dae, loss_decoder, z
+    per_dae = (recon - x).flatten(1).pow(2).mean(dim=1)
+    if weighting == "edm":
+        sd = dae.config.sigma_data
+        per_dae = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2 * per_dae
+    elif weighting != "none":
+        raise ValueError(f"unknown DAE loss weighting {weighting!r}")
+    per_decoder = (decoder(z) - x).flatten(1).pow(2).mean(dim=1)
+    if per_sample:
+        return per_dae, per_decoder, z
+    return per_dae.mean(), per_decoder.mean(), z
 
 
 def latent_moment_penalty(z: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from .checkpoints import (MANIFEST, CheckpointError, LoadedCheckpoint,
 from .data import DatasetError, to_model_range
 from .formats.config import ConfigError
 from .metrics import auroc, ood_metrics
-from .ood_sets import OOD_SETS, blank_count, build_ood_set
+from .ood_sets import OOD_SETS, blank_count, build_ood_set, dataset_ood_set
 from .pipeline import load_splits, resolve_device, score_images
 
 ProgressFn = Callable[[str], None]
@@ -119,10 +119,14 @@ def _summary(scores: torch.Tensor) -> dict[str, float]:
 def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path | None = None,
                  per_set: int = 500, seed: int = 0, device: str = "auto",
                  sets: tuple[str, ...] | None = None,
+                 datasets: dict[str, str] | None = None,
                  on_progress: ProgressFn | None = None) -> dict[str, Any]:
     """AUROC / AUPR-in / FPR95 of the checkpoint's score and of the baselines on every OOD
     set.  ``seed`` fixes the OOD sets; the score's own noise draws and seed are the
-    checkpoint's scoring settings, so the numbers match what the service returns."""
+    checkpoint's scoring settings, so the numbers match what the service returns.
+
+    ``datasets`` adds OOD sets from dataset specs, {name: spec} (e.g. {"svhn":
+    "~/data/test_32x32.mat"}), up to ``per_set`` images each."""
     started = time.perf_counter()
     # ConfigError (a ValueError) so that the CLI reports bad arguments as one line.
     if per_set < 1:
@@ -168,6 +172,13 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
     for name in sets:
         images[name] = build_ood_set(name, n=per_set, image_size=net.image_size,
                                      channels=net.channels, seed=seed, holdout=holdout)
+    for name, spec in (datasets or {}).items():
+        if name in images:
+            raise ConfigError(f"OOD set name {name!r} is taken; choose another")
+        say(f"loading OOD set {name} from {spec}")
+        images[name] = dataset_ood_set(spec, n=per_set, image_size=net.image_size,
+                                       channels=net.channels, seed=seed)
+    sets = tuple(sets) + tuple(datasets or {})
 
     scores: dict[str, dict[str, torch.Tensor]] = {}
     for scorer_name, scorer in scorers.items():

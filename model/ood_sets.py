@@ -204,3 +204,17 @@ def build_ood_set(name: str, *, n: int, image_size: int, channels: int, seed: in
                 holdout=holdout)
     assert x.shape == (n, channels, image_size, image_size), (name, x.shape)
     return x
+
+
+def dataset_ood_set(spec: str, *, n: int, image_size: int, channels: int, seed: int
+                    ) -> torch.Tensor:
+    """Up to n images of any dataset spec load_dataset reads (a CIFAR-10 / CIFAR-100 folder,
+    an SVHN .mat, an image folder, .zip or .npz), conformed to the model's size, chosen with
+    ``seed``: the paper's Table 4 sets (SVHN, CIFAR-100, CelebA) from the user's own copies."""
+    from .data import load_dataset
+
+    dataset = load_dataset(spec, image_size=image_size, channels=channels)
+    generator = torch.Generator().manual_seed(int(seed))
+    count = min(n, len(dataset))
+    index = torch.randperm(len(dataset), generator=generator)[:count]
+    return to_model_range(dataset.images[index])

@@ -18,6 +18,7 @@ from .checkpoints import (CheckpointError, LoadedCheckpoint, load_checkpoint,
                           load_training_state, read_manifest, save_checkpoint)
 from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
+from .distributed import SINGLE, DistContext, barrier
 from .energies import texture_score
 from .formats.config import ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
@@ -52,14 +53,19 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
                  device: str = "auto", dataset: ImageDataset | None = None,
                  on_step_end: StepCallback | None = None,
                  should_cancel: CancelFn | None = None,
-                 extra_metadata: dict[str, Any] | None = None) -> Path:
+                 extra_metadata: dict[str, Any] | None = None,
+                 dist: DistContext = SINGLE) -> Path:
     """Train (or resume) into ``out_dir`` and return it.  Writes a resumable checkpoint every
     ``training.checkpoint_every`` steps, on cancellation, and at the end; the final checkpoint
     carries an OOD calibration computed on the held-out split.
 
     ``init_from`` continues another run's weights, optimizer, RNG and step under this config
     (same network), e.g. a contrastive phase with new settings after a shared warm-up.  From
-    an exported checkpoint (no training state) only the weights are taken, from step 0."""
+    an exported checkpoint (no training state) only the weights are taken, from step 0.
+
+    ``dist`` makes this process one rank of a data-parallel run (model/distributed.py):
+    every rank resumes from the same checkpoint, only rank 0 writes checkpoints and reports
+    progress, and a barrier after each write keeps the ranks in step."""
     out_dir = Path(out_dir)
     resumed_seconds = 0.0
     if resume and (out_dir / "checkpoint.json").exists():
@@ -70,7 +76,7 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
         resumed_seconds = float(manifest.get("metadata", {}).get("train_seconds", 0.0))
         init_from = out_dir
     train_set, holdout = load_splits(config, dataset)
-    trainer = Trainer(config, train_set, device=resolve_device(device))
+    trainer = Trainer(config, train_set, device=resolve_device(device), dist=dist)
     if init_from is not None:
         loaded = load_checkpoint(init_from, device=trainer.device)
         if loaded.config.network != config.network:
@@ -110,9 +116,14 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
         return info
 
     def save(calibration: dict[str, Any] | None = None) -> None:
-        save_checkpoint(out_dir, model=trainer.model, config=config, step=trainer.step,
-                        metadata=metadata(), calibration=calibration,
-                        training_state=trainer.state_tensors())
+        if dist.is_main:
+            info = metadata()
+            if dist.active:
+                info["world_size"] = dist.world_size
+            save_checkpoint(out_dir, model=trainer.model, config=config, step=trainer.step,
+                            metadata=info, calibration=calibration,
+                            training_state=trainer.state_tensors())
+        barrier(dist)
 
     every = config.training.checkpoint_every
     warmup_steps = config.training.warmup_steps
@@ -120,12 +131,14 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
     def step_end(metrics: StepMetrics) -> None:
         recent.append(metrics)
         del recent[:-20]
-        if on_step_end is not None:
+        if on_step_end is not None and dist.is_main:
             on_step_end(metrics)
         if metrics.step == warmup_steps and trainer.total_steps > warmup_steps:
             # The DAE after reconstruction only: the baseline the evaluation compares against.
-            save_checkpoint(out_dir / WARMUP_DIR, model=trainer.model, config=config,
-                            step=trainer.step, metadata={**metadata(), "phase": "warmup"})
+            if dist.is_main:
+                save_checkpoint(out_dir / WARMUP_DIR, model=trainer.model, config=config,
+                                step=trainer.step, metadata={**metadata(), "phase": "warmup"})
+            barrier(dist)
         if every and metrics.step % every == 0 and metrics.step < trainer.total_steps:
             save()
 
@@ -135,7 +148,7 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
         save()
         raise
     calibration = None
-    if len(holdout) > 0:
+    if len(holdout) > 0 and dist.is_main:
         trainer.model.eval()
         calibration = calibrate_scores(trainer.model, to_model_range(holdout.images),
                                        config=config)

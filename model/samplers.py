@@ -12,6 +12,7 @@ total)`` and checks ``should_cancel()`` between steps (score_sde_pytorch's regis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from .networks import DenoisingEBM
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
+# Draws a standard-normal tensor of a given shape.  Training passes one that draws at the
+# global batch size and keeps this rank's rows (model/distributed.py); None: the generator.
+NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
 
 
 @dataclass
@@ -46,14 +50,17 @@ class Sampler(Protocol):
 
 def langevin_step(state: torch.Tensor, grad: torch.Tensor, *, step_size: float,
                   temperature: float, grad_clip: float | None,
-                  generator: torch.Generator) -> torch.Tensor:
+                  generator: torch.Generator | None,
+                  noise: torch.Tensor | None = None) -> torch.Tensor:
     """s <- s - eta * grad U(s) + sqrt(2 eta) * temperature * e   (eqs. 15, 16).
 
-    The elementwise gradient clip bounds a step when U's 1/sigma^2 factor spikes."""
-    if grad_clip is not None:
+    The elementwise gradient clip bounds a step when U's 1/sigma^2 factor spikes (None or 0:
+    no clip, the equations as written)."""
+    if grad_clip:
         grad = grad.clamp(-grad_clip, grad_clip)
-    noise = torch.randn(state.shape, generator=generator, device=state.device,
-                        dtype=state.dtype)
+    if noise is None:
+        noise = torch.randn(state.shape, generator=generator, device=state.device,
+                            dtype=state.dtype)
     return state - step_size * grad + math.sqrt(2.0 * step_size) * temperature * noise
 
 
@@ -68,14 +75,19 @@ def latent_chain(model: DenoisingEBM, z: torch.Tensor, *, steps: int, step_size:
                  sigma: float | torch.Tensor, temperature: float, grad_clip: float | None,
                  generator: torch.Generator, on_progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None, progress_offset: int = 0,
-                 progress_total: int | None = None) -> torch.Tensor:
+                 progress_total: int | None = None,
+                 noise_fn: NoiseFn | None = None) -> torch.Tensor:
     """Stage 1: K Langevin steps on the semantic energy U^s(z, sigma) (eq. 15)."""
     total = progress_total if progress_total is not None else steps
+    size, channels = model.decoder.config.image_size, model.decoder.config.channels
     for k in range(steps):
         _check(should_cancel)
-        _, grad = semantic_energy_grad(model.dae, model.decoder, z, sigma, generator=generator)
+        e_noise = noise_fn((z.shape[0], channels, size, size)) if noise_fn else None
+        _, grad = semantic_energy_grad(model.dae, model.decoder, z, sigma, generator=generator,
+                                       noise=e_noise)
         z = langevin_step(z, grad, step_size=step_size, temperature=temperature,
-                          grad_clip=grad_clip, generator=generator)
+                          grad_clip=grad_clip, generator=generator,
+                          noise=noise_fn(tuple(z.shape)) if noise_fn else None)
         if on_progress is not None:
             on_progress("latent", progress_offset + k + 1, total)
     return z.detach()
@@ -85,16 +97,19 @@ def pixel_chain(model: DenoisingEBM, x: torch.Tensor, *, steps: int, step_size: 
                 sigma: float | torch.Tensor, temperature: float, grad_clip: float | None,
                 clamp: bool, generator: torch.Generator, on_progress: ProgressFn | None = None,
                 should_cancel: CancelFn | None = None, progress_offset: int = 0,
-                progress_total: int | None = None) -> torch.Tensor:
+                progress_total: int | None = None,
+                noise_fn: NoiseFn | None = None) -> torch.Tensor:
     """Stage 2: T Langevin steps on the texture energy U^c(x, sigma) (eq. 16).
 
     Clamping to [-1, 1] keeps chains in the data range, as IGEBM-style samplers do."""
     total = progress_total if progress_total is not None else steps
     for t in range(steps):
         _check(should_cancel)
-        _, grad = texture_energy_grad(model.dae, x, sigma, generator=generator)
+        e_noise = noise_fn(tuple(x.shape)) if noise_fn else None
+        _, grad = texture_energy_grad(model.dae, x, sigma, generator=generator, noise=e_noise)
         x = langevin_step(x, grad, step_size=step_size, temperature=temperature,
-                          grad_clip=grad_clip, generator=generator)
+                          grad_clip=grad_clip, generator=generator,
+                          noise=noise_fn(tuple(x.shape)) if noise_fn else None)
         if clamp:
             x = x.clamp(-1.0, 1.0)
         if on_progress is not None:
@@ -108,7 +123,7 @@ def final_denoise(model: DenoisingEBM, x: torch.Tensor, *, sigma: float, clamp: 
     on U^c(., sigma) leave in their samples (Jolicoeur-Martineau et al. 2020; NCSNv2)."""
     with torch.no_grad():
         x = model.dae(x, torch.full((x.shape[0],), float(sigma), device=x.device,
-                                    dtype=x.dtype))
+                                    dtype=x.dtype)).to(x.dtype)
     return x.clamp(-1.0, 1.0) if clamp else x
 
 
@@ -137,7 +152,7 @@ def two_stage(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                      on_progress=on_progress, should_cancel=should_cancel,
                      progress_total=total)
     with torch.no_grad():
-        semantic = model.decoder(z)
+        semantic = model.decoder(z).to(z.dtype)  # float32 under bf16 autocast too
     if settings.clamp_pixels:
         semantic = semantic.clamp(-1.0, 1.0)
     x = pixel_chain(model, semantic, steps=settings.steps_pixel,
@@ -190,11 +205,11 @@ def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
     total = levels * per_level
     x = torch.rand(_image_shape(model, n), generator=generator, device=like.device,
                    dtype=like.dtype) * 2 - 1
-    sigma_last = float(sigmas[-1])
+    levels_host = sigmas.tolist()  # one transfer, not one per level
+    sigma_last = levels_host[-1]
     step = 0
     with torch.no_grad():
-        for sigma in sigmas:
-            s = float(sigma)
+        for s in levels_host:
             alpha = settings.annealed_step_size * (s / sigma_last) ** 2
             s_batch = torch.full((n,), s, device=like.device, dtype=like.dtype)
             for _ in range(per_level):
@@ -205,7 +220,8 @@ def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                 step += 1
                 if on_progress is not None:
                     on_progress("annealed", step, total)
-        x = model.dae(x, torch.full((n,), sigma_last, device=like.device, dtype=like.dtype))
+        x = model.dae(x, torch.full((n,), sigma_last, device=like.device, dtype=like.dtype)
+                      ).to(like.dtype)
     if settings.clamp_pixels:
         x = x.clamp(-1.0, 1.0)
     return SampleResult(images=x.detach(), steps=total)
@@ -238,10 +254,24 @@ def sample(model: DenoisingEBM, *, sampler: str, n: int, seed: int, settings: Sa
     was_training = model.training
     model.eval()
     try:
-        return fn(model, n=n, generator=generator, settings=settings, noise=noise,
-                  on_progress=on_progress, should_cancel=should_cancel)
+        with precision_context(settings.precision, like.device):
+            result = fn(model, n=n, generator=generator, settings=settings, noise=noise,
+                        on_progress=on_progress, should_cancel=should_cancel)
+        if result.images.dtype != torch.float32:
+            result.images = result.images.float()
+        if result.semantic is not None and result.semantic.dtype != torch.float32:
+            result.semantic = result.semantic.float()
+        return result
     finally:
         model.train(was_training)
+
+
+def precision_context(precision: str, device: torch.device):
+    """bfloat16 autocast for the network's matmuls and convolutions; chain states, noise and
+    Langevin updates stay float32 (autocast leaves elementwise ops alone)."""
+    if precision == "bfloat16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def with_overrides(settings: SamplerConfig, **overrides: object) -> SamplerConfig:

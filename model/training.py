@@ -43,13 +43,15 @@ import torch
 from torch import nn
 
 from .augment import negative_augment
-from .data import ImageDataset, sample_batch
-from .energies import (latent_moment_penalty, reconstruction_losses,
+from .data import ImageDataset, sample_batch, to_model_range
+from .distributed import (SINGLE, DistContext, all_reduce_grads, all_reduce_sum, gather_rows,
+                          latent_moment_surrogate)
+from .energies import (as_sigma_batch, latent_moment_penalty, reconstruction_losses,
                        semantic_energy, sigma_grid, texture_energy)
 from .formats.config import ExperimentConfig
 from .formats.errors import Cancelled, UserError
 from .networks import DenoisingEBM
-from .samplers import CancelFn, latent_chain, pixel_chain
+from .samplers import CancelFn, latent_chain, pixel_chain, precision_context
 
 
 class EnergyExplosion(UserError):
@@ -75,10 +77,14 @@ StepCallback = Callable[[StepMetrics], None]
 
 
 class Trainer:
-    """Holds everything Algorithm 1 mutates, so that a checkpoint can resume it exactly."""
+    """Holds everything Algorithm 1 mutates, so that a checkpoint can resume it exactly.
+
+    With ``dist`` (model/distributed.py) the trainer is one rank of a data-parallel run: random
+    tensors are drawn at the global batch size on every rank and each rank computes its own
+    rows, so N ranks reproduce one process with the same total batch."""
 
     def __init__(self, config: ExperimentConfig, dataset: ImageDataset, *,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", dist: DistContext = SINGLE):
         config.validate()
         net, train = config.network, config.training
         if dataset.images.shape[1:] != (net.channels, net.image_size, net.image_size):
@@ -87,6 +93,7 @@ class Trainer:
         self.config = config
         self.dataset = dataset
         self.device = torch.device(device)
+        self.dist = dist
         # Parameters are initialised from the seed, so a config + seed fixes the whole run.
         torch.manual_seed(train.seed)
         self.model = DenoisingEBM(net).to(self.device)
@@ -111,6 +118,8 @@ class Trainer:
         self.pixel_buffer = torch.rand((train.pixel_replay_size, net.channels, net.image_size,
                                         net.image_size), generator=self.generator,
                                        device=self.device) * 2 - 1
+        # Batches go to a GPU as uint8 from pinned memory by an asynchronous copy.
+        self._pinned = self.device.type == "cuda"
         self.step = 0
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -128,19 +137,49 @@ class Trainer:
                 "gamma": self.gamma_optimizer}
 
     def _batch(self, size: int | None = None) -> torch.Tensor:
+        """This rank's rows of a global mini-batch in [-1, 1] (sample_batch's random draws:
+        indices, then flips)."""
         train = self.config.training
-        x = sample_batch(self.dataset, size or train.batch_size, generator=self.data_generator,
-                         flip=train.flip)
-        return x.to(self.device)
+        n = size or train.batch_size
+        index = torch.randint(len(self.dataset), (n,), generator=self.data_generator)
+        flips = torch.rand(n, generator=self.data_generator) < 0.5 if train.flip else None
+        start, stop = self.dist.bounds(n)
+        images = self.dataset.images[index[start:stop]]
+        if self._pinned:
+            images = images.pin_memory()
+        x = to_model_range(images.to(self.device, non_blocking=self._pinned))
+        if flips is not None:
+            mask = flips[start:stop].to(self.device, non_blocking=self._pinned)
+            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+        return x
 
     def _random_sigmas(self, grid: torch.Tensor, n: int) -> torch.Tensor:
+        """Global (n,) sigmas from the grid; every rank holds all of them."""
         index = torch.randint(grid.numel(), (n,), generator=self.generator, device=self.device)
         return grid[index]
 
-    def _clip_and_step(self, optimizer: torch.optim.Optimizer, params) -> float:
-        norm = nn.utils.clip_grad_norm_(list(params), self.config.training.grad_clip_norm)
+    def _normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """This rank's rows of a standard-normal tensor drawn at the global size."""
+        noise = torch.randn(shape, generator=self.generator, device=self.device)
+        return self.dist.rows(noise) if self.dist.active else noise
+
+    def _chain_noise(self, n_global: int):
+        """The chains' noise source in a data-parallel run: global draws, local rows."""
+        if not self.dist.active:
+            return None
+        return lambda shape: self._normal((n_global, *shape[1:]))
+
+    def _mean(self, values: torch.Tensor, n: int) -> torch.Tensor:
+        """Mean over n global rows of which ``values`` are this rank's (plain mean alone)."""
+        return values.sum() / n if self.dist.active else values.mean()
+
+    def _clip_and_step(self, optimizer: torch.optim.Optimizer, params) -> None:
+        params = list(params)
+        all_reduce_grads(self.dist, params)
+        clip = self.config.training.grad_clip_norm
+        if clip > 0:  # the norm stays on the device: no host round trip per update
+            nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
-        return float(norm)
 
     def _check_energy(self, name: str, value: torch.Tensor) -> None:
         limit = self.config.training.max_energy
@@ -150,22 +189,44 @@ class Trainer:
                 f"step {self.step}: {name} = {v:.4g} per dimension (limit {limit:g}); training "
                 "diverged. Lower contrastive_lr, raise energy_penalty or shorten chains.")
 
+    def _report(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Detached scalars as floats, summed over ranks (each is a rank's share of a global
+        mean), in one transfer."""
+        if not values:
+            return {}
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        stacked = all_reduce_sum(self.dist, stacked).tolist()
+        return dict(zip(values, stacked))
+
     # -- stage 1: reconstruction -------------------------------------------------------------
     def reconstruction_step(self) -> dict[str, float]:
         """One Adam step on eq. 1 + eq. 13 (+ the latent moment penalty) with per-sample
         sigma from the whole grid."""
+        train = self.config.training
+        n = train.batch_size
         x = self._batch()
-        sigma = self._random_sigmas(self.grid, x.shape[0])
+        sigma = self.dist.rows(self._random_sigmas(self.grid, n))
         self.recon_optimizer.zero_grad(set_to_none=True)
-        loss_dae, loss_dec, z = reconstruction_losses(self.model.dae, self.model.decoder, x,
-                                                      sigma, generator=self.generator)
-        moments = latent_moment_penalty(z)
-        total = loss_dae + loss_dec + self.config.training.latent_moment_weight * moments
-        self._check_energy("reconstruction loss", total.detach())
+        if not self.dist.active:
+            loss_dae, loss_dec, z = reconstruction_losses(
+                self.model.dae, self.model.decoder, x, sigma, generator=self.generator,
+                weighting=train.dae_loss_weighting)
+            moments = latent_moment_penalty(z)
+            moment_term = moments
+        else:
+            per_dae, per_dec, z = reconstruction_losses(
+                self.model.dae, self.model.decoder, x, sigma, noise=self._normal(
+                    (n, *x.shape[1:])), weighting=train.dae_loss_weighting, per_sample=True)
+            loss_dae, loss_dec = per_dae.sum() / n, per_dec.sum() / n
+            moments, moment_term = latent_moment_surrogate(self.dist, z, n)
+        total = loss_dae + loss_dec + train.latent_moment_weight * moment_term
+        report = self._report({"dae": loss_dae, "decoder": loss_dec})
+        moments = float(moments.detach())
+        self._check_energy("reconstruction loss", torch.tensor(
+            report["dae"] + report["decoder"] + train.latent_moment_weight * moments))
         total.backward()
         self._clip_and_step(self.recon_optimizer, self.model.parameters())
-        return {"dae": loss_dae.item(), "decoder": loss_dec.item(),
-                "latent_moments": moments.item()}
+        return {**report, "latent_moments": moments}
 
     # -- stage 2: negatives ------------------------------------------------------------------
     def negatives(self, should_cancel: CancelFn | None = None
@@ -175,7 +236,10 @@ class Trainer:
         Rows of x_T, in order: two-stage chains (K latent steps from the latent buffer or
         N(0, I), decode, T pixel steps), persistent pixel chains continued from the pixel
         buffer, chains from negative augmentations of data, then fresh chains from uniform
-        noise.  z_K has one row per two-stage chain."""
+        noise.  z_K has one row per two-stage chain.  With shared_sigma (the paper) sample i's
+        latent and pixel chains both run at sigma_i.
+
+        In a data-parallel run x_T holds this rank's rows only; z_K and sigma are global."""
         train, net = self.config.training, self.config.network
         n = train.chain_batch_size
         n_noise = int(round(n * train.noise_chain_fraction))
@@ -184,6 +248,7 @@ class Trainer:
                           n - n_noise - n_replay)
         n_latent = n - n_noise - n_replay - n_augmented
         image_shape = (net.channels, net.image_size, net.image_size)
+        clip = train.chain_grad_clip or None
         self.model.eval()  # no dropout/BN here, but keep the convention explicit
         z0 = torch.randn((n_latent, net.latent_dim), generator=self.generator,
                          device=self.device)
@@ -194,14 +259,29 @@ class Trainer:
             reuse = torch.rand(n_latent, generator=self.generator,
                                device=self.device) < train.replay_prob
             z0 = torch.where(reuse[:, None], self.buffer[slots], z0)
-        z_k = latent_chain(self.model, z0, steps=train.steps_latent,
-                           step_size=train.step_size_latent, sigma=train.sigma_latent,
-                           temperature=train.temperature_latent, grad_clip=1000.0,
-                           generator=self.generator, should_cancel=should_cancel)
+        # The paper's per-sample sigma_i is drawn before the chains (it sets their energy);
+        # the stabilised path draws the pixel chains' sigma after them, as it always has.
+        sigma = self._random_sigmas(self.contrastive_grid, n) if train.shared_sigma else None
+        sigma_latent = sigma[:n_latent] if sigma is not None else train.sigma_latent
+        if self.dist.active:
+            start, stop = self.dist.bounds(n_latent)
+            z_local = z0[start:stop]
+            if sigma is not None:
+                sigma_latent = sigma_latent[start:stop]
+        else:
+            z_local = z0
+        z_k = latent_chain(self.model, z_local, steps=train.steps_latent,
+                           step_size=train.step_size_latent, sigma=sigma_latent,
+                           temperature=train.temperature_latent, grad_clip=clip,
+                           generator=self.generator, should_cancel=should_cancel,
+                           noise_fn=self._chain_noise(n_latent))
+        z_k = gather_rows(self.dist, z_k, n_latent)
         if slots is not None:
             self.buffer[slots] = z_k
         with torch.no_grad():
-            x_latent = self.model.decoder(z_k).clamp(-1, 1)
+            x_latent = self.model.decoder(z_k)
+            if train.clamp_chains:
+                x_latent = x_latent.clamp(-1, 1)
         pixel_slots = torch.randint(max(train.pixel_replay_size, 1), (n_replay,),
                                     generator=self.generator, device=self.device)
         x_replay = self.pixel_buffer[pixel_slots] if n_replay else x_latent[:0]
@@ -212,90 +292,145 @@ class Trainer:
         noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
                                  device=self.device) * 2 - 1
         x0 = torch.cat([x_latent, x_replay, augmented, noise_start])
-        sigma = self._random_sigmas(self.contrastive_grid, n)
-        x_t = pixel_chain(self.model, x0, steps=train.steps_pixel,
-                          step_size=train.step_size_pixel, sigma=sigma,
-                          temperature=train.temperature_pixel, grad_clip=1000.0, clamp=True,
-                          generator=self.generator, should_cancel=should_cancel)
+        if sigma is None:
+            sigma = self._random_sigmas(self.contrastive_grid, n)
+        x_t = pixel_chain(self.model, self.dist.rows(x0), steps=train.steps_pixel,
+                          step_size=train.step_size_pixel, sigma=self.dist.rows(sigma),
+                          temperature=train.temperature_pixel, grad_clip=clip,
+                          clamp=train.clamp_chains, generator=self.generator,
+                          should_cancel=should_cancel, noise_fn=self._chain_noise(n))
         if train.pixel_replay_size > 0:
             # Replayed chains go back to their slots; new chains replace random slots, which
             # is the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage).
-            fresh = torch.cat([x_t[:n_latent], x_t[n_latent + n_replay:]])  # two-stage, aug, noise
+            x_all = gather_rows(self.dist, x_t, n)
+            fresh = torch.cat([x_all[:n_latent], x_all[n_latent + n_replay:]])
             fresh_slots = torch.randint(train.pixel_replay_size, (fresh.shape[0],),
                                         generator=self.generator, device=self.device)
             self.pixel_buffer[fresh_slots] = fresh
             if n_replay:
-                self.pixel_buffer[pixel_slots] = x_t[n_latent:n_latent + n_replay]
+                self.pixel_buffer[pixel_slots] = x_all[n_latent:n_latent + n_replay]
         self.model.train()
         return x_t.detach(), z_k.detach(), sigma
 
     # -- stage 3: contrastive updates --------------------------------------------------------
     def contrastive_step(self, x_neg: torch.Tensor, z_neg: torch.Tensor,
                          sigma_neg: torch.Tensor) -> dict[str, float]:
+        """Maximum-likelihood updates of phi (U^c) and gamma (U^s).
+
+        x_neg holds this rank's rows of the negatives (all of them in one process); z_neg and
+        sigma_neg are global.  With simultaneous_updates (the paper) both gradients are taken
+        at the current parameters and then both Adam steps run; otherwise phi steps first and
+        the gamma gradient sees the updated DAE."""
         train = self.config.training
         alpha, d = train.energy_penalty, self.pixel_dims
+        n = sigma_neg.shape[0]
         n_from_latent = z_neg.shape[0]
-        x_data = self._batch(x_neg.shape[0])
-        sigma_data = self._random_sigmas(self.contrastive_grid, x_data.shape[0])
+        start, stop = self.dist.bounds(n)
+        x_data = self._batch(n)
+        sigma_local = sigma_neg[start:stop]
+        sigma_data = sigma_local if train.shared_sigma else \
+            self.dist.rows(self._random_sigmas(self.contrastive_grid, n))
 
         # phi: lower U^c on data, raise it on negatives (gamma untouched: x_neg is detached).
         self.phi_optimizer.zero_grad(set_to_none=True)
-        e_data = texture_energy(self.model.dae, x_data, sigma_data, generator=self.generator) / d
-        e_neg = texture_energy(self.model.dae, x_neg, sigma_neg, generator=self.generator) / d
-        self._check_energy("data energy", e_data.mean().detach())
-        self._check_energy("negative energy", e_neg.mean().detach())
-        loss_phi = train.contrastive_weight * (e_data.mean() - e_neg.mean())
-        penalty_phi = alpha * (e_data.pow(2).mean() + e_neg.pow(2).mean())
+        e_data = texture_energy(self.model.dae, x_data, sigma_data, generator=self.generator,
+                                noise=self._normal((n, *x_data.shape[1:]))
+                                if self.dist.active else None) / d
+        e_neg = texture_energy(self.model.dae, x_neg, sigma_local, generator=self.generator,
+                               noise=self._normal((n, *x_neg.shape[1:]))
+                               if self.dist.active else None) / d
+        loss_phi = train.contrastive_weight * (self._mean(e_data, n) - self._mean(e_neg, n))
+        penalty_phi = alpha * (self._mean(e_data.pow(2), n) + self._mean(e_neg.pow(2), n))
+        local_latent = max(0, min(stop, n_from_latent) - start)
+        stats = {"data_energy": self._mean(e_data, n), "negative_energy": self._mean(e_neg, n),
+                 "contrastive_phi": loss_phi, "penalty": penalty_phi,
+                 "two_stage": self._mean(e_neg[:local_latent], n_from_latent),
+                 "other": self._mean(e_neg[local_latent:], n - n_from_latent)}
+        if not n_from_latent:
+            del stats["two_stage"]
+        if n_from_latent == n:
+            del stats["other"]
+        report = self._report(stats)
+        self._check_energy("data energy", torch.tensor(report["data_energy"]))
+        self._check_energy("negative energy", torch.tensor(report["negative_energy"]))
         (loss_phi + penalty_phi).backward()
-        self._clip_and_step(self.phi_optimizer, self.model.dae.parameters())
+        simultaneous = train.simultaneous_updates
+        if not simultaneous:
+            self._clip_and_step(self.phi_optimizer, self.model.dae.parameters())
 
         # gamma: lower U^s at data latents, raise it at chain ends (phi frozen).
-        gamma = self._semantic_contrastive(x_data, z_neg) \
+        gamma = self._semantic_contrastive(x_data, z_neg, sigma_neg, sigma_data) \
             if train.semantic_contrastive_weight > 0 else {}
-        losses = {"contrastive_phi": loss_phi.item(), "penalty": penalty_phi.item(),
-                  "data_energy": e_data.mean().item(), "negative_energy": e_neg.mean().item(),
-                  **gamma}
+        if simultaneous:
+            # Both gradients exist now, taken at the same parameters: update both.
+            self._clip_and_step(self.phi_optimizer, self.model.dae.parameters())
+            if gamma:
+                self._clip_and_step(self.gamma_optimizer, self.model.decoder.parameters())
+        losses = {key: report[key] for key in ("contrastive_phi", "penalty", "data_energy",
+                                               "negative_energy")}
+        losses.update(gamma)
         # Diagnostics: two-stage chains versus persistent and noise-started pixel chains.
         if n_from_latent:
-            losses["negative_energy_two_stage"] = e_neg[:n_from_latent].mean().item()
-        if n_from_latent < e_neg.shape[0]:
-            losses["negative_energy_other_chains"] = e_neg[n_from_latent:].mean().item()
+            losses["negative_energy_two_stage"] = report["two_stage"]
+        if n_from_latent < n:
+            losses["negative_energy_other_chains"] = report["other"]
         return losses
 
-    def _semantic_contrastive(self, x_data: torch.Tensor, z_neg: torch.Tensor
+    def _semantic_contrastive(self, x_data: torch.Tensor, z_neg: torch.Tensor,
+                              sigma_neg: torch.Tensor, sigma_data: torch.Tensor
                               ) -> dict[str, float]:
+        """The gamma gradient (and, unless simultaneous_updates, its Adam step)."""
         train = self.config.training
         alpha, d = train.energy_penalty, self.pixel_dims
+        net = self.config.network
+        n, n_latent = sigma_neg.shape[0], z_neg.shape[0]
         self.gamma_optimizer.zero_grad(set_to_none=True)
         for p in self.model.dae.parameters():
             p.requires_grad_(False)
         try:
-            sigma_latent = train.sigma_latent
+            if train.shared_sigma:
+                s_data, s_neg = sigma_data, self.dist.rows(sigma_neg[:n_latent])
+                s_data4 = s_data[:, None, None, None]
+            else:
+                s_data = s_neg = s_data4 = train.sigma_latent
+            image = (net.channels, net.image_size, net.image_size)
             with torch.no_grad():
-                noisy = x_data + sigma_latent * torch.randn(
-                    x_data.shape, generator=self.generator, device=self.device)
-                z_data = self.model.dae.latent(noisy, torch.full(
-                    (x_data.shape[0],), sigma_latent, device=self.device))
-            es_data = semantic_energy(self.model.dae, self.model.decoder, z_data, sigma_latent,
-                                      generator=self.generator) / d
-            if z_neg.shape[0] > 0:
-                es_neg = semantic_energy(self.model.dae, self.model.decoder, z_neg,
-                                         sigma_latent, generator=self.generator) / d
+                noisy = x_data + s_data4 * self._normal((n, *image))
+                z_data = self.model.dae.latent(noisy, as_sigma_batch(s_data, x_data.shape[0],
+                                                                     x_data))
+            z_local = self.dist.rows(z_neg)
+            es_data = semantic_energy(self.model.dae, self.model.decoder, z_data, s_data,
+                                      generator=self.generator,
+                                      noise=self._normal((n, *image))
+                                      if self.dist.active else None) / d
+            if n_latent > 0:
+                es_neg = semantic_energy(self.model.dae, self.model.decoder, z_local, s_neg,
+                                         generator=self.generator,
+                                         noise=self._normal((n_latent, *image))
+                                         if self.dist.active else None) / d
             else:
                 es_neg = torch.zeros(1, device=self.device)
-            loss = train.semantic_contrastive_weight * (es_data.mean() - es_neg.mean())
-            penalty = alpha * (es_data.pow(2).mean() + es_neg.pow(2).mean())
+            m = max(n_latent, 1)
+            loss = train.semantic_contrastive_weight * (self._mean(es_data, n)
+                                                        - self._mean(es_neg, m))
+            penalty = alpha * (self._mean(es_data.pow(2), n) + self._mean(es_neg.pow(2), m))
             (loss + penalty).backward()
-            self._clip_and_step(self.gamma_optimizer, self.model.decoder.parameters())
+            report = self._report({"contrastive_gamma": loss, "semantic_penalty": penalty,
+                                   "semantic_data_energy": self._mean(es_data, n),
+                                   "semantic_negative_energy": self._mean(es_neg, m)})
+            if not train.simultaneous_updates:
+                self._clip_and_step(self.gamma_optimizer, self.model.decoder.parameters())
         finally:
             for p in self.model.dae.parameters():
                 p.requires_grad_(True)
-        return {"contrastive_gamma": loss.item(), "semantic_penalty": penalty.item(),
-                "semantic_data_energy": es_data.mean().item(),
-                "semantic_negative_energy": es_neg.mean().item()}
+        return report
 
     # -- one step, then the loop -------------------------------------------------------------
     def train_step(self, should_cancel: CancelFn | None = None) -> StepMetrics:
+        with precision_context(self.config.training.precision, self.device):
+            return self._train_step(should_cancel)
+
+    def _train_step(self, should_cancel: CancelFn | None) -> StepMetrics:
         start = time.perf_counter()
         train = self.config.training
         self.model.train()

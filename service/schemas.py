@@ -46,6 +46,8 @@ class TrainRequest(_Request):
                          description="a built-in name (mnist5k, digits8x8) or an id from "
                                      "POST /datasets")
     preset: Literal[PRESETS] = "demo"  # type: ignore[valid-type]
+    gpus: int = Field(1, ge=1, le=64, description="data-parallel processes on the training "
+                                                  "worker (one per GPU), same total batch")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='config overrides by section, e.g. {"training": '
                                           '{"iterations": 50}}')

@@ -244,10 +244,19 @@ def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     resume = (out_dir / MANIFEST).is_file()
     if resume:
         log.info("job %s: resuming from %s", job.id, out_dir)
-    run_training(config, out_dir, resume=resume, device=settings.device, dataset=dataset,
-                 on_step_end=report.training, should_cancel=should_cancel,
-                 extra_metadata={"job_id": job.id, "dataset": params.get("dataset"),
-                                 "model_name": name})
+    metadata = {"job_id": job.id, "dataset": params.get("dataset"), "model_name": name}
+    gpus = _int_param(params, "gpus", low=1, high=64, default=1)
+    if gpus > 1:  # data-parallel ranks in child processes, same checkpoint contract
+        from model.ddp_train import launch_ranks
+
+        launch_ranks(config, out_dir, nproc=gpus, resume=resume, device=settings.device,
+                     dataset_path=_dataset_file(runtime, job.id, dataset),
+                     extra_metadata=metadata, on_step_end=report.training,
+                     should_cancel=should_cancel, threads=settings.torch_threads)
+    else:
+        run_training(config, out_dir, resume=resume, device=settings.device, dataset=dataset,
+                     on_step_end=report.training, should_cancel=should_cancel,
+                     extra_metadata=metadata)
     # Registration is keyed by the job id: a second delivery finds the same version.
     version = runtime.registry.register(name, out_dir, job_id=job.id)
     manifest = read_manifest(out_dir)
@@ -256,6 +265,23 @@ def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
             "calibrated": manifest.get("calibration") is not None,
             "final_data_energy": manifest.get("metadata", {}).get("final_data_energy"),
             "final_negative_energy": manifest.get("metadata", {}).get("final_negative_energy")}
+
+
+def _dataset_file(runtime: TaskRuntime, job_id: str, dataset) -> str:
+    """The resolved training images as an .npz the ranks load (uploads and built-ins
+    alike), written once per job."""
+    import numpy as np
+
+    path = runtime.data.job_dir(job_id) / "ranks-dataset.npz"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {"x": dataset.images.numpy()}
+        if dataset.labels is not None:
+            arrays["y"] = dataset.labels.numpy()
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.npz")
+        np.savez(staging, **arrays)
+        os.replace(staging, path)
+    return str(path)
 
 
 BODIES: dict[str, Body] = {"generate": run_generate, "score": run_score, "train": run_train}

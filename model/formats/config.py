@@ -18,6 +18,10 @@ from .errors import UserError
 SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
 # Names of model.augment.AUGMENTATIONS (negative data augmentation for chain starts).
 NEGATIVE_AUGMENTATIONS = ("erase", "jigsaw", "rotate")
+# Weightings of the DAE loss (eq. 1): "edm" divides each sample's error by c_out(sigma)^2,
+# "none" is eq. 1 as written.
+DAE_LOSS_WEIGHTINGS = ("edm", "none")
+PRECISIONS = ("float32", "bfloat16")
 
 
 class ConfigError(UserError, ValueError):
@@ -84,12 +88,17 @@ class SamplerConfig:
     # bases commonly sample colder to get crisper samples, so it is exposed.
     temperature_latent: float = 1.0
     temperature_pixel: float = 1.0
-    # Elementwise clip of the energy gradient inside chains (guards against 1/sigma^2 spikes).
+    # Elementwise clip of the energy gradient inside chains (guards against 1/sigma^2 spikes);
+    # 0 turns it off (eqs. 15-16 as written).
     grad_clip: float = 1000.0
     clamp_pixels: bool = True  # keep pixel chains inside the data range [-1, 1]
     # Pixel chains on U^c(., sigma) end in images carrying noise of scale sigma (the energy
     # describes data + N(0, sigma^2)); one Tweedie step x <- r(x, sigma) removes it (NCSNv2).
+    # False returns x^T itself, as the paper does.
     final_denoise: bool = True
+    # "bfloat16" runs the network under torch.autocast (chain states stay float32); on a GPU
+    # it roughly halves the time of a Langevin step.  "float32" is exact and the default.
+    precision: str = "float32"
     annealed_steps_per_level: int = 8  # annealed baseline: steps per sigma level
     annealed_levels: int = 128  # annealed baseline: number of levels used from the grid
     annealed_step_size: float = 2e-5  # NCSN epsilon, scaled by sigma^2 / sigma_min^2
@@ -99,10 +108,15 @@ class SamplerConfig:
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0")
         for name in ("step_size_latent", "step_size_pixel", "sigma_latent", "sigma_pixel",
-                     "annealed_step_size", "grad_clip"):
+                     "annealed_step_size"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ConfigError(f"grad_clip must be >= 0 (0: off), got {self.grad_clip}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}, "
+                              f"got {self.precision!r}")
         for name in ("temperature_latent", "temperature_pixel"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -125,7 +139,7 @@ class TrainingConfig:
     semantic_contrastive_weight: float = 1.0
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
-    grad_clip_norm: float = 1.0  # clip of the parameter gradient norm
+    grad_clip_norm: float = 1.0  # clip of the parameter gradient norm (0: off)
     # Chains used for negatives.  Training chains are shorter than generation ones.
     chain_batch_size: int = 32
     steps_latent: int = 20
@@ -155,6 +169,22 @@ class TrainingConfig:
     # a fast warm-up rate would otherwise wash out the smaller contrastive updates.
     lr_contrastive_phase: float | None = None
     flip: bool = False  # random horizontal flips (wrong for digits)
+    # --- switches between the paper's Algorithm 1 and this project's stabilisers -----------
+    # (the defaults are the stabilised behaviour the demo was trained with; model/formats/presets.py
+    # turns each one to the paper's value in the `paper` preset)
+    # Paper: one sigma_i per sample i from the grid, used by sample i's chains and by both its
+    # data and negative energy terms.  False: chains and negatives at sigma_latent / a sigma
+    # from the contrastive range, the data term at a sigma drawn apart.
+    shared_sigma: bool = False
+    # Paper: both contrastive gradients (phi and gamma) at the same parameters, then both
+    # Adam steps.  False: the gamma gradient uses the DAE after its phi step.
+    simultaneous_updates: bool = False
+    dae_loss_weighting: str = "edm"  # "edm" or "none" (eq. 1 unweighted)
+    chain_grad_clip: float = 1000.0  # elementwise energy-gradient clip in training chains (0: off)
+    clamp_chains: bool = True  # clamp pixel chains and decoded starts to [-1, 1]
+    # "bfloat16": network passes under torch.autocast (parameters, Adam and chain states stay
+    # float32); for GPUs.  "float32" is exact and the default.
+    precision: str = "float32"
     max_energy: float = 1e4  # mean energy per dimension above this is a blow-up
     checkpoint_every: int = 0  # save every N steps when training through the CLI/worker (0: end)
     seed: int = 0
@@ -170,10 +200,18 @@ class TrainingConfig:
                 raise ConfigError(f"{name} must be >= 0")
         for name in ("lr", "contrastive_lr", "step_size_latent", "step_size_pixel",
                      "sigma_latent", "contrastive_sigma_min", "contrastive_sigma_max",
-                     "max_energy", "grad_clip_norm"):
+                     "max_energy"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive finite number, got {value}")
+        for name in ("grad_clip_norm", "chain_grad_clip"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be >= 0 (0: off), got {value}")
+        if self.dae_loss_weighting not in DAE_LOSS_WEIGHTINGS:
+            raise ConfigError(f"dae_loss_weighting must be one of {list(DAE_LOSS_WEIGHTINGS)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {list(PRECISIONS)}")
         if self.contrastive_sigma_min > self.contrastive_sigma_max:
             raise ConfigError("contrastive_sigma_min must be <= contrastive_sigma_max")
         for name in ("replay_prob", "noise_chain_fraction", "pixel_replay_fraction",
@@ -311,8 +349,7 @@ def preset(name: str) -> ExperimentConfig:
 
     tiny:  seconds on a CPU, for tests.
     demo:  MNIST-5k on a 2-core CPU in well under an hour (see docs/RESULTS.md for timings).
-    paper: the paper's hyperparameters for CIFAR-10 32x32 on a GPU (L=3, K=20, T=90,
-           eta1=0.1, eta2=0.01, Adam 5e-5, S=128, flips on).
+    paper, cifar10, paper-stable, celeba64: the paper's settings, in model/formats/presets.py.
     """
     if name == "tiny":
         return ExperimentConfig(
@@ -351,21 +388,11 @@ def preset(name: str) -> ExperimentConfig:
                 checkpoint_every=100),
             data=DataConfig(dataset="mnist5k"),
         ).validate()
-    if name == "paper":
-        return ExperimentConfig(
-            preset="paper",
-            network=NetworkConfig(image_size=32, channels=3, base_width=128,
-                                  channel_mults=(1, 2, 2, 2), blocks_per_level=2,
-                                  latent_dim=128, decoder_width=256, embedding_dim=128,
-                                  groups=32),
-            sampler=SamplerConfig(steps_latent=20, steps_pixel=90),
-            training=TrainingConfig(batch_size=128, warmup_steps=20000, iterations=100000,
-                                    recon_steps=3, lr=5e-5, contrastive_lr=5e-5,
-                                    chain_batch_size=128, steps_latent=20, steps_pixel=90,
-                                    flip=True, checkpoint_every=2000),
-            data=DataConfig(dataset="cifar10"),
-        ).validate()
+    from .presets import PAPER_PRESETS, paper_preset
+
+    if name in PAPER_PRESETS:
+        return paper_preset(name)
     raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
-PRESETS = ("tiny", "demo", "paper")
+PRESETS = ("tiny", "demo", "paper", "paper-stable", "cifar10", "celeba64")

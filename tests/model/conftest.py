@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -37,3 +39,13 @@ def tiny_model() -> DenoisingEBM:
 @pytest.fixture
 def tiny_config():
     return preset("tiny")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device that device-aware tests run on: DEBM_TEST_DEVICE (e.g. cuda), default cpu.
+    benchmarks/gpu_check.py runs tests/model with DEBM_TEST_DEVICE=cuda."""
+    chosen = torch.device(os.environ.get("DEBM_TEST_DEVICE", "cpu"))
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("DEBM_TEST_DEVICE asks for CUDA, which is not available")
+    return chosen
