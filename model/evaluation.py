@@ -18,6 +18,9 @@ eval-samples
     (``classifier.py``, trained on the same train split and cached): the Frechet distance
     to the held-out split's features, the mean max-softmax confidence and the histogram of
     predicted classes (mode coverage).  See ``evaluate_samples`` for the rows.
+
+(About 430 lines: the two commands share the checkpoint/baseline loading, the held-out split
+and the table formatting, and each report is defined by this one docstring.)
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoints import MANIFEST, CheckpointError, LoadedCheckpoint, load_checkpoint
-from .config import ConfigError
+from .checkpoints import (MANIFEST, CheckpointError, LoadedCheckpoint,
+                          load_checkpoint)
 from .data import DatasetError, to_model_range
+from .formats.config import ConfigError
 from .metrics import auroc, ood_metrics
 from .ood_sets import OOD_SETS, blank_count, build_ood_set
 from .pipeline import load_splits, resolve_device, score_images

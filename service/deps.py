@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import (APIKeyHeader, HTTPAuthorizationCredentials,
+                              HTTPBearer)
+
+from core.datadir import DataDir
+from core.jobs import JobStore
+from core.registry import ModelRegistry
+from core.settings import Settings
 
 from .auth import KeyRing, Principal
-from .datadir import DataDir
 from .dispatch import Dispatcher
-from .jobs import JobStore
-from .registry import ModelRegistry
-from .settings import Settings
 
 log = logging.getLogger("debm.auth")
 
@@ -33,7 +35,7 @@ class Services:
     keys: KeyRing
     dispatcher: Dispatcher
     celery: Any
-    embedded: Any = None  # service.embedded.EmbeddedWorkers in embedded mode
+    embedded: Any = None  # debm.serve.EmbeddedWorkers in embedded mode
 
     @property
     def mode(self) -> str:
@@ -47,27 +49,6 @@ def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-
-def get_app_settings(services: ServicesDep) -> Settings:
-    return services.settings
-
-
-def get_store(services: ServicesDep) -> JobStore:
-    return services.store
-
-
-def get_registry(services: ServicesDep) -> ModelRegistry:
-    return services.registry
-
-
-def get_dispatcher(services: ServicesDep) -> Dispatcher:
-    return services.dispatcher
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="an API key (DEBM_API_KEYS or the generated one)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.config import ConfigError, ExperimentConfig, preset
+from model.formats.config import ConfigError, ExperimentConfig, preset
 
 
 def test_replace_overrides_and_validates():
@@ -43,7 +43,7 @@ def test_from_dict_rejects_unknown_keys():
 
 
 def test_semantic_contrastive_lr_round_trips_and_is_validated():
-    from model.config import ConfigError, ExperimentConfig, preset
+    from model.formats.config import ConfigError, ExperimentConfig, preset
 
     for name in ("tiny", "demo", "paper"):
         assert preset(name).training.semantic_contrastive_lr is None

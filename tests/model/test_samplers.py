@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import NoiseConfig, SamplerConfig
-from model.samplers import SAMPLERS, SamplingCancelled, langevin_step, sample
+from model.formats.config import NoiseConfig, SamplerConfig
+from model.formats.errors import Cancelled
+from model.samplers import SAMPLERS, langevin_step, sample
 
 SETTINGS = SamplerConfig(steps_latent=3, steps_pixel=4, annealed_levels=3,
                          annealed_steps_per_level=2)
@@ -50,7 +51,7 @@ def test_sampler_cancels_between_steps(name, tiny_model):
         seen.append(1)
         return len(seen) > 2
 
-    with pytest.raises(SamplingCancelled):
+    with pytest.raises(Cancelled):
         sample(tiny_model, sampler=name, n=2, seed=0, settings=SETTINGS, noise=NOISE,
                should_cancel=should_cancel)
     assert len(seen) == 3
@@ -77,7 +78,7 @@ def test_three_channel_shapes():
 
 
 def test_torch_free_sampler_names_match_the_registry():
-    from model.config import SAMPLER_NAMES
+    from model.formats.config import SAMPLER_NAMES
 
     assert tuple(sorted(SAMPLER_NAMES)) == tuple(sorted(SAMPLERS))
 

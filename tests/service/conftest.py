@@ -1,14 +1,14 @@
 """Route tests run the real app (SQLite job store and broker in a temp data dir) through
 FastAPI's TestClient; no worker runs, so jobs stay queued unless a test runs one with the
-real task code (worker.tasks.execute)."""
+real task code (worker.lifecycle.execute)."""
 
 from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
 
+from core.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from tests.support import ADMIN_KEYS_SPEC, USE_KEYS_SPEC
 
 
@@ -44,7 +44,9 @@ def services(client):
 @pytest.fixture
 def run_job(services):
     """Run a queued job to completion with the real task code, in this process."""
-    from worker.tasks import BODIES, TaskRuntime, execute
+    from worker.bodies import BODIES
+    from worker.lifecycle import execute
+    from worker.runtime import TaskRuntime
 
     runtime = TaskRuntime.create(services.settings)
 
