@@ -1,5 +1,6 @@
-"""Per-class behaviour of the OOD score on held-out digits: median score and the share of
-each class that the calibrated threshold would flag as OOD (the target is 5% overall).
+"""Per-class behaviour of the OOD score on held-out digits: each class's score distribution
+(median, 10/25/75/90th percentiles) and the share of each class that the calibrated threshold
+would flag as OOD (the target is 5% overall).
 
     .venv/bin/python benchmarks/per_class.py --checkpoint checkpoints/demo \
         --json docs/results/per_class.json
@@ -21,6 +22,8 @@ from model.data import to_model_range
 from model.evaluation import model_and_baseline
 from model.pipeline import load_splits, score_images
 
+QUANTILES = (0.1, 0.25, 0.75, 0.9)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -38,14 +41,23 @@ def main() -> int:
         scores = score_images(scorer, x)
         # Each scorer's own 5% threshold on these held-out scores (what calibration does).
         threshold = torch.quantile(scores, 0.05)
-        report[name] = {
-            str(c): {"median": float(scores[holdout.labels == c].median()),
-                     "flagged": float((scores[holdout.labels == c] < threshold).float().mean())}
-            for c in classes}
+        report[name] = {}
+        for c in classes:
+            own = scores[holdout.labels == c]
+            # The distribution of the class's scores: where its low tail meets the threshold.
+            q = torch.quantile(own, torch.tensor(QUANTILES)).tolist()
+            report[name][str(c)] = {
+                "count": int(own.numel()), "median": float(own.median()),
+                "flagged": float((own < threshold).float().mean()),
+                "quantiles": dict(zip((f"p{round(100 * v)}" for v in QUANTILES), q))}
+        report[name]["threshold"] = float(threshold)
     print(f"held-out digits per class ({len(holdout)} images): {args.checkpoint}")
     for name, rows in report.items():
         print(f"{name:<9} median " + " ".join(f"{rows[str(c)]['median']:7.1f}" for c in classes))
         print(f"{'':<9} flagged" + " ".join(f"{rows[str(c)]['flagged']:7.2f}" for c in classes))
+        for key in ("p10", "p25", "p75"):
+            print(f"{'':<9} {key:<7}" + " ".join(f"{rows[str(c)]['quantiles'][key]:7.1f}"
+                                                 for c in classes))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint,

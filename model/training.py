@@ -103,7 +103,7 @@ class Trainer:
                                               lr=train.contrastive_lr,
                                               betas=train.contrastive_betas)
         self.gamma_optimizer = torch.optim.Adam(self.model.decoder.parameters(),
-                                                lr=train.contrastive_lr,
+                                                lr=self._semantic_lr,
                                                 betas=train.contrastive_betas)
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
         self.data_generator = torch.Generator().manual_seed(train.seed + 1)
@@ -126,6 +126,12 @@ class Trainer:
     @property
     def total_steps(self) -> int:
         return self.config.training.warmup_steps + self.config.training.iterations
+
+    @property
+    def _semantic_lr(self) -> float:
+        train = self.config.training
+        return train.contrastive_lr if train.semantic_contrastive_lr is None \
+            else train.semantic_contrastive_lr
 
     @property
     def pixel_dims(self) -> int:
@@ -518,7 +524,7 @@ class Trainer:
         for optimizer, lr, betas in ((self.recon_optimizer, train.lr, train.betas),
                                      (self.phi_optimizer, train.contrastive_lr,
                                       train.contrastive_betas),
-                                     (self.gamma_optimizer, train.contrastive_lr,
+                                     (self.gamma_optimizer, self._semantic_lr,
                                       train.contrastive_betas)):
             for group in optimizer.param_groups:
                 group["lr"], group["betas"] = lr, tuple(betas)

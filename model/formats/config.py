@@ -137,6 +137,9 @@ class TrainingConfig:
     # Weight of the gamma (semantic decoder) contrastive loss; 0 skips it.  On a short CPU
     # budget it turned decoder outputs into grey haze (docs/RESULTS.md), so demo uses 0.
     semantic_contrastive_weight: float = 1.0
+    # Adam lr of the gamma (semantic decoder) contrastive update; None: contrastive_lr.  The
+    # decoder tolerates a far smaller contrastive rate than the DAE does.
+    semantic_contrastive_lr: float | None = None
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
     grad_clip_norm: float = 1.0  # clip of the parameter gradient norm (0: off)
@@ -228,6 +231,9 @@ class TrainingConfig:
                               f"{list(NEGATIVE_AUGMENTATIONS)}")
         if self.pixel_replay_fraction > 0 and self.pixel_replay_size < 1:
             raise ConfigError("pixel_replay_fraction > 0 needs pixel_replay_size >= 1")
+        if self.semantic_contrastive_lr is not None and not (
+                math.isfinite(self.semantic_contrastive_lr) and self.semantic_contrastive_lr > 0):
+            raise ConfigError("semantic_contrastive_lr must be a positive finite number")
         if self.lr_contrastive_phase is not None and not (
                 math.isfinite(self.lr_contrastive_phase) and self.lr_contrastive_phase > 0):
             raise ConfigError("lr_contrastive_phase must be a positive finite number")

@@ -40,3 +40,18 @@ def test_from_dict_rejects_unknown_keys():
     data["network"]["extra"] = 1
     with pytest.raises(ConfigError, match="unknown settings"):
         ExperimentConfig.from_dict(data)
+
+
+def test_semantic_contrastive_lr_round_trips_and_is_validated():
+    from model.formats.config import ConfigError, ExperimentConfig, preset
+
+    for name in ("tiny", "demo", "paper"):
+        assert preset(name).training.semantic_contrastive_lr is None
+    config = preset("demo").replace(training={"semantic_contrastive_lr": 2e-5})
+    again = ExperimentConfig.from_dict(config.to_dict())
+    assert again.training.semantic_contrastive_lr == 2e-5
+    assert ExperimentConfig.from_dict(preset("demo").to_dict()).training \
+        .semantic_contrastive_lr is None
+    for bad in (0.0, -1e-5, float("inf")):
+        with pytest.raises(ConfigError, match="semantic_contrastive_lr"):
+            preset("demo").replace(training={"semantic_contrastive_lr": bad})

@@ -122,3 +122,16 @@ def test_cancellation_between_steps():
 def test_dataset_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="model expects"):
         Trainer(toy_config(), toy_dataset(image_size=16))
+
+
+def test_semantic_contrastive_lr_sets_the_gamma_optimizer_only():
+    """The decoder's contrastive rate can be set apart from the DAE's (None keeps it equal),
+    and a run's own rate survives loading another run's optimizer state."""
+    shared = Trainer(toy_config(), toy_dataset())
+    assert shared.gamma_optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+    own = Trainer(toy_config(semantic_contrastive_lr=1e-5), toy_dataset())
+    assert own.gamma_optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
+    assert own.phi_optimizer.param_groups[0]["lr"] == pytest.approx(2e-3)
+    tensors, meta = shared.state_tensors()
+    own.load_state_tensors(tensors, meta)
+    assert own.gamma_optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)
