@@ -16,6 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from worker.celery_app import create_celery
 
@@ -74,8 +75,12 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                 embedded.stop()
             store.close()
 
-    app = FastAPI(title="Denoising-EBM service", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+    # Swagger UI and ReDoc from assets inside the fastapi-offline package, not a CDN: the
+    # docs must render on machines without internet access.
+    app = FastAPIOffline(title="Denoising-EBM service", version="0.1.0",
+                         description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/static/docs",
+                         swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
                    datasets.router, jobs.router, models.router):

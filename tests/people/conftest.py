@@ -35,9 +35,9 @@ def start_serve(data_dir, log_dir, *, seed_checkpoint=None, keys: bool = True, c
     return LiveServer(proc, base, data_dir, key)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live(tmp_path_factory, tiny_checkpoint):
-    """One embedded server per test module, serving the tiny checkpoint as ``demo:1``."""
+    """One embedded server for these tests, serving the tiny checkpoint as ``demo:1``."""
     root = tmp_path_factory.mktemp("live")
     server = start_serve(root / "data", root, seed_checkpoint=tiny_checkpoint)
     yield server
