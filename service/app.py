@@ -16,6 +16,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from worker.celery_app import create_celery
@@ -27,7 +28,7 @@ from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
 from .jobs import StoreUnavailable, clean_json, open_store
 from .registry import CorruptCheckpoint, ModelRegistry, RegistryError, UnknownModel
-from .routers import datasets, generate, health, jobs, models, score, train
+from .routers import datasets, generate, health, jobs, models, page, score, train
 from .settings import Settings, get_settings
 from .uploads import BodyLimitMiddleware
 
@@ -83,8 +84,9 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
-                   datasets.router, jobs.router, models.router):
+                   datasets.router, jobs.router, models.router, page.router):
         app.include_router(router)
+    app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/ood-score": (settings.max_upload_bytes, "the upload"),

@@ -215,3 +215,19 @@ def errors(*codes: int) -> dict[int, dict[str, Any]]:
     or FastAPI's list of field errors for 422)."""
     return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]}
             for code in codes}
+
+
+class SessionInfo(BaseModel):
+    key_id: str
+    scopes: list[str]
+
+
+class Calibration(BaseModel):
+    model: str
+    count: int = Field(description="held-out images scored")
+    threshold: float = Field(description="scores below this are OOD")
+    false_reject_rate: float | None = None
+    sigma: float | None = None
+    draws: int | None = None
+    quantiles: list[float] = Field(description="0th..100th percentile of held-out scores")
+    histogram: dict[str, list[float]] = Field(description="edges (bins + 1) and counts")
