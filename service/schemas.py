@@ -231,3 +231,9 @@ class Calibration(BaseModel):
     draws: int | None = None
     quantiles: list[float] = Field(description="0th..100th percentile of held-out scores")
     histogram: dict[str, list[float]] = Field(description="edges (bins + 1) and counts")
+
+
+class EventToken(BaseModel):
+    token: str = Field(description="pass as ?token= to GET /jobs/{id}/events")
+    expires_in: int = Field(description="seconds")
+    url: str
