@@ -13,8 +13,9 @@ from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.registry import MODEL_NAME_RE, UnknownModel
+
 from ..deps import ServicesDep, UsePrincipal
-from ..registry import MODEL_NAME_RE, UnknownModel
 from ..schemas import Calibration, SessionInfo, errors
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
