@@ -133,6 +133,12 @@ class TrainResult(BaseModel):
     version: int
     step: int | None = None
     calibrated: bool
+    grids: list[dict[str, Any]] = Field(default_factory=list, description="sample grids saved "
+                                        "every DEBM_TRAIN_SNAPSHOT_EVERY steps: step, url")
+    history: list[dict[str, Any]] = Field(default_factory=list, description="training "
+                                          "metrics (losses, data and negative energies) by "
+                                          "step")
+    history_url: str | None = None
 
 
 class DatasetInfo(BaseModel):

@@ -38,6 +38,7 @@ from core.registry import RegistryError
 from core.trainconfig import TrainingRequestError
 
 from .lease import CancelCheck, LeaseKeeper
+from .live import LiveEvents
 from .runtime import Reporter, TaskRuntime, configure_torch
 
 log = logging.getLogger("debm.worker")
@@ -169,7 +170,8 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
     deadline = time.monotonic() + time_limit if time_limit else None
     cancel = CancelCheck(store, job_id, interrupt=runtime.interrupt, deadline=deadline,
                          lost=keeper.lost)
-    report = Reporter(store, job_id, task, interval=runtime.report_interval)
+    report = Reporter(store, job_id, task, interval=runtime.report_interval,
+                      live=LiveEvents(runtime.events, job_id))
     try:
         result = body(runtime, job, report, cancel)
     except _cancel_errors():

@@ -126,8 +126,9 @@ class Trained:
     version: int
     step: int | None = None
     calibrated: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-    grids: list[str] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics by step
+    grids: list[dict[str, Any]] = field(default_factory=list)  # {"step", "url"}
+    history_url: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Trained":

@@ -23,7 +23,8 @@ import asyncio
 import json
 from typing import Annotated, AsyncIterator
 
-from fastapi import APIRouter, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -35,6 +36,8 @@ from .common import get_job
 router = APIRouter(tags=["jobs"])
 POLL_SECONDS = 0.25
 BATCH = 200
+VISUALS = "visuals"  # DATA/jobs/ID/visuals: training grids and history (worker.live)
+VISUAL_FILE = r"^(grid-\d{6}\.png|history\.json)$"
 
 
 def _principal(request: Request, services, token: str | None, job_id: str):
@@ -119,3 +122,20 @@ async def _stream(services, job_id: str, after: str | None) -> AsyncIterator[Ser
                                if job.status == "succeeded" else None})
             return
         await asyncio.sleep(POLL_SECONDS)
+
+
+@router.get("/jobs/{job_id}/files/{name}",
+            responses={200: {"content": {"image/png": {}, "application/json": {}},
+                             "description": "a training job's sample grid or metric history"},
+                       **errors(401, 404, 503)})
+async def job_file(job_id: str, name: Annotated[str, Path(pattern=VISUAL_FILE)],
+                   services: ServicesDep, principal: UsePrincipal):
+    """Files a training job saves as it runs (listed in its result and announced by
+    ``grid`` events): ``grid-STEP.png`` sample grids and ``history.json``, the metric
+    history."""
+    job = await get_job(services, job_id, principal)
+    path = services.data.job_dir(job.id) / VISUALS / name
+    if not path.is_file():
+        raise HTTPException(404, f"job {job.id} has no file {name!r} (yet)")
+    media = "image/png" if name.endswith(".png") else "application/json"
+    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})

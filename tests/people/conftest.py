@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from tests.support import API_KEY, PYTHON, REPO, Proc, free_port, service_env
-from tests.system.conftest import wait_ready
+from tests.system.conftest import procs, redis_prefix, wait_ready  # noqa: F401 (fixtures)
 
 
 class LiveServer:
@@ -39,7 +39,8 @@ def start_serve(data_dir, log_dir, *, seed_checkpoint=None, keys: bool = True, c
 def live(tmp_path_factory, tiny_checkpoint):
     """One embedded server for these tests, serving the tiny checkpoint as ``demo:1``."""
     root = tmp_path_factory.mktemp("live")
-    server = start_serve(root / "data", root, seed_checkpoint=tiny_checkpoint)
+    server = start_serve(root / "data", root, seed_checkpoint=tiny_checkpoint,
+                         DEBM_TRAIN_SNAPSHOT_EVERY="2")
     yield server
     server.proc.kill()
 
