@@ -355,7 +355,8 @@ $("train-form").addEventListener("submit", guard(async (e) => {
     });
     if (end.status !== "succeeded") throw new Error(`training ${end.status}${end.error ? ": " + end.error : ""}`);
     const result = await api("GET", `/jobs/${job.job_id}/result?format=json`);
-    if (result.history && result.history.length) {  // the saved history is complete
+    const live = (series.dae || []).length + (series.data_energy || []).length;
+    if (result.history && result.history.length > live) {  // the saved history has more
       series = {};
       result.history.forEach(addMetrics);
       drawCurves();

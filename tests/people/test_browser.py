@@ -55,10 +55,13 @@ def server(tmp_path_factory, tiny_checkpoint):
 
 
 def wait_for(driver, condition, timeout: float, what: str):
+    from selenium.common.exceptions import (NoSuchElementException,
+                                            StaleElementReferenceException)
     from selenium.webdriver.support.ui import WebDriverWait
 
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    try:  # the page re-renders tables: an element found a moment ago may be replaced
+        return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(
+            NoSuchElementException, StaleElementReferenceException)).until(condition)
     except Exception:
         error = driver.find_element("id", "error").text
         raise AssertionError(f"timed out after {timeout} s waiting for {what}; the page "

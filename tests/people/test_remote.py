@@ -53,3 +53,34 @@ def test_score_models_jobs_cancel_default(live, tmp_path):
     assert remote(live, "models", "--key-file", str(key_file), key="").returncode == 0
     run = remote(live, "models", "--key-file", str(tmp_path / "none"), key="", check=False)
     assert run.returncode == 2 and "no API key" in run.stderr
+
+
+def test_generate_and_train_with_progress_from_events(live, tmp_path):
+    run = remote(live, "generate", "--n", "4", "--seed", "3", "--steps-latent", "40",
+                 "--steps-pixel", "40", "--out", str(tmp_path / "grid.png"),
+                 "--samples-dir", str(tmp_path / "samples"), "--previews",
+                 str(tmp_path / "previews"), "--progress", "plain")
+    summary = json.loads(run.stdout)
+    assert summary["n"] == 4 and summary["steps"] == 80
+    assert Image.open(tmp_path / "grid.png").size[0] > 8
+    assert len(list((tmp_path / "samples").glob("sample-*.png"))) == 4
+    assert len(list((tmp_path / "previews").glob("preview-*.png"))) >= 5
+    lines = run.stderr.splitlines()
+    assert any(line.startswith("generate latent ") for line in lines), run.stderr
+    assert any(line.startswith("generate pixel 80/80") for line in lines), run.stderr
+
+    run = remote(live, "train", "--dataset", "examples/digits.zip", "--preset", "tiny",
+                 "--set", "training.warmup_steps=2", "training.iterations=2", "--name",
+                 "remotecli", "--out-dir", str(tmp_path / "run"), "--progress", "plain")
+    summary = json.loads(run.stdout)
+    assert summary["model"] == "remotecli:1" and summary["step"] == 4
+    assert "uploaded examples/digits.zip as ds_" in run.stderr
+    assert "train contrastive 4/4" in run.stderr, run.stderr
+    grids = sorted(p.name for p in (tmp_path / "run" / "grids").glob("*.png"))
+    assert grids == ["grid-000002.png", "grid-000004.png"]
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+
+    # a failing job: exit 2 with the job's error
+    run = remote(live, "generate", "--n", "1", "--model", "demo:9", check=False)
+    assert run.returncode == 2 and "404" in run.stderr
