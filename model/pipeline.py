@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +20,10 @@ from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .energies import texture_score
 from .formats.config import ExperimentConfig, SamplerConfig
+from .formats.errors import Cancelled
 from .samplers import (CancelFn, ProgressFn, SampleResult, StateFn, sample,
                        with_overrides)
-from .training import StepCallback, StepMetrics, Trainer, TrainingCancelled
+from .training import StepCallback, StepMetrics, Trainer
 
 SNAPSHOT_N, SNAPSHOT_SEED = 16, 0  # training progress grids: 4x4 samples, one fixed seed
 CALIBRATION_QUANTILES = 101  # 0th..100th percentile of held-out scores
@@ -141,7 +142,7 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
 
     try:
         trainer.run(on_step_end=step_end, should_cancel=should_cancel)
-    except TrainingCancelled:
+    except Cancelled:
         save()
         raise
     calibration = None
@@ -230,19 +231,3 @@ def interpret_scores(calibration: dict[str, Any] | None, scores: torch.Tensor | 
         out.append({"percentile": round(percentile, 2),
                     "is_ood": bool(value < calibration["threshold"])})
     return out
-
-
-def describe_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Summary of a checkpoint without loading weights (for listings)."""
-    try:
-        manifest = read_manifest(directory)
-    except CheckpointError as exc:
-        return {"error": str(exc)}
-    cfg = manifest.get("config", {})
-    return {"step": manifest.get("step"), "preset": cfg.get("preset"),
-            "image_size": cfg.get("network", {}).get("image_size"),
-            "channels": cfg.get("network", {}).get("channels"),
-            "calibrated": manifest.get("calibration") is not None,
-            "metadata": manifest.get("metadata", {})}
-
-

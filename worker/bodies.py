@@ -16,12 +16,14 @@ import shutil
 import uuid
 from typing import Any
 
-from core.datadir import DATASET_ID_RE, atomic_write_bytes
+from core.datadir import DATASET_ID_RE
 from core.jobs import JobRecord
-from core.settings import MODEL_NAME_RE
+from core.names import MODEL_NAME_RE
 from core.trainconfig import build_training_config, training_limits
 from model.formats.archives import BUILTIN_DATASETS
 from model.formats.config import SAMPLER_NAMES
+from model.formats.errors import Cancelled
+from model.formats.files import atomic_write_bytes
 
 from .lease import CancelCheck
 from .lifecycle import Body, JobInputError
@@ -146,9 +148,7 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         scores: list[float] = []
         for start in range(0, len(x), SCORE_BATCH):
             if should_cancel():
-                from model.samplers import SamplingCancelled
-
-                raise SamplingCancelled("scoring cancelled")
+                raise Cancelled("scoring cancelled")
             batch = score_images(loaded, x[start:start + SCORE_BATCH], sigma=scoring.sigma,
                                  draws=scoring.draws, seed=scoring.seed)
             scores.extend(float(s) for s in batch)

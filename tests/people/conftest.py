@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support import API_KEY, PYTHON, REPO, Proc, free_port, service_env
+from tests.support import API_KEY, PYTHON, REPO
+from tests.support.processes import Proc, free_port, service_env
 from tests.system.conftest import procs, redis_prefix, wait_ready  # noqa: F401 (fixtures)
 
 

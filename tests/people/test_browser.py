@@ -17,7 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.support import API_KEY, REPO, dump_logs
+from tests.support import API_KEY, REPO
+from tests.support.processes import dump_logs
 
 from .conftest import start_serve
 

@@ -13,7 +13,8 @@ from PIL import Image
 
 from debm.client import (AsyncClient, Client, DebmError, Generated, Job, Models, Scores,
                          Trained)
-from tests.support import API_KEY, REPO, USE_KEY, free_port, wait_until
+from tests.support import API_KEY, REPO, USE_KEY, wait_until
+from tests.support.processes import free_port
 
 from .conftest import start_serve
 

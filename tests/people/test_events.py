@@ -17,7 +17,8 @@ from debm.client import Client
 from debm.client.sse import SSEParser
 from service.auth import Principal
 from service.event_tokens import TokenError, TokenSigner
-from tests.support import API_KEY, KEY_HEADERS, USE_HEADERS, dump_logs, service_env
+from tests.support import API_KEY, KEY_HEADERS, USE_HEADERS
+from tests.support.processes import dump_logs, service_env
 from tests.system.conftest import start_service
 
 pytestmark = pytest.mark.system

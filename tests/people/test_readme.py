@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, decode_png, dump_logs
+from tests.support import REPO
+from tests.support.images import decode_png
+from tests.support.processes import dump_logs
 
 from .conftest import start_serve
 

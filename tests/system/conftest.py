@@ -7,7 +7,8 @@ import uuid
 import httpx
 import pytest
 
-from tests.support import PYTHON, Proc, dump_logs, free_port, service_env, wait_until
+from tests.support import PYTHON, wait_until
+from tests.support.processes import Proc, dump_logs, free_port, service_env
 
 
 def celery_worker(name: str, queue: str, env: dict, log_dir) -> Proc:

@@ -1,5 +1,5 @@
-"""The fault suite of issue 5, with real processes (uvicorn API, Celery prefork workers) against
-real Redis: workers SIGKILLed mid-job, Redis restarted under load, corrupt checkpoints, a full
+"""The fault suite (docs/OPERATIONS.md), with real processes (uvicorn API, Celery prefork
+workers) against real Redis: workers SIGKILLed mid-job, Redis restarted under load, corrupt checkpoints, a full
 or read-only data directory, and an API restart.  Workers run with DEBM_HEARTBEAT_SECONDS=1,
 so a job whose worker died is recovered within a few seconds (worker.recovery), not after
 Redis' visibility timeout."""
@@ -20,9 +20,12 @@ from core.queue import create_producer
 from core.registry import ModelRegistry
 from core.settings import Settings
 from service.dispatch import Dispatcher
-from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, Proc, RedisServer,
-                           SmallFilesystem, digit_png, dump_logs, image_zip,
-                           service_env, tiny_total_steps, wait_job, wait_until)
+from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, tiny_total_steps,
+                           wait_until)
+from tests.support.filesystem import SmallFilesystem
+from tests.support.images import digit_png, image_zip
+from tests.support.processes import Proc, dump_logs, service_env, wait_job
+from tests.support.redis_db import RedisServer
 from tests.system.conftest import api_server, celery_worker, start_service
 
 pytestmark = pytest.mark.system

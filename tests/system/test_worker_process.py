@@ -15,7 +15,8 @@ from core.queue import create_producer
 from core.registry import ModelRegistry
 from core.settings import Settings
 from service.dispatch import Dispatcher
-from tests.support import dump_logs, service_env, wait_until
+from tests.support import wait_until
+from tests.support.processes import dump_logs, service_env
 from tests.system.conftest import celery_worker
 
 pytestmark = pytest.mark.system
