@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from core.datadir import atomic_write_bytes
 from core.jobs import clean_json
 from core.jobs.events import EventLog
+from model.formats.files import atomic_write_bytes
 
 log = logging.getLogger("debm.worker")
 
