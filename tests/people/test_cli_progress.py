@@ -38,6 +38,7 @@ def run_on_terminal(args: list[str], cwd) -> tuple[int, str, str]:
         elif proc.poll() is not None:
             break
     stdout = proc.stdout.read().decode()
+    proc.stdout.close()
     rc = proc.wait(timeout=300)
     os.close(master)
     return rc, stdout, b"".join(chunks).decode(errors="replace")

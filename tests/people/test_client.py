@@ -125,8 +125,11 @@ def test_429_is_retried_after_retry_after_then_raised(one_job_server):
             assert posts == 3  # the first try and two retries
 
             # A retry that succeeds: the blocking job is cancelled while the client waits.
-            timer = threading.Timer(1.0, lambda: Client(server.base, API_KEY).cancel(
-                blocker.job_id))
+            def unblock():
+                with Client(server.base, API_KEY) as other:
+                    other.cancel(blocker.job_id)
+
+            timer = threading.Timer(1.0, unblock)
             timer.start()
             with Client(server.base, API_KEY, retries=5, max_retry_wait=1.0) as patient:
                 job = patient.generate(n=1, seed=2, wait=False)

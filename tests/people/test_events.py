@@ -77,8 +77,8 @@ def check_generate_stream(base: str, headers: dict) -> None:
     assert stages[0] == "latent" and stages[-1] == "pixel", stages
     assert {"latent", "pixel"} == set(stages) and len(previews) >= 10
     assert 120 in [e.data["step"] for e in previews if e.data["stage"] == "latent"]  # h(z_K)
-    image = Image.open(io.BytesIO(base64.b64decode(previews[-1].data["png_base64"])))
-    assert image.format == "PNG" and image.size[0] >= 8
+    with Image.open(io.BytesIO(base64.b64decode(previews[-1].data["png_base64"]))) as image:
+        assert image.format == "PNG" and image.size[0] >= 8
 
 
 def int_id(event_id: str) -> tuple[int, ...]:

@@ -62,7 +62,8 @@ def test_generate_and_train_with_progress_from_events(live, tmp_path):
                  str(tmp_path / "previews"), "--progress", "plain")
     summary = json.loads(run.stdout)
     assert summary["n"] == 4 and summary["steps"] == 80
-    assert Image.open(tmp_path / "grid.png").size[0] > 8
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[0] > 8
     assert len(list((tmp_path / "samples").glob("sample-*.png"))) == 4
     assert len(list((tmp_path / "previews").glob("preview-*.png"))) >= 5
     lines = run.stderr.splitlines()
