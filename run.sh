@@ -4,7 +4,8 @@
 #   ./run.sh serve [ARGS]   create .venv, install, and serve the demo model with the embedded
 #                           server (API + workers in one process, no Redis): `debm serve ARGS`
 #   ./run.sh test  [ARGS]   create .venv, install, start Redis on 127.0.0.1:6379 if nothing
-#                           answers there, and run the test suite: .venv/bin/python -m pytest -q
+#                           answers there, install chromium + chromium-driver if missing (root,
+#                           apt-get), and run the test suite: .venv/bin/python -m pytest -q
 #   ./run.sh setup          only create/update .venv
 #
 # torch is installed first as the pinned CPU build (TORCH_INDEX_URL, default PyTorch's CPU
@@ -56,11 +57,25 @@ ensure_redis() {
   echo "run.sh: redis-server did not come up" >&2; exit 1
 }
 
+# The browser test (tests/people/test_browser.py) drives Debian's chromium through its
+# chromedriver; install both when either is missing (as root, via apt-get), else say how.
+ensure_browser() {
+  if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return; fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "run.sh: installing chromium and chromium-driver (apt-get) for the browser test" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  else
+    echo "run.sh: the browser test needs chromium and chromium-driver (apt-get install chromium chromium-driver); it fails without them" >&2
+  fi
+}
+
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
   setup) setup ;;
   serve) setup; exec "$VENV/bin/debm" serve "$@" ;;
-  test)  setup; ensure_redis; exec "$VENV/bin/python" -m pytest -q "$@" ;;
-  *) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  test)  setup; ensure_redis; ensure_browser; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  *) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

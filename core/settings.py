@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(7 * 3600, ge=2)
     max_attempts: int = Field(3, ge=1)  # deliveries of one job before it is failed
     train_checkpoint_every: int = Field(25, ge=1)  # when the preset/overrides say 0
+    # Training jobs save a sample grid and their metric history every this many steps (and at
+    # the last step); 0: neither.  GET /jobs/{id}/result, the page and `debm remote` show them.
+    train_snapshot_every: int = Field(50, ge=0)
+    # Lifetime of the signed tokens that let a page open GET /jobs/{id}/events.
+    event_token_seconds: int = Field(300, ge=10, le=86400)
     result_expires: int = Field(7 * 24 * 3600, ge=60)  # Celery result-backend entries
     # Worker liveness for /readyz, and the renewal period of a running job's lease: a job
     # whose lease is not renewed for 3 periods is taken to have lost its worker and is

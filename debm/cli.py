@@ -18,6 +18,7 @@ from model.formats.config import PRESETS, SAMPLER_NAMES
 from model.formats.errors import Cancelled, UserError, user_message
 
 EXIT_USAGE = 2
+PROGRESS_MODES = ("auto", "bar", "plain", "none")
 
 
 class CliError(UserError):
@@ -161,11 +162,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from model.images import grid_png
     from model.pipeline import generate
 
+    from .progress import StepProgress, sampling_callback
+
     loaded = _load(args.checkpoint, args.device)
-    result = generate(loaded, n=args.n, seed=args.seed, sampler=args.sampler,
-                      steps_latent=args.steps_latent, steps_pixel=args.steps_pixel,
-                      step_size_latent=args.step_size_latent,
-                      step_size_pixel=args.step_size_pixel)
+    progress = StepProgress(args.progress, label="sample")
+    try:
+        result = generate(loaded, n=args.n, seed=args.seed, sampler=args.sampler,
+                          steps_latent=args.steps_latent, steps_pixel=args.steps_pixel,
+                          step_size_latent=args.step_size_latent,
+                          step_size_pixel=args.step_size_pixel,
+                          on_progress=sampling_callback(progress))
+    finally:
+        progress.close()
     images = result.semantic if args.semantic else result.images
     if images is None:
         raise CliError(f"--semantic needs the two_stage sampler, not {args.sampler}")
@@ -253,16 +261,23 @@ def _say(message: str) -> None:
 def cmd_eval_ood(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate_ood, format_ood_table
 
+    from .progress import PhaseProgress
+
     datasets = {}
     for item in args.ood_data or []:
         name, sep, spec = item.partition("=")
         if not sep or not name or not spec:
             raise SystemExit(f"--ood-data takes NAME=DATASET, got {item!r}")
         datasets[name] = spec
-    report = evaluate_ood(args.checkpoint, baseline_checkpoint=args.baseline,
-                          per_set=args.per_set, seed=args.seed, device=args.device,
-                          sets=tuple(args.sets) if args.sets is not None else None,
-                          datasets=datasets, on_progress=_say)
+    # phases: one per scorer (the model, its DAE-only baseline, pixel kNN)
+    say = PhaseProgress(3, _say, args.progress, label="eval-ood")
+    try:
+        report = evaluate_ood(args.checkpoint, baseline_checkpoint=args.baseline,
+                              per_set=args.per_set, seed=args.seed, device=args.device,
+                              sets=tuple(args.sets) if args.sets is not None else None,
+                              datasets=datasets, on_progress=say)
+    finally:
+        say.close()
     print(format_ood_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -273,9 +288,20 @@ def cmd_eval_ood(args: argparse.Namespace) -> int:
 def cmd_eval_samples(args: argparse.Namespace) -> int:
     from model.evaluation import evaluate_samples, format_samples_table
 
-    report = evaluate_samples(args.checkpoint, n=args.n, seed=args.seed, device=args.device,
-                              grids_dir=args.grids, rows=args.rows,
-                              classifier_cache=args.classifier_cache, on_progress=_say)
+    from model.evaluation import SAMPLE_ROWS
+
+    from .progress import PhaseProgress
+
+    # phases: the classifier, then one per row ("semantic" shares two_stage's run)
+    rows = [r for r in (args.rows or SAMPLE_ROWS) if r != "semantic" or
+            "two_stage" not in (args.rows or SAMPLE_ROWS)]
+    say = PhaseProgress(1 + len(rows), _say, args.progress, label="eval-samples")
+    try:
+        report = evaluate_samples(args.checkpoint, n=args.n, seed=args.seed,
+                                  device=args.device, grids_dir=args.grids, rows=args.rows,
+                                  classifier_cache=args.classifier_cache, on_progress=say)
+    finally:
+        say.close()
     print(format_samples_table(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -332,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG file")
     p.add_argument("--npz", help="also write the samples, shape (N, C, H, W) in [-1, 1]")
     p.add_argument("--device", default="auto")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+                   help="auto: a bar when stderr is a terminal")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("score", help="OOD scores (-U^c) of image files as JSON")
@@ -375,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "image folder, .zip, .npz); repeat for several, e.g. svhn=~/test_32x32.mat")
     p.add_argument("--json")
     p.add_argument("--device", default="auto")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto")
     p.set_defaults(func=cmd_eval_ood)
 
     p = sub.add_parser("eval-samples", help="sample quality in a classifier's feature space")
@@ -387,6 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier-cache", help="where the feature classifier is cached")
     p.add_argument("--json")
     p.add_argument("--device", default="auto")
+    p.add_argument("--progress", choices=PROGRESS_MODES, default="auto")
     p.set_defaults(func=cmd_eval_samples)
 
     p = sub.add_parser("serve", help="run the API with an embedded worker (no Redis needed)")
@@ -394,12 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_positive_int, default=8000)
     p.add_argument("--data-dir", help="default: $DEBM_DATA_DIR or ./var/debm")
     p.set_defaults(func=cmd_serve)
+
+    from .remote import add_parser as add_remote
+
+    add_remote(sub, _positive_int, _non_negative_int)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "remote":  # a client-only install has no torch: no model imports
+        return _main_remote(args)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -416,6 +452,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a bug: the traceback is for us
         print(f"debm {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def _main_remote(args: argparse.Namespace) -> int:
+    from .client import DebmError
+    from .remote import RemoteError
+
+    try:
+        return args.func(args)
+    except (RemoteError, DebmError, OSError) as exc:
+        print(f"debm remote {args.remote_command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"debm remote {args.remote_command}: interrupted (a queued or running job "
+              "goes on; `debm remote cancel JOB_ID` stops it)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from .distributed import SINGLE, DistContext, barrier
 from .energies import texture_score
 from .formats.config import ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
-from .samplers import (CancelFn, ProgressFn, SampleResult, sample,
+from .samplers import (CancelFn, ProgressFn, SampleResult, StateFn, sample,
                        with_overrides)
 from .training import StepCallback, StepMetrics, Trainer
 
+SNAPSHOT_N, SNAPSHOT_SEED = 16, 0  # training progress grids: 4x4 samples, one fixed seed
 CALIBRATION_QUANTILES = 101  # 0th..100th percentile of held-out scores
 OOD_FALSE_REJECT_RATE = 0.05  # is_ood threshold: 5% of held-out images fall below it
 WARMUP_DIR = "warmup"  # sub-directory holding the reconstruction-only (DAE) checkpoint
@@ -54,10 +55,17 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
                  on_step_end: StepCallback | None = None,
                  should_cancel: CancelFn | None = None,
                  extra_metadata: dict[str, Any] | None = None,
-                 dist: DistContext = SINGLE) -> Path:
+                 dist: DistContext = SINGLE,
+                 snapshot_every: int = 0,
+                 on_snapshot: Callable[[int, torch.Tensor], None] | None = None) -> Path:
     """Train (or resume) into ``out_dir`` and return it.  Writes a resumable checkpoint every
     ``training.checkpoint_every`` steps, on cancellation, and at the end; the final checkpoint
     carries an OOD calibration computed on the held-out split.
+
+    ``on_snapshot(step, images)`` receives SNAPSHOT_N samples of the current model every
+    ``snapshot_every`` steps and at the last step: the checkpoint's sampler with a fixed
+    seed, so successive grids show the same chains as the model learns.  Sampling uses its
+    own generator and restores train mode: the run is the same with or without snapshots.
 
     ``init_from`` continues another run's weights, optimizer, RNG and step under this config
     (same network), e.g. a contrastive phase with new settings after a shared warm-up.  From
@@ -141,6 +149,9 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
             barrier(dist)
         if every and metrics.step % every == 0 and metrics.step < trainer.total_steps:
             save()
+        if on_snapshot is not None and snapshot_every and (
+                metrics.step % snapshot_every == 0 or metrics.step == trainer.total_steps):
+            on_snapshot(metrics.step, snapshot_samples(trainer.model, config))
 
     try:
         trainer.run(on_step_end=step_end, should_cancel=should_cancel)
@@ -156,6 +167,12 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
     return out_dir
 
 
+def snapshot_samples(model, config: ExperimentConfig) -> torch.Tensor:
+    """SNAPSHOT_N two-stage samples of a model in training (for progress grids)."""
+    return sample(model, sampler="two_stage", n=SNAPSHOT_N, seed=SNAPSHOT_SEED,
+                  settings=config.sampler, noise=config.noise).images.detach().cpu()
+
+
 # --- generation ----------------------------------------------------------------------------
 
 def sampler_settings(config: ExperimentConfig, **overrides: Any) -> SamplerConfig:
@@ -165,11 +182,11 @@ def sampler_settings(config: ExperimentConfig, **overrides: Any) -> SamplerConfi
 
 def generate(checkpoint: LoadedCheckpoint, *, n: int, seed: int, sampler: str = "two_stage",
              on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
-             **overrides: Any) -> SampleResult:
+             on_state: StateFn | None = None, **overrides: Any) -> SampleResult:
     settings = sampler_settings(checkpoint.config, **overrides)
     return sample(checkpoint.model, sampler=sampler, n=n, seed=seed, settings=settings,
                   noise=checkpoint.config.noise, on_progress=on_progress,
-                  should_cancel=should_cancel)
+                  should_cancel=should_cancel, on_state=on_state)
 
 
 # --- scoring and calibration ---------------------------------------------------------------

@@ -8,6 +8,9 @@
 
 Every sampler takes an explicit generator, reports progress through ``on_progress(stage, step,
 total)`` and checks ``should_cancel()`` between steps (score_sde_pytorch's registry habit).
+``on_state(stage, step, images)`` sees the chain after each step: ``images()`` renders it as
+images on demand (h(z) in the latent stage), so a caller that previews every few steps pays
+for a decode only then.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CancelFn = Callable[[], bool]
 # Draws a standard-normal tensor of a given shape.  Training passes one that draws at the
 # global batch size and keeps this rank's rows (model/distributed.py); None: the generator.
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
+StateFn = Callable[[str, int, Callable[[], torch.Tensor]], None]
 
 
 @dataclass
@@ -43,7 +47,8 @@ class Sampler(Protocol):
     def __call__(self, model: DenoisingEBM, *, n: int, generator: torch.Generator,
                  settings: SamplerConfig, noise: NoiseConfig,
                  on_progress: ProgressFn | None = None,
-                 should_cancel: CancelFn | None = None) -> SampleResult: ...
+                 should_cancel: CancelFn | None = None,
+                 on_state: StateFn | None = None) -> SampleResult: ...
 
 
 # --- one step ------------------------------------------------------------------------------
@@ -76,7 +81,8 @@ def latent_chain(model: DenoisingEBM, z: torch.Tensor, *, steps: int, step_size:
                  generator: torch.Generator, on_progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None, progress_offset: int = 0,
                  progress_total: int | None = None,
-                 noise_fn: NoiseFn | None = None) -> torch.Tensor:
+                 noise_fn: NoiseFn | None = None, on_state: StateFn | None = None,
+                 clamp: bool = True) -> torch.Tensor:
     """Stage 1: K Langevin steps on the semantic energy U^s(z, sigma) (eq. 15)."""
     total = progress_total if progress_total is not None else steps
     size, channels = model.decoder.config.image_size, model.decoder.config.channels
@@ -90,7 +96,17 @@ def latent_chain(model: DenoisingEBM, z: torch.Tensor, *, steps: int, step_size:
                           noise=noise_fn(tuple(z.shape)) if noise_fn else None)
         if on_progress is not None:
             on_progress("latent", progress_offset + k + 1, total)
+        if on_state is not None:
+            on_state("latent", progress_offset + k + 1,
+                     lambda z=z: decode_latents(model, z, clamp=clamp))
     return z.detach()
+
+
+def decode_latents(model: DenoisingEBM, z: torch.Tensor, *, clamp: bool) -> torch.Tensor:
+    """h(z): the semantic images of latent states."""
+    with torch.no_grad():
+        x = model.decoder(z.detach()).to(z.dtype)  # float32 under bf16 autocast too
+    return x.clamp(-1.0, 1.0) if clamp else x
 
 
 def pixel_chain(model: DenoisingEBM, x: torch.Tensor, *, steps: int, step_size: float,
@@ -98,7 +114,8 @@ def pixel_chain(model: DenoisingEBM, x: torch.Tensor, *, steps: int, step_size: 
                 clamp: bool, generator: torch.Generator, on_progress: ProgressFn | None = None,
                 should_cancel: CancelFn | None = None, progress_offset: int = 0,
                 progress_total: int | None = None,
-                noise_fn: NoiseFn | None = None) -> torch.Tensor:
+                noise_fn: NoiseFn | None = None, on_state: StateFn | None = None
+                ) -> torch.Tensor:
     """Stage 2: T Langevin steps on the texture energy U^c(x, sigma) (eq. 16).
 
     Clamping to [-1, 1] keeps chains in the data range, as IGEBM-style samplers do."""
@@ -114,6 +131,8 @@ def pixel_chain(model: DenoisingEBM, x: torch.Tensor, *, steps: int, step_size: 
             x = x.clamp(-1.0, 1.0)
         if on_progress is not None:
             on_progress("pixel", progress_offset + t + 1, total)
+        if on_state is not None:
+            on_state("pixel", progress_offset + t + 1, lambda x=x: x.detach())
     return x.detach()
 
 
@@ -141,7 +160,8 @@ def _param_like(model: DenoisingEBM) -> torch.Tensor:
 def two_stage(model: DenoisingEBM, *, n: int, generator: torch.Generator,
               settings: SamplerConfig, noise: NoiseConfig,
               on_progress: ProgressFn | None = None,
-              should_cancel: CancelFn | None = None) -> SampleResult:
+              should_cancel: CancelFn | None = None,
+              on_state: StateFn | None = None) -> SampleResult:
     like = _param_like(model)
     total = settings.steps_latent + settings.steps_pixel
     z = torch.randn((n, model.config.latent_dim), generator=generator, device=like.device,
@@ -150,17 +170,14 @@ def two_stage(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                      sigma=settings.sigma_latent, temperature=settings.temperature_latent,
                      grad_clip=settings.grad_clip, generator=generator,
                      on_progress=on_progress, should_cancel=should_cancel,
-                     progress_total=total)
-    with torch.no_grad():
-        semantic = model.decoder(z).to(z.dtype)  # float32 under bf16 autocast too
-    if settings.clamp_pixels:
-        semantic = semantic.clamp(-1.0, 1.0)
+                     progress_total=total, on_state=on_state, clamp=settings.clamp_pixels)
+    semantic = decode_latents(model, z, clamp=settings.clamp_pixels)
     x = pixel_chain(model, semantic, steps=settings.steps_pixel,
                     step_size=settings.step_size_pixel, sigma=settings.sigma_pixel,
                     temperature=settings.temperature_pixel, grad_clip=settings.grad_clip,
                     clamp=settings.clamp_pixels, generator=generator, on_progress=on_progress,
                     should_cancel=should_cancel, progress_offset=settings.steps_latent,
-                    progress_total=total)
+                    progress_total=total, on_state=on_state)
     if settings.final_denoise:
         x = final_denoise(model, x, sigma=settings.sigma_pixel, clamp=settings.clamp_pixels)
     return SampleResult(images=x, semantic=semantic, steps=total)
@@ -169,7 +186,8 @@ def two_stage(model: DenoisingEBM, *, n: int, generator: torch.Generator,
 def texture_only(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                  settings: SamplerConfig, noise: NoiseConfig,
                  on_progress: ProgressFn | None = None,
-                 should_cancel: CancelFn | None = None) -> SampleResult:
+                 should_cancel: CancelFn | None = None,
+                 on_state: StateFn | None = None) -> SampleResult:
     """Pixel Langevin from N(0, I) noise for steps_latent + steps_pixel steps, so that it is
     compared with two_stage at the same number of energy gradients."""
     like = _param_like(model)
@@ -181,7 +199,8 @@ def texture_only(model: DenoisingEBM, *, n: int, generator: torch.Generator,
     x = pixel_chain(model, x, steps=steps, step_size=settings.step_size_pixel,
                     sigma=settings.sigma_pixel, temperature=settings.temperature_pixel,
                     grad_clip=settings.grad_clip, clamp=settings.clamp_pixels,
-                    generator=generator, on_progress=on_progress, should_cancel=should_cancel)
+                    generator=generator, on_progress=on_progress, should_cancel=should_cancel,
+                    on_state=on_state)
     if settings.final_denoise:
         x = final_denoise(model, x, sigma=settings.sigma_pixel, clamp=settings.clamp_pixels)
     return SampleResult(images=x, steps=steps)
@@ -190,7 +209,8 @@ def texture_only(model: DenoisingEBM, *, n: int, generator: torch.Generator,
 def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
              settings: SamplerConfig, noise: NoiseConfig,
              on_progress: ProgressFn | None = None,
-             should_cancel: CancelFn | None = None) -> SampleResult:
+             should_cancel: CancelFn | None = None,
+             on_state: StateFn | None = None) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) with the DAE's score.
 
     Step size alpha_i = eps * sigma_i^2 / sigma_L^2; x <- x + alpha/2 s(x, sigma_i) +
@@ -220,6 +240,8 @@ def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                 step += 1
                 if on_progress is not None:
                     on_progress("annealed", step, total)
+                if on_state is not None:
+                    on_state("annealed", step, lambda x=x: x.clamp(-1.0, 1.0))
         x = model.dae(x, torch.full((n,), sigma_last, device=like.device, dtype=like.dtype)
                       ).to(like.dtype)
     if settings.clamp_pixels:
@@ -243,7 +265,8 @@ def get_sampler(name: str) -> Sampler:
 
 def sample(model: DenoisingEBM, *, sampler: str, n: int, seed: int, settings: SamplerConfig,
            noise: NoiseConfig, on_progress: ProgressFn | None = None,
-           should_cancel: CancelFn | None = None) -> SampleResult:
+           should_cancel: CancelFn | None = None,
+           on_state: StateFn | None = None) -> SampleResult:
     """Draw n samples with the named sampler; the same seed gives the same samples."""
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -256,7 +279,7 @@ def sample(model: DenoisingEBM, *, sampler: str, n: int, seed: int, settings: Sa
     try:
         with precision_context(settings.precision, like.device):
             result = fn(model, n=n, generator=generator, settings=settings, noise=noise,
-                        on_progress=on_progress, should_cancel=should_cancel)
+                        on_progress=on_progress, should_cancel=should_cancel, on_state=on_state)
         if result.images.dtype != torch.float32:
             result.images = result.images.float()
         if result.semantic is not None and result.semantic.dtype != torch.float32:

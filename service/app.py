@@ -17,9 +17,12 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from core.datadir import DataDir, DataDirError
 from core.jobs import StoreUnavailable, clean_json, open_store
+from core.jobs.events import open_event_log
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
                            UnknownModel)
@@ -30,7 +33,8 @@ from .auth import load_keys
 from .dataset_check import DatasetRejected
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
-from .routers import datasets, generate, health, jobs, models, score, train
+from .event_tokens import TokenSigner, load_secret
+from .routers import datasets, events, generate, health, jobs, models, page, score, train
 from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
 log = logging.getLogger("debm.api")
@@ -57,7 +61,9 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
     services = Services(settings=settings, data=data, store=store, registry=registry,
                         keys=keys, dispatcher=Dispatcher(settings, store, celery, data),
-                        celery=celery, embedded=embedded)
+                        celery=celery, embedded=embedded, events=open_event_log(settings),
+                        event_tokens=TokenSigner(load_secret(settings.data_root),
+                                                 settings.event_token_seconds))
     try:
         seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
         if seeded:
@@ -76,13 +82,19 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
             if embedded is not None:
                 embedded.stop()
             store.close()
+            services.events.close()
 
-    app = FastAPI(title="Denoising-EBM service", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+    # Swagger UI and ReDoc from assets inside the fastapi-offline package, not a CDN: the
+    # docs must render on machines without internet access.
+    app = FastAPIOffline(title="Denoising-EBM service", version="0.1.0",
+                         description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/static/docs",
+                         swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
-                   datasets.router, jobs.router, models.router):
+                   datasets.router, jobs.router, events.router, models.router, page.router):
         app.include_router(router)
+    app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/ood-score": (settings.max_upload_bytes, "the upload"),

@@ -36,6 +36,8 @@ class Services:
     dispatcher: Dispatcher
     celery: Any
     embedded: Any = None  # debm.serve.EmbeddedWorkers in embedded mode
+    events: Any = None  # core.jobs.events.EventLog: GET /jobs/{id}/events reads it
+    event_tokens: Any = None  # service.event_tokens.TokenSigner
 
     @property
     def mode(self) -> str:

@@ -136,6 +136,12 @@ class TrainResult(BaseModel):
     version: int
     step: int | None = None
     calibrated: bool
+    grids: list[dict[str, Any]] = Field(default_factory=list, description="sample grids saved "
+                                        "every DEBM_TRAIN_SNAPSHOT_EVERY steps: step, url")
+    history: list[dict[str, Any]] = Field(default_factory=list, description="training "
+                                          "metrics (losses, data and negative energies) by "
+                                          "step")
+    history_url: str | None = None
 
 
 class DatasetInfo(BaseModel):
@@ -220,3 +226,25 @@ def errors(*codes: int) -> dict[int, dict[str, Any]]:
     or FastAPI's list of field errors for 422)."""
     return {code: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[code]}
             for code in codes}
+
+
+class SessionInfo(BaseModel):
+    key_id: str
+    scopes: list[str]
+
+
+class Calibration(BaseModel):
+    model: str
+    count: int = Field(description="held-out images scored")
+    threshold: float = Field(description="scores below this are OOD")
+    false_reject_rate: float | None = None
+    sigma: float | None = None
+    draws: int | None = None
+    quantiles: list[float] = Field(description="0th..100th percentile of held-out scores")
+    histogram: dict[str, list[float]] = Field(description="edges (bins + 1) and counts")
+
+
+class EventToken(BaseModel):
+    token: str = Field(description="pass as ?token= to GET /jobs/{id}/events")
+    expires_in: int = Field(description="seconds")
+    url: str

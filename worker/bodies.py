@@ -27,6 +27,7 @@ from model.formats.files import atomic_write_bytes
 
 from .lease import CancelCheck
 from .lifecycle import Body, JobInputError
+from .live import VISUALS, LiveEvents, TrainingVisuals
 from .runtime import Reporter, TaskRuntime
 
 log = logging.getLogger("debm.worker")
@@ -85,7 +86,7 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     }
     model_ref, loaded = _model_of(runtime, params)
     result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
-                      should_cancel=should_cancel, **overrides)
+                      should_cancel=should_cancel, on_state=report.preview, **overrides)
     final = runtime.data.result_dir(job.id)
     staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
@@ -246,21 +247,35 @@ def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         log.info("job %s: resuming from %s", job.id, out_dir)
     metadata = {"job_id": job.id, "dataset": params.get("dataset"), "model_name": name}
     gpus = _int_param(params, "gpus", low=1, high=64, default=1)
+    every = settings.train_snapshot_every
+    visuals = TrainingVisuals(runtime.data.job_dir(job.id) / VISUALS, job.id, every,
+                              report.live or LiveEvents(None, job.id))
+    if resume:
+        visuals.resume_from(int(read_manifest(out_dir).get("step") or 0))
+
+    def on_step_end(metrics) -> None:
+        report.training(metrics)
+        visuals.on_metrics(metrics)
+
     if gpus > 1:  # data-parallel ranks in child processes, same checkpoint contract
         from model.ddp_train import launch_ranks
 
+        # The ranks run in child processes, so sample grids (drawn by the model in-process)
+        # are not made there; metric curves are.
         launch_ranks(config, out_dir, nproc=gpus, resume=resume, device=settings.device,
                      dataset_path=_dataset_file(runtime, job.id, dataset),
-                     extra_metadata=metadata, on_step_end=report.training,
+                     extra_metadata=metadata, on_step_end=on_step_end,
                      should_cancel=should_cancel, threads=settings.torch_threads)
     else:
         run_training(config, out_dir, resume=resume, device=settings.device, dataset=dataset,
-                     on_step_end=report.training, should_cancel=should_cancel,
-                     extra_metadata=metadata)
+                     on_step_end=on_step_end, should_cancel=should_cancel,
+                     extra_metadata=metadata, snapshot_every=every,
+                     on_snapshot=visuals.on_snapshot if every else None)
     # Registration is keyed by the job id: a second delivery finds the same version.
     version = runtime.registry.register(name, out_dir, job_id=job.id)
     manifest = read_manifest(out_dir)
     return {"model": f"{name}:{version}", "name": name, "version": version,
+            **(visuals.summary() if every else {}),
             "step": manifest.get("step"), "resumed": resume,
             "calibrated": manifest.get("calibration") is not None,
             "final_data_energy": manifest.get("metadata", {}).get("final_data_energy"),

@@ -37,6 +37,7 @@ from core.jobs import CANCELLED, FAILED, SUCCEEDED, JobRecord, StoreUnavailable
 from model.formats.errors import Cancelled, UserError, user_message
 
 from .lease import CancelCheck, LeaseKeeper
+from .live import LiveEvents
 from .runtime import Reporter, TaskRuntime, configure_torch
 
 log = logging.getLogger("debm.worker")
@@ -150,7 +151,8 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
     deadline = time.monotonic() + time_limit if time_limit else None
     cancel = CancelCheck(store, job_id, interrupt=runtime.interrupt, deadline=deadline,
                          lost=keeper.lost)
-    report = Reporter(store, job_id, task, interval=runtime.report_interval)
+    report = Reporter(store, job_id, task, interval=runtime.report_interval,
+                      live=LiveEvents(runtime.events, job_id))
     try:
         result = body(runtime, job, report, cancel)
     except Cancelled:

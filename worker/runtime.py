@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from core.datadir import DataDir
 from core.jobs import JobStore, open_store
+from core.jobs.events import EventLog, open_event_log
 from core.registry import ModelRegistry
 from core.settings import Settings
 
 from .cache import ModelCache
+from .live import LiveEvents
 
 if TYPE_CHECKING:
     from .celery_app import WorkerApp
@@ -38,6 +40,7 @@ class TaskRuntime:
     # their jobs are requeued (not cancelled).
     interrupt: threading.Event = field(default_factory=threading.Event)
     report_interval: float = 0.5  # seconds between progress writes (0: every step)
+    events: EventLog | None = None  # the per-job event logs behind GET /jobs/{id}/events
 
     @classmethod
     def create(cls, settings: Settings, *, interrupt: threading.Event | None = None
@@ -47,7 +50,8 @@ class TaskRuntime:
         runtime = cls(settings=settings, store=open_store(settings), data=data,
                       registry=registry,
                       models=ModelCache(registry, device=settings.device,
-                                        capacity=settings.model_cache_size))
+                                        capacity=settings.model_cache_size),
+                      events=open_event_log(settings))
         if interrupt is not None:
             runtime.interrupt = interrupt
         return runtime
@@ -83,9 +87,12 @@ class Reporter:
     """Writes progress to the job record and, inside a Celery worker, to the task state
     (``update_state(state="PROGRESS")``), at most every ``interval`` seconds."""
 
-    def __init__(self, store: JobStore, job_id: str, task=None, *, interval: float = 0.5):
+    def __init__(self, store: JobStore, job_id: str, task=None, *, interval: float = 0.5,
+                 live: LiveEvents | None = None):
         self.store, self.job_id, self.task, self.interval = store, job_id, task, interval
+        self.live = live  # the job's event stream (progress, metrics, previews)
         self._last = 0.0
+        self._total = 0
 
     def __call__(self, progress: dict[str, Any], metrics: dict[str, Any] | None = None,
                  *, force: bool = False) -> None:
@@ -97,6 +104,10 @@ class Reporter:
             self.store.report(self.job_id, progress=progress, metrics=metrics)
         except Exception as exc:  # progress is best effort; the job goes on
             log.warning("job %s: progress not recorded: %s", self.job_id, exc)
+        if self.live is not None:
+            self.live.progress(progress)
+            if metrics is not None:
+                self.live.metrics(metrics)
         task = self.task
         if task is not None and getattr(task.request, "id", None) and \
                 not task.request.called_directly:
@@ -105,7 +116,13 @@ class Reporter:
             except Exception as exc:
                 log.warning("job %s: update_state failed: %s", self.job_id, exc)
 
+    def preview(self, stage: str, step: int, images) -> None:
+        """The samplers' ``on_state``: preview grids of the chain into the event stream."""
+        if self.live is not None:
+            self.live.preview(stage, step, self._total, images)
+
     def sampling(self, stage: str, step: int, total: int) -> None:
+        self._total = total
         self({"stage": stage, "step": step, "total": total,
               "fraction": round(step / total, 4) if total else 1.0}, force=step == total)
 

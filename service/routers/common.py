@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from typing import Any
 
@@ -111,4 +112,15 @@ def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreRes
         return ScoreResult(job_id=job.id, model=r["model"], calibrated=r["calibrated"],
                            results=r["results"])
     return TrainResult(job_id=job.id, model=r["model"], name=r["name"], version=r["version"],
-                       step=r.get("step"), calibrated=r.get("calibrated", False))
+                       step=r.get("step"), calibrated=r.get("calibrated", False),
+                       grids=r.get("grids") or [], history=_history(services, job),
+                       history_url=r.get("history_url"))
+
+
+def _history(services: Services, job: JobRecord) -> list[dict[str, Any]]:
+    path = services.data.job_dir(job.id) / "visuals" / "history.json"
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return history if isinstance(history, list) else []

@@ -13,7 +13,7 @@ from core.jobs import CANCELLED, SUCCEEDED
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus,
                        ScoreResult, TrainResult, errors)
-from .common import get_job, job_view, not_ready, result_json
+from .common import check_wait, get_job, job_view, not_ready, result_json, wait_for
 
 router = APIRouter(tags=["jobs"])
 ERRORS = errors(401, 404, 422, 503)
@@ -35,10 +35,18 @@ async def list_jobs(services: ServicesDep, principal: UsePrincipal,
 
 
 @router.get("/jobs/{job_id}", response_model=Job, responses=ERRORS)
-async def get_job_status(job_id: str, services: ServicesDep, principal: UsePrincipal):
+async def get_job_status(job_id: str, services: ServicesDep, principal: UsePrincipal,
+                         wait: Annotated[float | None, Query(
+                             description="seconds to wait for the job to finish (at most "
+                                         "DEBM_MAX_WAIT_SECONDS); answers with its state "
+                                         "then, final or not")] = None):
     """Status (queued, running, succeeded, failed, cancelled), progress, latest metrics,
     error."""
-    return job_view(await get_job(services, job_id, principal))
+    job = await get_job(services, job_id, principal)
+    seconds = check_wait(wait, services)
+    if seconds > 0 and not job.final:
+        job = await wait_for(services, job.id, seconds) or job
+    return job_view(job)
 
 
 @router.get(

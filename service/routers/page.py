@@ -1,0 +1,96 @@
+"""The web page at / (static files shipped in the package: plain HTML, JS and CSS, no CDN,
+no build step), GET /session (who the page's key is) and GET /models/{name}/calibration
+(the held-out score distribution the page draws scores against)."""
+
+from __future__ import annotations
+
+import bisect
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from core.registry import MODEL_NAME_RE, UnknownModel
+
+from ..deps import ServicesDep, UsePrincipal
+from ..schemas import Calibration, SessionInfo, errors
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+HISTOGRAM_BINS = 40
+
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    # no-cache: a service upgrade must not leave browsers on an old page
+    return FileResponse(STATIC / "index.html", media_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/session", response_model=SessionInfo, tags=["session"],
+            responses=errors(401))
+async def session(principal: UsePrincipal) -> SessionInfo:
+    """The key's id and scopes (the page shows admin controls only to admin keys)."""
+    return SessionInfo(key_id=principal.key_id, scopes=sorted(principal.scopes))
+
+
+def cdf_at(value: float, quantiles: list[float]) -> float:
+    """P(score <= value) from evenly spaced quantiles (linear between them)."""
+    if value <= quantiles[0]:
+        return 0.0
+    if value >= quantiles[-1]:
+        return 1.0
+    last = len(quantiles) - 1
+    i = bisect.bisect_right(quantiles, value) - 1
+    lo, hi = quantiles[i], quantiles[i + 1]
+    within = (value - lo) / (hi - lo) if hi > lo else 1.0
+    return (i + within) / last
+
+
+def histogram(quantiles: list[float], count: int, bins: int = HISTOGRAM_BINS
+              ) -> dict[str, list[float]]:
+    """Counts of held-out scores per equal-width bin, rebuilt from the stored quantiles."""
+    lo, hi = quantiles[0], quantiles[-1]
+    if not hi > lo:
+        return {"edges": [lo, hi], "counts": [float(count)]}
+    edges = [lo + (hi - lo) * i / bins for i in range(bins + 1)]
+    cdf = [cdf_at(e, quantiles) for e in edges]
+    return {"edges": edges,
+            "counts": [round((cdf[i + 1] - cdf[i]) * count, 3) for i in range(bins)]}
+
+
+def read_calibration(services, name: str, version: int | None) -> Calibration:
+    if not MODEL_NAME_RE.match(name):
+        raise UnknownModel(f"unknown model {name!r}")
+    spec = name if version is None else f"{name}:{version}"
+    name, version = services.registry.resolve(spec, default_model=name)
+    try:
+        manifest = json.loads((services.registry.path(name, version) /
+                               "checkpoint.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HTTPException(409, f"model {name}:{version}: unreadable manifest ({exc})")
+    calibration: dict[str, Any] | None = manifest.get("calibration")
+    if not calibration or len(calibration.get("quantiles") or []) < 2:
+        raise HTTPException(409, f"model {name}:{version} is not calibrated; run "
+                                 "`debm calibrate` on its checkpoint")
+    quantiles = [float(q) for q in calibration["quantiles"]]
+    return Calibration(model=f"{name}:{version}", count=int(calibration["count"]),
+                       threshold=float(calibration["threshold"]),
+                       false_reject_rate=calibration.get("false_reject_rate"),
+                       sigma=calibration.get("sigma"), draws=calibration.get("draws"),
+                       quantiles=quantiles,
+                       histogram=histogram(quantiles, int(calibration["count"])))
+
+
+@router.get("/models/{name}/calibration", response_model=Calibration, tags=["models"],
+            responses=errors(401, 404, 409, 422))
+async def calibration(name: str, services: ServicesDep, principal: UsePrincipal,
+                      version: Annotated[int | None, Query(ge=1)] = None) -> Calibration:
+    """The held-out score distribution of a model version (default: its default version):
+    the quantiles that percentiles are read from, a histogram rebuilt from them, and the
+    OOD threshold (scores below it are OOD)."""
+    return await run_in_threadpool(read_calibration, services, name, version)
