@@ -100,7 +100,7 @@ def _progress_printer(total: int, quiet: bool):
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.config import preset
+    from model.formats.config import preset
     from model.pipeline import run_training
 
     config = preset(args.preset)
@@ -167,7 +167,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _read_images(paths: Sequence[str], *, max_pixels: int):
-    from model.imagefile import ImageRejected, read_image_file
+    from model.formats.imagefile import ImageRejected, read_image_file
 
     images = []
     for path in paths:
@@ -264,7 +264,7 @@ def cmd_eval_samples(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.embedded import serve
+    from debm.serve import serve
 
     serve(host=args.host, port=args.port, data_dir=args.data_dir)
     return 0
@@ -374,8 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from model.checkpoints import CheckpointError
-    from model.config import ConfigError
     from model.data import DatasetError
+    from model.formats.config import ConfigError
     from model.training import EnergyExplosion, TrainingCancelled
 
     user_errors = (CliError, CheckpointError, ConfigError, DatasetError, EnergyExplosion,

@@ -27,9 +27,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as serialize_tensors
 
-from .config import ConfigError, ExperimentConfig
-from .manifest import (FORMAT, FORMAT_VERSION, MANIFEST, CheckpointError, checked_file,
-                       read_manifest, sha256_file)
+from .formats.config import ConfigError, ExperimentConfig
+from .formats.manifest import (FORMAT, FORMAT_VERSION, MANIFEST,
+                               CheckpointError, checked_file, read_manifest,
+                               sha256_file)
 from .networks import DenoisingEBM
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "export_checkpoint", "load_checkpoint",

@@ -37,8 +37,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .checkpoints import atomic_write_json
-from .config import ExperimentConfig
 from .data import DatasetError, ImageDataset, to_model_range
+from .formats.config import ExperimentConfig
 
 CACHE_ENV = "DEBM_CACHE_DIR"
 CODE_VERSION = 2  # bump when DigitCNN or the training loop changes: old caches no longer apply

@@ -28,10 +28,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .archives import (BUILTIN_DATASETS, IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEYS,
-                       MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED, DatasetError, check_zip_member,
-                       is_metadata_member, pixel_value_scale)
-from .imagefile import ImageRejected, decode_image
+from .formats.archives import (BUILTIN_DATASETS, IMAGE_ARRAY_KEYS,
+                               IMAGE_SUFFIXES, LABEL_ARRAY_KEYS,
+                               MAX_ZIP_MEMBERS, MAX_ZIP_UNCOMPRESSED,
+                               DatasetError, check_zip_member,
+                               is_metadata_member, pixel_value_scale)
+from .formats.imagefile import ImageRejected, decode_image
 
 __all__ = ["BUILTIN_DATASETS", "DatasetError", "ImageDataset", "check_zip_member",
            "load_dataset"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import NoiseConfig
+from .formats.config import NoiseConfig
 from .networks import DenoisingUNet, SemanticDecoder
 
 SigmaLike = float | torch.Tensor

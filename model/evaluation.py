@@ -31,9 +31,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .checkpoints import MANIFEST, CheckpointError, LoadedCheckpoint, load_checkpoint
-from .config import ConfigError
+from .checkpoints import (MANIFEST, CheckpointError, LoadedCheckpoint,
+                          load_checkpoint)
 from .data import DatasetError, to_model_range
+from .formats.config import ConfigError
 from .metrics import auroc, ood_metrics
 from .ood_sets import OOD_SETS, blank_count, build_ood_set
 from .pipeline import load_splits, resolve_device, score_images

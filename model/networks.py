@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import NetworkConfig
+from .formats.config import NetworkConfig
 
 
 def sigma_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:

@@ -18,10 +18,12 @@ import torch
 
 from .checkpoints import (CheckpointError, LoadedCheckpoint, load_checkpoint,
                           load_training_state, read_manifest, save_checkpoint)
-from .config import ExperimentConfig, SamplerConfig
-from .data import ImageDataset, load_dataset, to_model_range, train_holdout_split
+from .data import (ImageDataset, load_dataset, to_model_range,
+                   train_holdout_split)
 from .energies import texture_score
-from .samplers import CancelFn, ProgressFn, SampleResult, sample, with_overrides
+from .formats.config import ExperimentConfig, SamplerConfig
+from .samplers import (CancelFn, ProgressFn, SampleResult, sample,
+                       with_overrides)
 from .training import StepCallback, StepMetrics, Trainer, TrainingCancelled
 
 CALIBRATION_QUANTILES = 101  # 0th..100th percentile of held-out scores

@@ -19,8 +19,8 @@ from typing import Callable, Protocol
 
 import torch
 
-from .config import NoiseConfig, SamplerConfig
 from .energies import semantic_energy_grad, sigma_grid, texture_energy_grad
+from .formats.config import NoiseConfig, SamplerConfig
 from .networks import DenoisingEBM
 
 ProgressFn = Callable[[str, int, int], None]

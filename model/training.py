@@ -42,11 +42,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .config import ExperimentConfig
 from .augment import negative_augment
 from .data import ImageDataset, sample_batch
-from .energies import (latent_moment_penalty, reconstruction_losses, semantic_energy,
-                       sigma_grid, texture_energy)
+from .energies import (latent_moment_penalty, reconstruction_losses,
+                       semantic_energy, sigma_grid, texture_energy)
+from .formats.config import ExperimentConfig
 from .networks import DenoisingEBM
 from .samplers import CancelFn, SamplingCancelled, latent_chain, pixel_chain
 

@@ -17,17 +17,18 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from worker.celery_app import create_celery
+from core.datadir import DataDir, DataDirError
+from core.jobs import StoreUnavailable, clean_json, open_store
+from core.queue import create_producer
+from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
+                           UnknownModel)
+from core.settings import Settings, get_settings
 
 from .auth import load_keys
 from .dataset_check import DatasetRejected
-from .datadir import DataDir, DataDirError
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
-from .jobs import StoreUnavailable, clean_json, open_store
-from .registry import CorruptCheckpoint, ModelRegistry, RegistryError, UnknownModel
 from .routers import datasets, generate, health, jobs, models, score, train
-from .settings import Settings, get_settings
 from .uploads import BodyLimitMiddleware
 
 log = logging.getLogger("debm.api")
@@ -42,7 +43,7 @@ poll `GET /jobs/{id}` and fetch `GET /jobs/{id}/result`.
 
 
 def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
-    """Build the app.  ``embedded`` (service.embedded.EmbeddedWorkers) runs the Celery
+    """Build the app.  ``embedded`` (debm.serve.EmbeddedWorkers) runs the Celery
     workers in this process; without it the app only enqueues (distributed mode, or route
     tests)."""
     settings = settings or get_settings()
@@ -51,7 +52,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     store = open_store(settings)
     registry = ModelRegistry(data.models)
     keys = load_keys(settings)
-    celery = create_celery(settings)  # a producer: sends tasks by name, has no task code
+    celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
     services = Services(settings=settings, data=data, store=store, registry=registry,
                         keys=keys, dispatcher=Dispatcher(settings, store, celery, data),
                         celery=celery, embedded=embedded)

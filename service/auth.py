@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .settings import Settings, parse_api_keys
+from core.settings import Settings, parse_api_keys
 
 log = logging.getLogger("debm.auth")
 

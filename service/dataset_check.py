@@ -3,8 +3,8 @@
 The API runs these checks before a dataset is stored, so a bad upload is answered with a 4xx
 naming the problem; the training worker reads the file again through model.data, which
 repeats its own checks (model.data imports torch, so the API cannot use it).  The member rules
-are model.archives' (torch-free, shared with model.data): no path traversal, no nested
-archives, no zip bombs, every member a PNG/JPEG/WebP image that model.imagefile accepts.
+are model.formats.archives' (torch-free, shared with model.data): no path traversal, no nested
+archives, no zip bombs, every member a PNG/JPEG/WebP image that model.formats.imagefile accepts.
 .npz files are read without pickle, one array header and then the data in chunks, so a large
 array never sits in API memory whole.
 """
@@ -18,10 +18,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from model.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, MAX_ZIP_UNCOMPRESSED,
-                            DatasetError, check_zip_member, is_metadata_member,
-                            pixel_value_scale)
-from model.imagefile import ImageRejected, decode_image
+from model.formats.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES,
+                                    MAX_ZIP_UNCOMPRESSED, DatasetError,
+                                    check_zip_member, is_metadata_member,
+                                    pixel_value_scale)
+from model.formats.imagefile import ImageRejected, decode_image
 
 CHUNK_BYTES = 8 << 20
 # An .npz member is a flat array name; anything else (folders, traversal) is refused.
@@ -30,7 +31,7 @@ STATUS_OF_KIND = {"invalid": 422, "too_large": 413, "unsupported": 415}
 
 
 class DatasetRejected(DatasetError):
-    """model.archives.DatasetError with the HTTP status the API answers: kind "invalid"
+    """model.formats.archives.DatasetError with the HTTP status the API answers: kind "invalid"
     (422), "too_large" (413) or, for the API only, "unsupported" (415: not a format we
     accept)."""
 
@@ -193,7 +194,7 @@ def _check_shape(key: str, shape: tuple[int, ...]) -> DatasetSummary:
 
 def _check_values(handle, key: str, dtype: np.dtype, count: int) -> None:
     """Stream the data in chunks: finite, and within a range model.data accepts
-    (model.archives.pixel_value_scale, the rule model.data converts pixels with)."""
+    (model.formats.archives.pixel_value_scale, the rule model.data converts pixels with)."""
     per_chunk = max(1, CHUNK_BYTES // dtype.itemsize)
     remaining, lo, hi = count, np.inf, -np.inf
     while remaining:

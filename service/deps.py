@@ -12,14 +12,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Security
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import (APIKeyHeader, HTTPAuthorizationCredentials,
+                              HTTPBearer)
+
+from core.datadir import DataDir
+from core.jobs import JobStore
+from core.registry import ModelRegistry
+from core.settings import Settings
 
 from .auth import KeyRing, Principal
-from .datadir import DataDir
 from .dispatch import Dispatcher
-from .jobs import JobStore
-from .registry import ModelRegistry
-from .settings import Settings
 
 log = logging.getLogger("debm.auth")
 
@@ -33,7 +35,7 @@ class Services:
     keys: KeyRing
     dispatcher: Dispatcher
     celery: Any
-    embedded: Any = None  # service.embedded.EmbeddedWorkers in embedded mode
+    embedded: Any = None  # debm.serve.EmbeddedWorkers in embedded mode
 
     @property
     def mode(self) -> str:

@@ -11,11 +11,10 @@ import logging
 import shutil
 from typing import Any
 
-from worker.names import QUEUE_FOR_KIND, TASK_FOR_KIND
-
-from .datadir import DataDir, new_job_id
-from .jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
-from .settings import Settings
+from core.datadir import DataDir, new_job_id
+from core.jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
+from core.queue import send_job
+from core.settings import Settings
 
 log = logging.getLogger("debm.api")
 
@@ -76,8 +75,7 @@ class Dispatcher:
         return job
 
     def send(self, job: JobRecord) -> None:
-        self.celery.send_task(TASK_FOR_KIND[job.kind], kwargs={"job_id": job.id},
-                              task_id=job.id, queue=QUEUE_FOR_KIND[job.kind])
+        send_job(self.celery, job.kind, job.id)
 
     def cancel(self, job_id: str) -> JobRecord | None:
         job = self.store.request_cancel(job_id)

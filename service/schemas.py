@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.config import SAMPLER_NAMES  # torch-free
+from model.formats.config import SAMPLER_NAMES  # torch-free
 
 MODEL_SPEC = r"^[a-z0-9][a-z0-9_-]{0,63}(:[1-9][0-9]{0,8})?$"
 MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"

@@ -1,6 +1,9 @@
-"""Session fixtures shared by tests/service, tests/worker and tests/system."""
+"""Fixtures shared by every test folder: the tiny checkpoint, a Redis DB of this session's own,
+and a job store on each back end."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 
@@ -11,7 +14,7 @@ def tiny_checkpoint(tmp_path_factory):
     session in a few seconds."""
     import torch
 
-    from model.config import preset
+    from model.formats.config import preset
     from model.pipeline import run_training
 
     out = tmp_path_factory.mktemp("tiny") / "checkpoint"
@@ -34,3 +37,18 @@ def redis_url():
         yield url
     finally:
         release()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """A job store on each back end: SQLite in a temp dir, and Redis under a prefix of its own."""
+    from core.jobs import RedisJobStore, SqliteJobStore
+
+    if request.param == "sqlite":
+        yield SqliteJobStore(tmp_path / "jobs.sqlite")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisJobStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}")
+        yield s
+        for key in s.client.scan_iter(match=f"{s.prefix}:*"):
+            s.client.delete(key)

@@ -33,11 +33,20 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
 
 def tiny_total_steps(**training) -> int:
-    """Warm-up + iterations of the tiny preset (with overrides), as model.config defines it."""
-    from model.config import preset
+    """Warm-up + iterations of the tiny preset (with overrides), as model.formats.config defines it."""
+    from model.formats.config import preset
 
     config = preset("tiny").replace(training=training) if training else preset("tiny")
     return config.training.warmup_steps + config.training.iterations
+
+
+def new_job(store, owner="alice", kind="generate", **params):
+    """Create a queued job with a random id in ``store``."""
+    import uuid
+
+    from core.jobs import JobRecord
+
+    return store.create(JobRecord(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params))
 
 
 # --- images ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Loaded checkpoints, cached per worker process by (name, version).
 
-Versions are immutable (service.registry), so a cached version never goes stale; the cache
+Versions are immutable (core.registry), so a cached version never goes stale; the cache
 only bounds memory (least recently used out).  It is created lazily inside the process that
 runs tasks, i.e. after the prefork pool forked, so the parent never touches CUDA.
 """
@@ -11,7 +11,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from service.registry import ModelRegistry
+from core.registry import ModelRegistry
 
 
 class ModelCache:

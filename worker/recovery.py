@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from service.jobs import CANCELLED, FAILED, QUEUED, RUNNING, JobStore, StoreUnavailable
-from service.settings import Settings
-
-from .names import QUEUE_FOR_KIND
+from core.jobs import (CANCELLED, FAILED, QUEUED, RUNNING, JobStore,
+                       RedisJobStore, StoreUnavailable)
+from core.names import QUEUE_FOR_KIND
+from core.settings import Settings
 
 log = logging.getLogger("debm.recovery")
 
@@ -130,20 +130,15 @@ def recover_orphans(store: JobStore, settings: Settings, queues: list[str],
 
 
 class Recovery:
-    """Runs ``recover_orphans`` for one worker; ``step()`` is called by its heartbeat."""
+    """Runs ``recover_orphans`` for one worker; ``step()`` is called by its heartbeat.
+    ``send(kind, job_id)`` sends a job's task (core.queue.send_job on the worker's app)."""
 
-    def __init__(self, app, store: JobStore, queues: list[str]):
-        self.app, self.store, self.queues = app, store, queues
-        self.settings: Settings = app.debm_settings
-
-    def send(self, kind: str, job_id: str) -> None:
-        from .names import TASK_FOR_KIND
-
-        self.app.send_task(TASK_FOR_KIND[kind], kwargs={"job_id": job_id}, task_id=job_id,
-                           queue=QUEUE_FOR_KIND[kind])
+    def __init__(self, settings: Settings, store: JobStore, queues: list[str],
+                 send: Callable[[str, str], None]):
+        self.settings, self.store, self.queues, self.send = settings, store, queues, send
 
     def step(self) -> list[str]:
-        client = getattr(self.store, "client", None)
+        client = self.store.client if isinstance(self.store, RedisJobStore) else None
         try:
             return recover_orphans(self.store, self.settings, self.queues, self.send,
                                    broker=client)

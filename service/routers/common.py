@@ -11,9 +11,10 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from ..datadir import JOB_ID_RE
+from core.datadir import JOB_ID_RE
+from core.jobs import SUCCEEDED, JobRecord
+
 from ..deps import Services
-from ..jobs import SUCCEEDED, JobRecord
 from ..schemas import GenerateResult, Job, ScoreResult, TrainResult
 
 

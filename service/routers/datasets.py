@@ -12,8 +12,10 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..dataset_check import DatasetRejected, check_image_zip, check_npz, detect_format
-from ..datadir import DATASET_ID_RE, atomic_write_bytes, new_dataset_id
+from core.datadir import DATASET_ID_RE, atomic_write_bytes, new_dataset_id
+
+from ..dataset_check import (DatasetRejected, check_image_zip, check_npz,
+                             detect_format)
 from ..deps import AdminPrincipal, ServicesDep
 from ..schemas import DatasetInfo, DatasetList, errors
 from ..uploads import _clean_filename, read_form

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.jobs import SUCCEEDED
+
 from ..deps import ServicesDep, UsePrincipal
-from ..jobs import SUCCEEDED
 from ..schemas import GenerateRequest, GenerateResult, JobAccepted, errors
 from .common import check_wait, invalid, result_json, wait_for
 

@@ -8,10 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from worker.names import INFERENCE_QUEUE, TRAINING_QUEUE
+from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
+from core.registry import RegistryError
 
 from ..deps import Services, ServicesDep
-from ..registry import RegistryError
 from ..schemas import Check, Health, Readiness
 
 router = APIRouter(tags=["health"])

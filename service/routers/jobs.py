@@ -8,8 +8,9 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.jobs import CANCELLED, SUCCEEDED
+
 from ..deps import ServicesDep, UsePrincipal
-from ..jobs import CANCELLED, SUCCEEDED
 from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus,
                        ScoreResult, TrainResult, errors)
 from .common import get_job, job_view, not_ready, result_json

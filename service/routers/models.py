@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from core.registry import MODEL_NAME_RE, UnknownModel
+
 from ..deps import AdminPrincipal, ServicesDep, UsePrincipal
-from ..registry import MODEL_NAME_RE, UnknownModel
-from ..schemas import ModelInfo, ModelList, ModelVersion, SetDefaultRequest, errors
+from ..schemas import (ModelInfo, ModelList, ModelVersion, SetDefaultRequest,
+                       errors)
 
 router = APIRouter(tags=["models"])
 

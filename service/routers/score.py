@@ -9,11 +9,11 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from model.imagefile import ImageRejected, decode_image
+from core.datadir import atomic_write_bytes
+from core.jobs import SUCCEEDED
+from model.formats.imagefile import ImageRejected, decode_image
 
-from ..datadir import atomic_write_bytes
 from ..deps import ServicesDep, UsePrincipal
-from ..jobs import SUCCEEDED
 from ..schemas import MODEL_SPEC, JobAccepted, ScoreResult, errors
 from ..uploads import UploadedFile, read_files, read_form
 from .common import check_wait, result_json, wait_for

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from model.archives import BUILTIN_DATASETS  # torch-free
+from core.datadir import DATASET_ID_RE
+from core.trainconfig import (TrainingRequestError, build_training_config,
+                              training_limits)
+from model.formats.archives import BUILTIN_DATASETS  # torch-free
 
-from ..datadir import DATASET_ID_RE
 from ..deps import AdminPrincipal, ServicesDep
 from ..schemas import JobAccepted, TrainRequest, errors
-from ..trainconfig import (TrainingRequestError, build_training_config,
-                           training_limits)
 from .common import invalid
 
 router = APIRouter(tags=["train"])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import NetworkConfig, preset
 from model.data import ImageDataset
+from model.formats.config import NetworkConfig, preset
 from model.networks import DenoisingEBM
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.augment import AUGMENTATIONS, erase, jigsaw, negative_augment, rotate
-from model.config import NEGATIVE_AUGMENTATIONS
+from model.augment import (AUGMENTATIONS, erase, jigsaw, negative_augment,
+                           rotate)
+from model.formats.config import NEGATIVE_AUGMENTATIONS
 
 from .conftest import toy_dataset
 

@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
-from model.checkpoints import CheckpointError, load_checkpoint, read_manifest, save_checkpoint
-from model.config import ExperimentConfig, preset
+from model.checkpoints import (CheckpointError, load_checkpoint, read_manifest,
+                               save_checkpoint)
+from model.formats.config import ExperimentConfig, preset
 from model.networks import DenoisingEBM
 
 from .conftest import tiny_network
@@ -88,7 +89,7 @@ def test_write_failures_surface_as_os_errors_with_errno(tmp_path):
 
 
 def test_torch_free_verification_checks_every_listed_file(tmp_path):
-    from model.manifest import verify_checkpoint_files
+    from model.formats.manifest import verify_checkpoint_files
 
     path, model, config = _save(tmp_path)
     assert verify_checkpoint_files(path)["step"] == 12

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from model.config import ConfigError, ExperimentConfig, preset
+from model.formats.config import ConfigError, ExperimentConfig, preset
 
 
 def test_replace_overrides_and_validates():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from model.config import NoiseConfig
-from model.energies import (reconstruction_losses, semantic_energy, semantic_energy_grad,
-                            sigma_grid, texture_energy, texture_energy_grad, texture_score)
+from model.energies import (reconstruction_losses, semantic_energy,
+                            semantic_energy_grad, sigma_grid, texture_energy,
+                            texture_energy_grad, texture_score)
+from model.formats.config import NoiseConfig
 from model.networks import DenoisingEBM
 
 from .conftest import tiny_network

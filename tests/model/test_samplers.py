@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.config import NoiseConfig, SamplerConfig
+from model.formats.config import NoiseConfig, SamplerConfig
 from model.samplers import SAMPLERS, SamplingCancelled, langevin_step, sample
 
 SETTINGS = SamplerConfig(steps_latent=3, steps_pixel=4, annealed_levels=3,
@@ -77,7 +77,7 @@ def test_three_channel_shapes():
 
 
 def test_torch_free_sampler_names_match_the_registry():
-    from model.config import SAMPLER_NAMES
+    from model.formats.config import SAMPLER_NAMES
 
     assert tuple(sorted(SAMPLER_NAMES)) == tuple(sorted(SAMPLERS))
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.checkpoints import load_checkpoint, load_training_state, save_checkpoint
-from model.config import ExperimentConfig, NoiseConfig, ScoringConfig, TrainingConfig
-from model.training import EnergyExplosion, StepMetrics, Trainer, TrainingCancelled
+from model.checkpoints import (load_checkpoint, load_training_state,
+                               save_checkpoint)
+from model.formats.config import (ExperimentConfig, NoiseConfig, ScoringConfig,
+                                  TrainingConfig)
+from model.training import (EnergyExplosion, StepMetrics, Trainer,
+                            TrainingCancelled)
 
 from .conftest import tiny_network, toy_dataset
 

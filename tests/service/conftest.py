@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from core.settings import Settings
 from service.app import create_app
-from service.settings import Settings
 from tests.support import ADMIN_KEYS_SPEC, USE_KEYS_SPEC
 
 
@@ -44,7 +44,9 @@ def services(client):
 @pytest.fixture
 def run_job(services):
     """Run a queued job to completion with the real task code, in this process."""
-    from worker.tasks import BODIES, TaskRuntime, execute
+    from worker.bodies import BODIES
+    from worker.lifecycle import execute
+    from worker.runtime import TaskRuntime
 
     runtime = TaskRuntime.create(services.settings)
 

@@ -11,11 +11,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from core.settings import Settings
 from service import auth
 from service.app import create_app
 from service.auth import KeyRing, _announce
-from service.settings import Settings
-from tests.support import API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY, digit_png, image_zip
+from tests.support import (API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY,
+                           digit_png, image_zip)
 
 PROTECTED = [("get", "/jobs", None), ("get", "/jobs/" + "0" * 32, None),
              ("get", "/jobs/" + "0" * 32 + "/result", None),
@@ -216,7 +217,7 @@ def test_keyring_ids_never_hold_the_secret():
     assert ring.authenticate("secret-0123456789abcdef").key_id == "ci"
     assert ring.authenticate("secret-0123456789abcdeg") is None
     assert ring.authenticate(None) is None and ring.authenticate("") is None
-    from service.settings import parse_api_keys
+    from core.settings import parse_api_keys
 
     (key_id, secret), = parse_api_keys("secret-0123456789abcdef")
     assert key_id.startswith("key-") and secret not in key_id

@@ -17,11 +17,10 @@ from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
                                                status_code_conformance)
 
+from core.registry import ModelRegistry
+from core.settings import Settings
 from service.app import create_app
-from service.registry import ModelRegistry
-from service.settings import Settings
 from tests.support import ADMIN_KEYS_SPEC, KEY_HEADERS, USE_KEYS_SPEC
-
 
 
 def no_500(ctx, response, case):

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from fastapi.testclient import TestClient
 from service.app import create_app
-from service.settings import Settings
+from core.settings import Settings
 
 settings = Settings(data_dir=sys.argv[1], seed_checkpoint=sys.argv[2],
                     admin_keys="k:0123456789abcdef0123")
@@ -36,7 +36,7 @@ with TestClient(create_app(settings)) as c:
     for path in ("/models", "/jobs", "/datasets"):
         assert c.get(path, headers=h).status_code == 200
     assert c.get("/readyz").status_code == 503
-import worker.celery_app  # what the API imports from worker/
+import core.queue  # the producer the API sends tasks with
 print("TORCH" if "torch" in sys.modules else "NO-TORCH")
 """
 

@@ -53,6 +53,8 @@ def test_api_image_has_no_torch_and_worker_image_is_cuda_pytorch():
     api = (REPO / "docker" / "Dockerfile.api").read_text()
     assert re.search(r"pip install '\.\[api\]'", api) and "find_spec('torch')" in api
     assert "torch" not in re.search(r"pip install [^\n]*", api).group(0)
+    copied = set(re.findall(r"^COPY (\w+) ", api, re.M))
+    assert {"core", "service", "model"} <= copied and "worker" not in copied, copied
     worker = (REPO / "docker" / "Dockerfile.worker").read_text()
     base = re.search(r"ARG BASE_IMAGE=(\S+)", worker).group(1)
     assert base.startswith("pytorch/pytorch:") and "cuda" in base

@@ -8,9 +8,9 @@ import signal
 import httpx
 import pytest
 
-from service.jobs import SqliteJobStore
-from tests.support import (PYTHON, Proc, digit_png, dump_logs, free_port, service_env,
-                           wait_job, wait_until)
+from core.jobs import SqliteJobStore
+from tests.support import (PYTHON, Proc, digit_png, dump_logs, free_port,
+                           service_env, wait_job, wait_until)
 from tests.system.conftest import wait_ready
 
 pytestmark = pytest.mark.system

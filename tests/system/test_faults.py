@@ -14,16 +14,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.datadir import DataDir
+from core.datadir import DataDir
+from core.jobs import open_store
+from core.queue import create_producer
+from core.registry import ModelRegistry
+from core.settings import Settings
 from service.dispatch import Dispatcher
-from service.jobs import open_store
-from service.registry import ModelRegistry
-from service.settings import Settings
-from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, Proc, RedisServer, SmallFilesystem,
-                           digit_png, dump_logs, image_zip, service_env,
-                           tiny_total_steps, wait_job, wait_until)
+from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, Proc, RedisServer,
+                           SmallFilesystem, digit_png, dump_logs, image_zip,
+                           service_env, tiny_total_steps, wait_job, wait_until)
 from tests.system.conftest import api_server, celery_worker, start_service
-from worker.celery_app import create_celery
 
 pytestmark = pytest.mark.system
 H = KEY_HEADERS
@@ -65,7 +65,7 @@ def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
 
     iterations = 100
     total = tiny_total_steps(iterations=iterations)
-    dispatcher = Dispatcher(settings, store, create_celery(settings), DataDir(data).ensure())
+    dispatcher = Dispatcher(settings, store, create_producer(settings), DataDir(data).ensure())
     job = dispatcher.submit("train", "tester", {
         "dataset": "mnist5k", "preset": "tiny", "name": "resumed", "seed": 1,
         "overrides": {"training": {"iterations": iterations, "checkpoint_every": 10}}})
@@ -258,7 +258,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_default_keeps_serving(
         # refused by the worker's own check, with the reason, and the worker keeps serving.
         settings = settings_for(data, redis_url, redis_prefix)
         store = open_store(settings)
-        job = Dispatcher(settings, store, create_celery(settings), DataDir(data)).submit(
+        job = Dispatcher(settings, store, create_producer(settings), DataDir(data)).submit(
             "generate", "tester", {"n": 1, "seed": 0, "model_name": "demo",
                                    "model_version": 2})
         done = wait_job(client, job.id, timeout=60)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from core.datadir import DataDir
+from core.jobs import open_store
+from core.queue import create_producer
+from core.registry import ModelRegistry
+from core.settings import Settings
 from service.dispatch import Dispatcher
-from service.datadir import DataDir
-from service.jobs import open_store
-from service.settings import Settings
-from service.registry import ModelRegistry
 from tests.support import dump_logs, service_env, wait_until
 from tests.system.conftest import celery_worker
-from worker.celery_app import create_celery
 
 pytestmark = pytest.mark.system
 
@@ -38,7 +38,7 @@ def test_killed_pool_child_is_redelivered(tmp_path, redis_url, redis_prefix, pro
     store = open_store(settings)
     wait_until(lambda: store.workers(), timeout=90, what="the worker's heartbeat")
 
-    dispatcher = Dispatcher(settings, store, create_celery(settings), DataDir(data))
+    dispatcher = Dispatcher(settings, store, create_producer(settings), DataDir(data))
     job = dispatcher.submit("generate", "t", {"n": 2, "seed": 0, "steps_latent": 250,
                                               "steps_pixel": 250, "model_name": "demo",
                                               "model_version": 1})

@@ -7,16 +7,16 @@ import uuid
 
 import pytest
 
-from service.jobs import JobRecord
-from service.settings import Settings
-from worker.tasks import TaskRuntime
+from core.jobs import JobRecord
+from core.settings import Settings
+from worker.runtime import TaskRuntime
 
 
 @pytest.fixture
 def runtime(tmp_path, tiny_checkpoint):
     settings = Settings(data_dir=tmp_path / "data", redis_url=None, torch_threads=1,
                         seed_checkpoint=None, api_keys="w:0123456789abcdef0123",
-                        max_generate_steps=5000, heartbeat_seconds=0.2)
+                        max_generate_steps=5000, heartbeat_seconds=1)
     rt = TaskRuntime.create(settings)
     rt.report_interval = 0.0  # every step reaches the store: tests can act on exact steps
     rt.registry.register("demo", tiny_checkpoint)

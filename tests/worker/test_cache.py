@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.registry import ModelRegistry
+from core.registry import ModelRegistry
 from worker.cache import ModelCache
 
 

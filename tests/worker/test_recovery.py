@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from service.jobs import JobRecord, open_store
-from service.settings import Settings
-from worker.celery_app import create_celery
-from worker.names import GENERATE, INFERENCE_QUEUE
+from core.jobs import JobRecord, open_store
+from core.names import INFERENCE_QUEUE
+from core.queue import create_producer, send_job
+from core.settings import Settings
 from worker.recovery import BrokerView, recover_orphans
 
 
@@ -23,7 +23,7 @@ def setup(tmp_path, redis_url):
     settings = Settings(data_dir=tmp_path, redis_url=redis_url, redis_prefix=prefix,
                         heartbeat_seconds=0.2, max_attempts=3)
     store = open_store(settings)
-    app = create_celery(settings)
+    app = create_producer(settings)
     client = redis.Redis.from_url(redis_url)
     for key in (INFERENCE_QUEUE, "unacked", "unacked_index"):
         client.delete(key)
@@ -44,10 +44,9 @@ def new(store, kind: str = "generate") -> str:
 def test_recovery_decisions(setup):
     settings, store, app, client = setup
     waiting = new(store)  # queued, its message is in the queue
-    app.send_task(GENERATE, kwargs={"job_id": waiting}, task_id=waiting, queue=INFERENCE_QUEUE)
+    send_job(app, "generate", waiting)
     delivered = new(store)  # queued, its message was just delivered (not yet acknowledged)
-    app.send_task(GENERATE, kwargs={"job_id": delivered}, task_id=delivered,
-                  queue=INFERENCE_QUEUE)
+    send_job(app, "generate", delivered)
     lost_message = new(store)  # queued, no message anywhere
     orphan = new(store)  # running, its worker died (no lease)
     store.start(orphan, holder="dead")

@@ -10,10 +10,12 @@ import uuid
 
 import pytest
 
-from service.jobs import JobRecord
-from service.settings import Settings
+from core.jobs import JobRecord
+from core.settings import Settings
 from tests.support import RedisServer
-from worker.tasks import BODIES, StoreDown, TaskRuntime, execute
+from worker.bodies import BODIES
+from worker.lifecycle import StoreDown, execute
+from worker.runtime import TaskRuntime
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def redis_runtime(tmp_path, tiny_checkpoint):
 
     def make(**overrides) -> TaskRuntime:
         settings = Settings(data_dir=tmp_path / "data", redis_url=server.url,
-                            seed_checkpoint=None, torch_threads=1, heartbeat_seconds=0.2,
+                            seed_checkpoint=None, torch_threads=1, heartbeat_seconds=1,
                             **overrides)
         runtime = TaskRuntime.create(settings)
         if "demo" not in runtime.registry.names():
@@ -73,13 +75,13 @@ def test_a_task_gives_the_job_back_when_redis_stays_down(redis_runtime):
 def test_the_celery_task_requeues_its_message_when_redis_stays_down(redis_runtime):
     from celery.exceptions import Reject
 
-    from worker.celery_app import create_celery
-    from worker.names import GENERATE
+    from core.names import GENERATE
+    from worker.celery_app import WorkerApp
 
     server, make = redis_runtime
     runtime = make(store_retry_seconds=1)
     job_id = submit(runtime)
-    app = create_celery(runtime.settings, include_tasks=True)
+    app = WorkerApp(runtime.settings)
     server.stop()
     with pytest.raises(Reject) as rejected:
         app.tasks[GENERATE](job_id)

@@ -11,9 +11,10 @@ import time
 import pytest
 from PIL import Image
 
-from model.config import preset
-from tests.support import tiny_total_steps
-from worker.tasks import BODIES, execute
+from model.formats.config import preset
+from tests.support import tiny_total_steps, wait_until
+from worker.bodies import BODIES
+from worker.lifecycle import execute
 
 
 def run(runtime, job_id):
@@ -43,12 +44,8 @@ def test_a_running_generate_stops_promptly_when_cancelled(runtime, submit):
     outcome = {}
     thread = threading.Thread(target=lambda: outcome.update(run(runtime, job_id)))
     thread.start()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = runtime.store.get(job_id)
-        if job.progress and job.progress["step"] > 2:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: (runtime.store.get(job_id).progress or {}).get("step", 0) > 2,
+               timeout=60, interval=0.05, what="sampling under way")
     asked = time.monotonic()
     runtime.store.request_cancel(job_id)
     thread.join(30)
@@ -165,7 +162,7 @@ def test_cancelled_training_keeps_a_checkpoint_and_registers_nothing(runtime, su
 def test_a_duplicate_delivery_leaves_a_job_with_a_live_lease_alone(runtime, submit):
     """A second delivery of a job another worker is running (its lease is renewed) waits one
     lease period and skips it; it never runs the job twice."""
-    from service.jobs import LeaseKeeper
+    from worker.lease import LeaseKeeper
 
     job_id = submit("generate", n=1)
     runtime.store.acquire_lease(job_id, "other-worker", runtime.settings.lease_seconds)
@@ -207,7 +204,7 @@ def test_the_time_limit_is_enforced_between_steps_in_process(runtime, submit):
 def test_a_refused_write_fails_the_job_with_a_clear_error(runtime, submit, monkeypatch):
     """A full or read-only data directory (an OSError with its errno, also as the cause of
     another error) fails the job with the reason; other OS errors stay internal errors."""
-    import worker.tasks
+    import worker.bodies
 
     def refuse(code: int, wrap: bool):
         def write(path, data, **_):
@@ -218,14 +215,14 @@ def test_a_refused_write_fails_the_job_with_a_clear_error(runtime, submit, monke
         return write
 
     for code, wrap in ((errno.ENOSPC, False), (errno.EROFS, True)):
-        monkeypatch.setattr(worker.tasks, "atomic_write_bytes", refuse(code, wrap))
+        monkeypatch.setattr(worker.bodies, "atomic_write_bytes", refuse(code, wrap))
         job_id = submit("generate", n=1)
         assert run(runtime, job_id)["status"] == "failed"
         job = runtime.store.get(job_id)
         assert job.error.startswith("could not write to the data directory (results/") and \
             os.strerror(code) in job.error, job.error
         assert not runtime.data.result_dir(job_id).exists()
-    monkeypatch.setattr(worker.tasks, "atomic_write_bytes", refuse(errno.ENOENT, False))
+    monkeypatch.setattr(worker.bodies, "atomic_write_bytes", refuse(errno.ENOENT, False))
     job_id = submit("generate", n=1)
     with pytest.raises(FileNotFoundError):
         run(runtime, job_id)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import Settings
+from core.settings import Settings
 
 
 def test_defaults(monkeypatch):

@@ -4,29 +4,13 @@ machine's server) and SQLite."""
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import pytest
 
-from service.jobs import (CancelCheck, CapacityExceeded, JobRecord, LeaseKeeper,
-                          RedisJobStore, SqliteJobStore, StoreUnavailable)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        yield SqliteJobStore(tmp_path / "jobs.sqlite")
-    else:
-        url = request.getfixturevalue("redis_url")
-        s = RedisJobStore(url, prefix=f"t-{uuid.uuid4().hex[:8]}")
-        yield s
-        for key in s.client.scan_iter(match=f"{s.prefix}:*"):
-            s.client.delete(key)
-
-
-def new(store, owner="alice", kind="generate", **params) -> JobRecord:
-    return store.create(JobRecord(id=uuid.uuid4().hex, kind=kind, owner=owner, params=params))
+from core.jobs import CapacityExceeded, JobRecord, RedisJobStore, StoreUnavailable
+from tests.support import new_job as new
+from tests.support import wait_until
 
 
 def test_lifecycle_succeeded(store):
@@ -110,28 +94,12 @@ def test_concurrent_transitions_have_one_winner(store):
 
 
 def test_heartbeats_expire(store):
-    store.heartbeat("w1", {"queues": ["inference"]}, ttl=0.3)
+    store.heartbeat("w1", {"queues": ["inference"]}, ttl=2)
     assert [w["worker"] for w in store.workers()] == ["w1"]
-    time.sleep(0.5)
-    assert store.workers() == []
+    wait_until(lambda: store.workers() == [], timeout=12, what="the heartbeat expiring")
     store.heartbeat("w2", {"queues": ["training"]}, ttl=10)
     store.forget_worker("w2")
     assert store.workers() == []
-
-
-def test_cancel_check_throttles_and_sees_the_flag(store):
-    job = new(store)
-    store.start(job.id)
-    check = CancelCheck(store, job.id, interval=0.05)
-    assert check() is False
-    store.request_cancel(job.id)
-    time.sleep(0.06)
-    assert check() is True
-    interrupt = threading.Event()
-    other = new(store)
-    check = CancelCheck(store, other.id, interrupt=interrupt)
-    interrupt.set()
-    assert check() and check.interrupted
 
 
 def test_unreachable_redis_is_store_unavailable():
@@ -177,37 +145,6 @@ def test_queue_limits_are_atomic_under_concurrent_requests(store):
     assert store.get(new_job.id).status == "queued"
 
 
-def test_leases_exclude_a_second_holder_until_they_expire(store):
-    job = new(store)
-    assert store.acquire_lease(job.id, "w1", ttl=0.4)
-    assert not store.acquire_lease(job.id, "w2", ttl=0.4)
-    assert store.leases([job.id, "0" * 32]) == {job.id: "w1"}
-    assert store.renew_lease(job.id, "w1", ttl=0.4)
-    assert not store.renew_lease(job.id, "w2", ttl=0.4)
-    store.release_lease(job.id, "w2")  # not the holder: no effect
-    assert store.leases([job.id]) == {job.id: "w1"}
-    time.sleep(0.6)  # w1 stopped renewing (died)
-    assert store.leases([job.id]) == {}
-    assert not store.renew_lease(job.id, "w1", ttl=0.4)
-    assert store.acquire_lease(job.id, "w2", ttl=5)
-    store.release_lease(job.id, "w2")
-    assert store.leases([job.id]) == {}
-
-
-def test_lease_keeper_renews_and_notices_a_lost_lease(store):
-    job = new(store)
-    assert store.acquire_lease(job.id, "me", ttl=0.3)
-    keeper = LeaseKeeper(store, job.id, "me", ttl=0.3, period=0.05).start()
-    time.sleep(0.6)  # twice the ttl: only renewals keep it
-    assert store.leases([job.id]) == {job.id: "me"} and not keeper.lost.is_set()
-    store.release_lease(job.id, "me")  # e.g. expired while Redis was down
-    assert store.acquire_lease(job.id, "someone-else", ttl=5)
-    time.sleep(0.2)
-    assert keeper.lost.is_set()
-    keeper.stop()  # releases only its own lease
-    assert store.leases([job.id]) == {job.id: "someone-else"}
-
-
 def test_recovery_requeues_once_and_resends_once(store):
     job = new(store)
     store.start(job.id)
@@ -225,16 +162,3 @@ def test_recovery_requeues_once_and_resends_once(store):
     assert store.touch_queued(job.id, queued.queued_at)
     assert not store.touch_queued(job.id, queued.queued_at)  # a second recoverer lost
     assert [j.id for j in store.active()] == [job.id]
-
-
-def test_cancel_check_deadline_and_lost_lease(store):
-    job = new(store)
-    check = CancelCheck(store, job.id, deadline=time.monotonic() + 0.1)
-    assert not check()
-    time.sleep(0.15)
-    assert check() and check.timed_out and not check.interrupted
-    lost = threading.Event()
-    check = CancelCheck(store, job.id, lost=lost)
-    assert not check()
-    lost.set()
-    assert check() and check.lease_lost

@@ -10,7 +10,7 @@ processes and workers on one host (or sharing one volume) never see a half-writt
 A registration that carries a job id is idempotent: a training task that is delivered twice
 registers one version.
 
-Torch-free: checkpoints are read and verified with model.manifest (the same manifest and
+Torch-free: checkpoints are read and verified with model.formats.manifest (the same manifest and
 checksum rules model.checkpoints loads with); the workers load weights with
 model.checkpoints.
 """
@@ -28,7 +28,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from model.manifest import MANIFEST, CheckpointError, read_manifest, verify_checkpoint_files
+from model.formats.manifest import (MANIFEST, CheckpointError, read_manifest,
+                                    verify_checkpoint_files)
 
 from .datadir import atomic_write_bytes
 from .settings import MODEL_NAME_RE
@@ -71,7 +72,7 @@ def _signature(directory: Path, document: dict[str, Any]) -> tuple | None:
 
 def verify_checkpoint(directory: Path) -> dict[str, Any]:
     """Check that every file the manifest lists exists and matches its SHA-256, with the
-    rules model.checkpoints.load_checkpoint applies (model.manifest, torch-free, so the API
+    rules model.checkpoints.load_checkpoint applies (model.formats.manifest, torch-free, so the API
     can refuse a corrupt version before any worker tries it).  Results are cached by file
     size and mtime, so a version is hashed once, not per request.  Returns the manifest
     summary.  Raises RegistryError when ``directory`` is not a readable checkpoint and

@@ -2,7 +2,7 @@
 
     DATA/
       api-key                     generated API key (mode 0600) when DEBM_API_KEYS is empty
-      models/registry.json        model names, versions and defaults (service.registry)
+      models/registry.json        model names, versions and defaults (core.registry)
       models/NAME/VERSION/        checkpoint directories (safetensors + checkpoint.json)
       datasets/ID/                an uploaded dataset: data.zip or data.npz + meta.json
       uploads/JOB/                images uploaded for a scoring job (deleted once scored)

@@ -7,8 +7,8 @@ import multiprocessing
 
 import pytest
 
-from service.registry import (CorruptCheckpoint, ModelRegistry, RegistryError, UnknownModel,
-                              parse_model_spec)
+from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
+                           UnknownModel, parse_model_spec)
 
 
 def test_register_versions_and_defaults(tmp_path, tiny_checkpoint):
@@ -108,11 +108,11 @@ def test_corrupt_versions_are_refused_with_the_reason(tmp_path, tiny_checkpoint)
 
 
 def test_verification_is_cached_until_a_file_changes(tmp_path, tiny_checkpoint, monkeypatch):
-    import model.manifest
+    import model.formats.manifest
 
     hashed = []
-    real = model.manifest.sha256_file
-    monkeypatch.setattr(model.manifest, "sha256_file",
+    real = model.formats.manifest.sha256_file
+    monkeypatch.setattr(model.formats.manifest, "sha256_file",
                         lambda path: hashed.append(path.name) or real(path))
     registry = ModelRegistry(tmp_path / "models")
     registry.register("demo", tiny_checkpoint)

@@ -28,10 +28,11 @@ import sys
 import threading
 from pathlib import Path
 
-from worker.celery_app import Heartbeat, create_celery
-from worker.names import INFERENCE_QUEUE, TRAINING_QUEUE
-
-from .settings import Settings, get_settings
+from core.jobs import RUNNING, SqliteJobStore
+from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
+from core.settings import Settings, get_settings
+from worker.celery_app import WorkerApp
+from worker.lease import Heartbeat
 
 log = logging.getLogger("debm.embedded")
 
@@ -47,7 +48,7 @@ class EmbeddedWorkers:
         self.interrupt = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._controllers: dict[str, object] = {}
-        self._apps: dict[str, object] = {}
+        self._apps: dict[str, WorkerApp] = {}
         self._heartbeats: list[Heartbeat] = []
         self._lock_handle = None
         self.started = False
@@ -60,8 +61,7 @@ class EmbeddedWorkers:
             self.recover(services)
         host = f"{socket.gethostname()}-{os.getpid()}"
         for queue in self.queues:
-            app = create_celery(self.settings, include_tasks=True, name=f"debm-{queue}")
-            app.debm_interrupt = self.interrupt
+            app = WorkerApp(self.settings, name=f"debm-{queue}", interrupt=self.interrupt)
             self._apps[queue] = app
             ready = threading.Event()
             thread = threading.Thread(target=self._run, args=(app, queue, ready),
@@ -94,7 +94,7 @@ class EmbeddedWorkers:
             return
         self.interrupt.set()  # running tasks stop at their next step and are requeued
         for app in self._apps.values():
-            app.debm_active.wait_idle(timeout)
+            app.active.wait_idle(timeout)
         for controller in self._controllers.values():
             try:
                 controller.stop(in_sighandler=False)
@@ -143,14 +143,13 @@ class EmbeddedWorkers:
                     "SELECT name FROM sqlite_master WHERE type = 'table'")}
                 if "kombu_message" in tables:
                     db.execute("DELETE FROM kombu_message WHERE visible = 0")
-        services.store.clear_leases()  # every holder died with the previous process
+        store = services.store
+        if isinstance(store, SqliteJobStore):  # this process is the only worker
+            store.clear_leases()  # every holder died with the previous process
         resent = 0
-        for job_id in services.store.active_ids():
-            job = services.store.get(job_id)
-            if job is None or job.final:
-                continue
-            if job.status == "running":
-                services.store.requeue(job_id)
+        for job in sorted(store.active(), key=lambda j: j.created):  # oldest first
+            if job.status == RUNNING:
+                store.requeue(job.id)
             services.dispatcher.send(job)
             resent += 1
         if resent:
@@ -164,7 +163,7 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | N
     import uvicorn
     from pydantic import ValidationError
 
-    from .app import create_app
+    from service.app import create_app
 
     if data_dir is not None:
         os.environ["DEBM_DATA_DIR"] = str(data_dir)

@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-
 # Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
 # the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
 SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")

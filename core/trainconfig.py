@@ -1,7 +1,7 @@
 """Training requests -> a validated ExperimentConfig.
 
 Used twice: by the API, to answer 422 before anything is queued, and by the training worker,
-which re-validates what it reads from the job record.  model.config is pure Python (no torch),
+which re-validates what it reads from the job record.  model.formats.config is pure Python (no torch),
 so the API may import it.
 """
 
@@ -81,7 +81,7 @@ def build_training_config(*, preset_name: str, overrides: dict[str, Any] | None,
                           checkpoint_every: int, max_image_size: int = 256,
                           max_batch: int = 1024, max_width: int = 1024,
                           max_chain_steps: int = 2000):
-    from model.config import ConfigError, preset
+    from model.formats.config import ConfigError, preset
 
     sections: dict[str, dict[str, Any]] = {}
     for section, values in (overrides or {}).items():

@@ -1,0 +1,189 @@
+"""The Redis job store (distributed mode); see core.jobs.store for the interface."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from .records import ACTIVE, QUEUED, JobRecord, Mutation
+from .store import CapacityExceeded, JobStore, StoreUnavailable
+
+
+class RedisJobStore(JobStore):
+    def __init__(self, url: str, *, prefix: str = "debm"):
+        import redis
+
+        self._redis_mod = redis
+        self.prefix = prefix
+        self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3,
+                                           health_check_interval=30)
+        self._create = self.client.register_script(self._CREATE)
+        self._renew = self.client.register_script(self._RENEW)
+        self._release = self.client.register_script(self._RELEASE)
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    def _errors(self):
+        return (self._redis_mod.exceptions.ConnectionError,
+                self._redis_mod.exceptions.TimeoutError)
+
+    def _call(self, fn):
+        try:
+            return fn()
+        except self._errors() as exc:
+            raise StoreUnavailable(f"Redis is unreachable: {exc}") from None
+
+    def _index_ops(self, pipe, job: JobRecord) -> None:
+        active = self._key("active")
+        owner_active = self._key("active", job.owner)
+        if job.status in ACTIVE:
+            pipe.sadd(active, job.id)
+            pipe.sadd(owner_active, job.id)
+        else:
+            pipe.srem(active, job.id)
+            pipe.srem(owner_active, job.id)
+
+    # Count and insert in one script: Redis runs it atomically, so no two requests can both
+    # see room for one more job.
+    _CREATE = """
+    local max_total, max_owner = tonumber(ARGV[4]), tonumber(ARGV[5])
+    if max_total > 0 and redis.call('SCARD', KEYS[4]) >= max_total then return -1 end
+    if max_owner > 0 and redis.call('SCARD', KEYS[5]) >= max_owner then return -2 end
+    if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
+    redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+    redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
+    redis.call('SADD', KEYS[4], ARGV[3])
+    redis.call('SADD', KEYS[5], ARGV[3])
+    return 1
+    """
+    _RENEW = """
+    local holder = redis.call('GET', KEYS[1])
+    if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+    return 0
+    """
+    _RELEASE = """
+    if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+    return 0
+    """
+
+    def create(self, job: JobRecord, *, max_total=None, max_owner=None) -> JobRecord:
+        if job.status != QUEUED:
+            raise ValueError("jobs are created queued")
+        job.queued_at = job.queued_at or job.created
+        keys = [self._key("job", job.id), self._key("jobs"),
+                self._key("jobs", "owner", job.owner), self._key("active"),
+                self._key("active", job.owner)]
+        args = [job.to_json(), repr(job.created), job.id, int(max_total or 0),
+                int(max_owner or 0)]
+        outcome = int(self._call(lambda: self._create(keys=keys, args=args)))
+        if outcome == -1:
+            raise CapacityExceeded("total", int(max_total))
+        if outcome == -2:
+            raise CapacityExceeded("owner", int(max_owner))
+        if outcome == 0:
+            raise ValueError(f"job {job.id} exists")
+        return job
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self._call(lambda: self.client.get(self._key("job", job_id)))
+        return JobRecord.from_json(raw) if raw else None
+
+    def _mutate(self, job_id: str, mutation: Mutation) -> tuple[JobRecord | None, bool]:
+        key = self._key("job", job_id)
+        watch_error = self._redis_mod.exceptions.WatchError
+
+        def run():
+            with self.client.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        pipe.watch(key)
+                        raw = pipe.get(key)
+                        if raw is None:
+                            pipe.unwatch()
+                            return None, False
+                        job = mutation(JobRecord.from_json(raw))
+                        if job is None:
+                            pipe.unwatch()
+                            return JobRecord.from_json(raw), False
+                        pipe.multi()
+                        pipe.set(key, job.to_json())
+                        self._index_ops(pipe, job)
+                        pipe.execute()
+                        return job, True
+                    except watch_error:
+                        continue
+        return self._call(run)
+
+    def list(self, *, owner=None, limit=50, statuses=None, kind=None):
+        index = self._key("jobs", "owner", owner) if owner else self._key("jobs")
+        wanted = set(statuses) if statuses else None
+        out: list[JobRecord] = []
+        start, page = 0, max(limit, 100)
+        while len(out) < limit:
+            ids = self._call(lambda: self.client.zrevrange(index, start, start + page - 1))
+            if not ids:
+                break
+            raws = self._call(lambda: self.client.mget([self._key("job", i.decode())
+                                                        for i in ids]))
+            for raw in raws:
+                if raw is None:
+                    continue
+                job = JobRecord.from_json(raw)
+                if (wanted is None or job.status in wanted) and (kind is None
+                                                                  or job.kind == kind):
+                    out.append(job)
+                    if len(out) >= limit:
+                        break
+            start += page
+        return out
+
+    def count_active(self, owner=None):
+        key = self._key("active", owner) if owner else self._key("active")
+        return int(self._call(lambda: self.client.scard(key)))
+
+    def heartbeat(self, worker, info, ttl):
+        payload = json.dumps({**info, "worker": worker, "at": time.time()})
+        self._call(lambda: self.client.set(self._key("worker", worker), payload,
+                                           px=max(1, int(ttl * 1000))))
+
+    def forget_worker(self, worker):
+        self._call(lambda: self.client.delete(self._key("worker", worker)))
+
+    def workers(self):
+        def run():
+            keys = list(self.client.scan_iter(match=self._key("worker", "*"), count=100))
+            values = self.client.mget(keys) if keys else []
+            return [json.loads(v) for v in values if v]
+        return self._call(run)
+
+    def ping(self):
+        self._call(self.client.ping)
+
+    def acquire_lease(self, job_id, holder, ttl):
+        return bool(self._call(lambda: self.client.set(
+            self._key("lease", job_id), holder, nx=True, px=max(1, int(ttl * 1000)))))
+
+    def renew_lease(self, job_id, holder, ttl):
+        return bool(self._call(lambda: self._renew(keys=[self._key("lease", job_id)],
+                                                   args=[holder, max(1, int(ttl * 1000))])))
+
+    def release_lease(self, job_id, holder):
+        self._call(lambda: self._release(keys=[self._key("lease", job_id)], args=[holder]))
+
+    def leases(self, job_ids):
+        if not job_ids:
+            return {}
+        values = self._call(lambda: self.client.mget([self._key("lease", j) for j in job_ids]))
+        return {j: v.decode() for j, v in zip(job_ids, values) if v is not None}
+
+    def active(self):
+        def run():
+            ids = [i.decode() for i in self.client.smembers(self._key("active"))]
+            raws = self.client.mget([self._key("job", i) for i in ids]) if ids else []
+            return [JobRecord.from_json(r) for r in raws if r]
+        jobs = self._call(run)
+        return sorted((j for j in jobs if j.status in ACTIVE), key=lambda j: j.created)
+
+    def close(self):
+        self.client.close()

@@ -1,0 +1,181 @@
+"""The SQLite job store (embedded mode, DATA/jobs.sqlite); see core.jobs.store."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from .records import QUEUED, JobRecord
+from .store import CapacityExceeded, JobStore, StoreUnavailable
+
+
+class SqliteJobStore(JobStore):
+    """One connection per operation (cheap for SQLite) so that the API's thread pool, the
+    in-process worker threads and heartbeat threads never share a connection."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("""CREATE TABLE IF NOT EXISTS jobs (
+                id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL,
+                status TEXT NOT NULL, created REAL NOT NULL, doc TEXT NOT NULL)""")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created)")
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)")
+            db.execute("""CREATE TABLE IF NOT EXISTS workers (
+                name TEXT PRIMARY KEY, expires REAL NOT NULL, doc TEXT NOT NULL)""")
+            db.execute("""CREATE TABLE IF NOT EXISTS leases (
+                job_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)""")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"{self.path}: {exc}") from None
+        return _Closing(db)
+
+    def create(self, job, *, max_total=None, max_owner=None):
+        if job.status != QUEUED:
+            raise ValueError("jobs are created queued")
+        job.queued_at = job.queued_at or job.created
+        active = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
+            try:
+                if max_total and db.execute(active).fetchone()[0] >= max_total:
+                    raise CapacityExceeded("total", int(max_total))
+                if max_owner and db.execute(active + " AND owner = ?",
+                                            (job.owner,)).fetchone()[0] >= max_owner:
+                    raise CapacityExceeded("owner", int(max_owner))
+                db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
+                           (job.id, job.owner, job.kind, job.status, job.created,
+                            job.to_json()))
+            except sqlite3.IntegrityError:
+                db.execute("ROLLBACK")
+                raise ValueError(f"job {job.id} exists") from None
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return job
+
+    def get(self, job_id):
+        with self._connect() as db:
+            row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return JobRecord.from_json(row[0]) if row else None
+
+    def _mutate(self, job_id, mutation):
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                if row is None:
+                    return None, False
+                job = mutation(JobRecord.from_json(row[0]))
+                if job is None:
+                    return JobRecord.from_json(row[0]), False
+                db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
+                           (job.status, job.to_json(), job.id))
+                return job, True
+            finally:
+                db.execute("COMMIT")
+
+    def list(self, *, owner=None, limit=50, statuses=None, kind=None):
+        where, args = [], []
+        if owner:
+            where.append("owner = ?")
+            args.append(owner)
+        if statuses:
+            statuses = list(statuses)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if kind:
+            where.append("kind = ?")
+            args.append(kind)
+        sql = "SELECT doc FROM jobs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created DESC LIMIT ?"
+        with self._connect() as db:
+            rows = db.execute(sql, (*args, int(limit))).fetchall()
+        return [JobRecord.from_json(r[0]) for r in rows]
+
+    def count_active(self, owner=None):
+        sql = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+        args: tuple = ()
+        if owner:
+            sql += " AND owner = ?"
+            args = (owner,)
+        with self._connect() as db:
+            return int(db.execute(sql, args).fetchone()[0])
+
+    def heartbeat(self, worker, info, ttl):
+        now = time.time()
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO workers VALUES (?, ?, ?)",
+                       (worker, now + ttl, json.dumps({**info, "worker": worker, "at": now})))
+
+    def forget_worker(self, worker):
+        with self._connect() as db:
+            db.execute("DELETE FROM workers WHERE name = ?", (worker,))
+
+    def workers(self):
+        with self._connect() as db:
+            rows = db.execute("SELECT doc FROM workers WHERE expires > ?",
+                              (time.time(),)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def ping(self):
+        with self._connect() as db:
+            db.execute("SELECT 1").fetchone()
+
+    def acquire_lease(self, job_id, holder, ttl):
+        now = time.time()
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM leases WHERE job_id = ? AND expires <= ?", (job_id, now))
+                cursor = db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
+                                    (job_id, holder, now + ttl))
+                return cursor.rowcount == 1
+            finally:
+                db.execute("COMMIT")
+
+    def renew_lease(self, job_id, holder, ttl):
+        now = time.time()
+        with self._connect() as db:
+            cursor = db.execute("UPDATE leases SET expires = ? WHERE job_id = ? AND holder = ? "
+                                "AND expires > ?", (now + ttl, job_id, holder, now))
+            return cursor.rowcount == 1
+
+    def release_lease(self, job_id, holder):
+        with self._connect() as db:
+            db.execute("DELETE FROM leases WHERE job_id = ? AND holder = ?", (job_id, holder))
+
+    def leases(self, job_ids):
+        if not job_ids:
+            return {}
+        with self._connect() as db:
+            rows = db.execute(f"SELECT job_id, holder FROM leases WHERE expires > ? AND job_id "
+                              f"IN ({','.join('?' * len(job_ids))})",
+                              (time.time(), *job_ids)).fetchall()
+        return dict(rows)
+
+    def clear_leases(self) -> None:
+        """Embedded start-up: the previous process is gone, and so is every holder."""
+        with self._connect() as db:
+            db.execute("DELETE FROM leases")
+
+
+class _Closing:
+    """``with`` that closes the connection (sqlite3's own context manager only commits)."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.db
+
+    def __exit__(self, *exc) -> None:
+        self.db.close()

@@ -1,0 +1,225 @@
+"""The three task bodies: generate, score and train, each from a job record to model.pipeline.
+
+Everything a body reads from the job record is validated again here, because the job store
+and the data directory are shared state: bad input fails its job with a message
+(``JobInputError``), it never crashes the worker.  model/ is imported inside the functions
+(see worker.runtime).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import uuid
+from typing import Any
+
+from core.datadir import DATASET_ID_RE, atomic_write_bytes
+from core.jobs import JobRecord
+from core.settings import MODEL_NAME_RE
+from core.trainconfig import build_training_config, training_limits
+from model.formats.archives import BUILTIN_DATASETS
+from model.formats.config import SAMPLER_NAMES
+
+from .lease import CancelCheck
+from .lifecycle import Body, JobInputError
+from .runtime import Reporter, TaskRuntime
+
+log = logging.getLogger("debm.worker")
+
+SCORE_BATCH = 64
+
+
+def _model_of(runtime: TaskRuntime, params: dict[str, Any]):
+    name, version = params.get("model_name"), params.get("model_version")
+    if not isinstance(name, str) or not isinstance(version, int) or isinstance(version, bool):
+        raise JobInputError("job names no model version")
+    runtime.registry.resolve(f"{name}:{version}", default_model=name)  # still registered?
+    return f"{name}:{version}", runtime.models.get(name, version)
+
+
+def _int_param(params: dict, key: str, *, low: int, high: int, default=None) -> int | None:
+    value = params.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise JobInputError(f"{key} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _float_param(params: dict, key: str) -> float | None:
+
+    value = params.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise JobInputError(f"{key} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
+                 should_cancel: CancelCheck) -> dict[str, Any]:
+    from model.images import grid_png, sample_pngs
+    from model.pipeline import generate
+
+    settings, params = runtime.settings, job.params
+    n = _int_param(params, "n", low=1, high=settings.max_generate_n)
+    if n is None:
+        raise JobInputError("n is required")
+    seed = _int_param(params, "seed", low=0, high=2 ** 63 - 1, default=0)
+    sampler = params.get("sampler", "two_stage")
+    if sampler not in SAMPLER_NAMES:
+        raise JobInputError(f"unknown sampler {sampler!r}")
+    overrides = {
+        "steps_latent": _int_param(params, "steps_latent", low=0,
+                                   high=settings.max_generate_steps),
+        "steps_pixel": _int_param(params, "steps_pixel", low=0,
+                                  high=settings.max_generate_steps),
+        "step_size_latent": _float_param(params, "step_size_latent"),
+        "step_size_pixel": _float_param(params, "step_size_pixel"),
+    }
+    model_ref, loaded = _model_of(runtime, params)
+    result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
+                      should_cancel=should_cancel, **overrides)
+    final = runtime.data.result_dir(job.id)
+    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
+    staging.mkdir(parents=True)
+    try:
+        atomic_write_bytes(staging / "grid.png", grid_png(result.images))
+        samples = []
+        for i, png in enumerate(sample_pngs(result.images)):
+            atomic_write_bytes(staging / f"sample-{i:03d}.png", png)
+            samples.append(runtime.data.relative(final / f"sample-{i:03d}.png"))
+        if final.exists():  # a redelivered task replaces its own earlier output
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    net = loaded.config.network
+    return {"model": model_ref, "n": n, "seed": seed, "sampler": sampler,
+            "steps": result.steps, "image_size": net.image_size, "channels": net.channels,
+            "grid": runtime.data.relative(final / "grid.png"), "samples": samples}
+
+
+def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
+              should_cancel: CancelCheck) -> dict[str, Any]:
+    from model.formats.imagefile import ImageRejected, decode_image
+    from model.images import pil_to_model_tensor
+    from model.pipeline import interpret_scores, score_images
+
+    settings, params = runtime.settings, job.params
+    files = params.get("files")
+    if not isinstance(files, list) or not 1 <= len(files) <= settings.max_images_per_request:
+        raise JobInputError("a scoring job needs 1 to "
+                            f"{settings.max_images_per_request} images")
+    upload_dir = runtime.data.upload_dir(job.id)
+    try:
+        images, names = [], []
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                raise JobInputError("malformed file entry in the job record")
+            try:
+                path = runtime.data.inside(entry["path"])
+            except ValueError as exc:
+                raise JobInputError(str(exc)) from None
+            if path.parent != upload_dir:
+                raise JobInputError(f"file {entry['path']!r} is not one of this job's uploads")
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise JobInputError(f"upload {entry['path']} is unreadable: "
+                                    f"{exc.strerror or exc}") from None
+            name = str(entry.get("filename") or path.name)[:255]
+            try:  # the API validated the same bytes; a changed file is refused here too
+                images.append(decode_image(data, max_pixels=settings.max_image_pixels).image)
+            except ImageRejected as exc:
+                raise ImageRejected(f"{name}: {exc}", kind=exc.kind) from None
+            names.append(name)
+        model_ref, loaded = _model_of(runtime, params)
+        net, scoring = loaded.config.network, loaded.config.scoring
+        x = pil_to_model_tensor(images, image_size=net.image_size, channels=net.channels)
+        scores: list[float] = []
+        for start in range(0, len(x), SCORE_BATCH):
+            if should_cancel():
+                from model.samplers import SamplingCancelled
+
+                raise SamplingCancelled("scoring cancelled")
+            batch = score_images(loaded, x[start:start + SCORE_BATCH], sigma=scoring.sigma,
+                                 draws=scoring.draws, seed=scoring.seed)
+            scores.extend(float(s) for s in batch)
+            report({"stage": "score", "step": len(scores), "total": len(x),
+                    "fraction": round(len(scores) / len(x), 4)})
+        extra = interpret_scores(loaded.calibration, scores, sigma=scoring.sigma,
+                                 draws=scoring.draws, seed=scoring.seed)
+        results = [{"filename": name, "score": score, **info}
+                   for name, score, info in zip(names, scores, extra)]
+        return {"model": model_ref, "calibrated": loaded.calibration is not None,
+                "sigma": scoring.sigma, "draws": scoring.draws, "results": results}
+    finally:
+        job_now = runtime.store.get(job.id)
+        if job_now is None or job_now.cancel_requested or not runtime.interrupt.is_set():
+            shutil.rmtree(upload_dir, ignore_errors=True)
+
+
+def load_training_dataset(runtime: TaskRuntime, dataset: Any, config):
+    from model.data import load_dataset
+
+    if not isinstance(dataset, str):
+        raise JobInputError("dataset must be a name or a dataset id")
+    if dataset in BUILTIN_DATASETS:
+        source = dataset
+    elif DATASET_ID_RE.match(dataset):
+        directory = runtime.data.dataset_dir(dataset)
+        try:
+            meta = json.loads((directory / "meta.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise JobInputError(f"dataset {dataset} does not exist") from None
+        filename = meta.get("file")
+        if filename not in ("data.zip", "data.npz"):
+            raise JobInputError(f"dataset {dataset} has an invalid file entry")
+        source = str(directory / filename)
+    else:
+        raise JobInputError(f"unknown dataset {dataset!r}")
+    net = config.network
+    return load_dataset(source, image_size=net.image_size, channels=net.channels,
+                        max_pixels=runtime.settings.max_image_pixels)
+
+
+def run_train(runtime: TaskRuntime, job: JobRecord, report: Reporter,
+              should_cancel: CancelCheck) -> dict[str, Any]:
+    from model.formats.manifest import MANIFEST, read_manifest
+    from model.pipeline import run_training
+
+    settings, params = runtime.settings, job.params
+    name = params.get("name")
+    if not isinstance(name, str) or not MODEL_NAME_RE.match(name):
+        raise JobInputError(f"invalid model name {name!r}")
+    config = build_training_config(
+        preset_name=str(params.get("preset")), overrides=params.get("overrides") or {},
+        seed=_int_param(params, "seed", low=0, high=2 ** 31 - 1),
+        dataset=params.get("dataset"), **training_limits(settings))
+    dataset = load_training_dataset(runtime, params.get("dataset"), config)
+    out_dir = runtime.data.job_dir(job.id) / "checkpoint"
+    # A redelivered job (its worker died) continues from its own last checkpoint.
+    resume = (out_dir / MANIFEST).is_file()
+    if resume:
+        log.info("job %s: resuming from %s", job.id, out_dir)
+    run_training(config, out_dir, resume=resume, device=settings.device, dataset=dataset,
+                 on_step_end=report.training, should_cancel=should_cancel,
+                 extra_metadata={"job_id": job.id, "dataset": params.get("dataset"),
+                                 "model_name": name})
+    # Registration is keyed by the job id: a second delivery finds the same version.
+    version = runtime.registry.register(name, out_dir, job_id=job.id)
+    manifest = read_manifest(out_dir)
+    return {"model": f"{name}:{version}", "name": name, "version": version,
+            "step": manifest.get("step"), "resumed": resume,
+            "calibrated": manifest.get("calibration") is not None,
+            "final_data_energy": manifest.get("metadata", {}).get("final_data_energy"),
+            "final_negative_energy": manifest.get("metadata", {}).get("final_negative_energy")}
+
+
+BODIES: dict[str, Body] = {"generate": run_generate, "score": run_score, "train": run_train}

@@ -1,0 +1,116 @@
+"""What a task needs in the process that runs it: settings, job store, data directory,
+registry and model cache (``TaskRuntime``, one per app and process), and progress reporting.
+
+model/ is imported inside functions so that the worker's parent process stays light; torch and
+CUDA are first touched in the process that runs tasks (after the prefork pool forked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.datadir import DataDir
+from core.jobs import JobStore, open_store
+from core.registry import ModelRegistry
+from core.settings import Settings
+
+from .cache import ModelCache
+
+if TYPE_CHECKING:
+    from .celery_app import WorkerApp
+
+log = logging.getLogger("debm.worker")
+
+
+@dataclass
+class TaskRuntime:
+    settings: Settings
+    store: JobStore
+    data: DataDir
+    registry: ModelRegistry
+    models: ModelCache
+    # Set by the embedded server when it shuts down: running tasks stop at the next step and
+    # their jobs are requeued (not cancelled).
+    interrupt: threading.Event = field(default_factory=threading.Event)
+    report_interval: float = 0.5  # seconds between progress writes (0: every step)
+
+    @classmethod
+    def create(cls, settings: Settings, *, interrupt: threading.Event | None = None
+               ) -> "TaskRuntime":
+        data = DataDir(settings.data_root).ensure()
+        registry = ModelRegistry(data.models)
+        runtime = cls(settings=settings, store=open_store(settings), data=data,
+                      registry=registry,
+                      models=ModelCache(registry, device=settings.device,
+                                        capacity=settings.model_cache_size))
+        if interrupt is not None:
+            runtime.interrupt = interrupt
+        return runtime
+
+
+_runtimes: dict[tuple[int, int], TaskRuntime] = {}
+_runtimes_lock = threading.Lock()
+_torch_configured: set[int] = set()
+
+
+def runtime_for(app: WorkerApp) -> TaskRuntime:
+    """One runtime per (app, process): connections and caches are never shared across fork."""
+    key = (id(app), os.getpid())
+    with _runtimes_lock:
+        runtime = _runtimes.get(key)
+        if runtime is None:
+            runtime = TaskRuntime.create(app.settings, interrupt=app.interrupt)
+            _runtimes[key] = runtime
+        return runtime
+
+
+def configure_torch(settings: Settings) -> None:
+    if os.getpid() in _torch_configured:
+        return
+    import torch
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    _torch_configured.add(os.getpid())
+
+
+class Reporter:
+    """Writes progress to the job record and, inside a Celery worker, to the task state
+    (``update_state(state="PROGRESS")``), at most every ``interval`` seconds."""
+
+    def __init__(self, store: JobStore, job_id: str, task=None, *, interval: float = 0.5):
+        self.store, self.job_id, self.task, self.interval = store, job_id, task, interval
+        self._last = 0.0
+
+    def __call__(self, progress: dict[str, Any], metrics: dict[str, Any] | None = None,
+                 *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        try:
+            self.store.report(self.job_id, progress=progress, metrics=metrics)
+        except Exception as exc:  # progress is best effort; the job goes on
+            log.warning("job %s: progress not recorded: %s", self.job_id, exc)
+        task = self.task
+        if task is not None and getattr(task.request, "id", None) and \
+                not task.request.called_directly:
+            try:
+                task.update_state(state="PROGRESS", meta={"job_id": self.job_id, **progress})
+            except Exception as exc:
+                log.warning("job %s: update_state failed: %s", self.job_id, exc)
+
+    def sampling(self, stage: str, step: int, total: int) -> None:
+        self({"stage": stage, "step": step, "total": total,
+              "fraction": round(step / total, 4) if total else 1.0}, force=step == total)
+
+    def training(self, metrics) -> None:
+        total = metrics.total_steps
+        self({"stage": metrics.phase, "step": metrics.step, "total": total,
+              "fraction": round(metrics.step / total, 4) if total else 1.0},
+             metrics.to_dict(), force=metrics.step == total)
