@@ -18,16 +18,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.datadir import DataDir, DataDirError
-from core.jobs import StoreUnavailable, clean_json, open_store
+from core.jobs import SqliteJobStore, StoreUnavailable, clean_json, open_store
+from core.jobs.events import JobEvents
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
                            UnknownModel)
 from core.settings import Settings, get_settings
 
+from . import observe
 from .auth import load_keys
 from .dataset_check import DatasetRejected
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
+from .observe import LatencyMiddleware
 from .routers import datasets, generate, health, jobs, models, score, train
 from .uploads import BodyLimitMiddleware
 
@@ -53,9 +56,10 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     registry = ModelRegistry(data.models)
     keys = load_keys(settings)
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
+    events = JobEvents()
     services = Services(settings=settings, data=data, store=store, registry=registry,
                         keys=keys, dispatcher=Dispatcher(settings, store, celery, data),
-                        celery=celery, embedded=embedded)
+                        celery=celery, embedded=embedded, events=events)
     try:
         seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
         if seeded:
@@ -66,6 +70,10 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if isinstance(store, SqliteJobStore):
+            events.attach_local(store.path)
+        else:
+            events.listen_redis(settings.redis_url, settings.redis_prefix)
         if embedded is not None:
             embedded.start(services)
         try:
@@ -73,19 +81,21 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
         finally:
             if embedded is not None:
                 embedded.stop()
+            events.stop()
             store.close()
 
     app = FastAPI(title="Denoising-EBM service", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
-                   datasets.router, jobs.router, models.router):
+                   datasets.router, jobs.router, models.router, observe.router):
         app.include_router(router)
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/ood-score": (settings.max_upload_bytes, "the upload"),
                 "/datasets": (settings.max_dataset_bytes, "the dataset upload")},
         default=(settings.max_json_bytes, "the request body"))
+    app.add_middleware(LatencyMiddleware)  # outermost: the latency a client sees
     _install_error_handlers(app)
     return app
 

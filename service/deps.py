@@ -36,6 +36,7 @@ class Services:
     dispatcher: Dispatcher
     celery: Any
     embedded: Any = None  # debm.serve.EmbeddedWorkers in embedded mode
+    events: Any = None  # core.jobs.events.JobEvents: wake-ups for ?wait=
 
     @property
     def mode(self) -> str:

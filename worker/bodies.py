@@ -82,8 +82,12 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         "step_size_pixel": _float_param(params, "step_size_pixel"),
     }
     model_ref, loaded = _model_of(runtime, params)
-    result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
-                      should_cancel=should_cancel, **overrides)
+    # Never merged with other requests (worker.batching says why); at most
+    # generate_concurrency chains run at once in this process.
+    with runtime.generate_slot(should_cancel):
+        result = generate(loaded, n=n, seed=seed, sampler=sampler,
+                          on_progress=report.sampling, should_cancel=should_cancel,
+                          **overrides)
     final = runtime.data.result_dir(job.id)
     staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
@@ -109,7 +113,7 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
               should_cancel: CancelCheck) -> dict[str, Any]:
     from model.formats.imagefile import ImageRejected, decode_image
     from model.images import pil_to_model_tensor
-    from model.pipeline import interpret_scores, score_images
+    from model.pipeline import interpret_scores
 
     settings, params = runtime.settings, job.params
     files = params.get("files")
@@ -148,11 +152,13 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
                 from model.samplers import SamplingCancelled
 
                 raise SamplingCancelled("scoring cancelled")
-            batch = score_images(loaded, x[start:start + SCORE_BATCH], sigma=scoring.sigma,
-                                 draws=scoring.draws, seed=scoring.seed)
+            # Through the process's batcher: merged with concurrent requests for the same
+            # model into one forward pass (worker.batching); the scores are the same.
+            batch = runtime.score(model_ref, loaded, x[start:start + SCORE_BATCH])
             scores.extend(float(s) for s in batch)
-            report({"stage": "score", "step": len(scores), "total": len(x),
-                    "fraction": round(len(scores) / len(x), 4)})
+            if len(x) > SCORE_BATCH:  # a one-chunk job reports nothing: it is done next
+                report({"stage": "score", "step": len(scores), "total": len(x),
+                        "fraction": round(len(scores) / len(x), 4)})
         extra = interpret_scores(loaded.calibration, scores, sigma=scoring.sigma,
                                  draws=scoring.draws, seed=scoring.seed)
         results = [{"filename": name, "score": score, **info}

@@ -7,6 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from .events import notify_local
 from .records import QUEUED, JobRecord
 from .store import CapacityExceeded, JobStore, StoreUnavailable
 
@@ -37,19 +38,32 @@ class SqliteJobStore(JobStore):
             raise StoreUnavailable(f"{self.path}: {exc}") from None
         return _Closing(db)
 
-    def create(self, job, *, max_total=None, max_owner=None):
+    def create(self, job, *, max_total=None, max_owner=None, max_work_total=None,
+               max_work_owner=None):
         if job.status != QUEUED:
             raise ValueError("jobs are created queued")
         job.queued_at = job.queued_at or job.created
-        active = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
+        active = "FROM jobs WHERE status IN ('queued', 'running')"
+        count, work = f"SELECT COUNT(*) {active}", \
+            f"SELECT COALESCE(SUM(json_extract(doc, '$.work')), 0) {active}"
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
             try:
-                if max_total and db.execute(active).fetchone()[0] >= max_total:
+                n_total = db.execute(count).fetchone()[0]
+                if max_total and n_total >= max_total:
                     raise CapacityExceeded("total", int(max_total))
-                if max_owner and db.execute(active + " AND owner = ?",
-                                            (job.owner,)).fetchone()[0] >= max_owner:
+                n_owner = db.execute(count + " AND owner = ?", (job.owner,)).fetchone()[0]
+                if max_owner and n_owner >= max_owner:
                     raise CapacityExceeded("owner", int(max_owner))
+                # A job is admitted whatever its work when nothing else of the scope is
+                # active, so that one allowed request is never impossible.
+                if max_work_total and n_total and \
+                        db.execute(work).fetchone()[0] + job.work > max_work_total:
+                    raise CapacityExceeded("total_work", int(max_work_total))
+                if max_work_owner and n_owner and db.execute(
+                        work + " AND owner = ?", (job.owner,)).fetchone()[0] + job.work > \
+                        max_work_owner:
+                    raise CapacityExceeded("owner_work", int(max_work_owner))
                 db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
                            (job.id, job.owner, job.kind, job.status, job.created,
                             job.to_json()))
@@ -79,9 +93,12 @@ class SqliteJobStore(JobStore):
                     return JobRecord.from_json(row[0]), False
                 db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
                            (job.status, job.to_json(), job.id))
-                return job, True
             finally:
                 db.execute("COMMIT")
+        if job.final and JobRecord.from_json(row[0]).status != job.status:
+            # Wake API requests waiting on it (core.jobs.events), after the commit.
+            notify_local(self.path, job.id)
+        return job, True
 
     def list(self, *, owner=None, limit=50, statuses=None, kind=None):
         where, args = [], []
@@ -109,6 +126,22 @@ class SqliteJobStore(JobStore):
             args = (owner,)
         with self._connect() as db:
             return int(db.execute(sql, args).fetchone()[0])
+
+    def active_work(self, owner=None):
+        sql = ("SELECT COALESCE(SUM(json_extract(doc, '$.work')), 0) FROM jobs "
+               "WHERE status IN ('queued', 'running')")
+        args: tuple = ()
+        if owner:
+            sql += " AND owner = ?"
+            args = (owner,)
+        with self._connect() as db:
+            return int(db.execute(sql, args).fetchone()[0])
+
+    def counts(self):
+        with self._connect() as db:
+            rows = db.execute("SELECT kind, status, COUNT(*) FROM jobs "
+                              "GROUP BY kind, status").fetchall()
+        return {(kind, status): int(n) for kind, status, n in rows}
 
     def heartbeat(self, worker, info, ttl):
         now = time.time()
