@@ -83,11 +83,9 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     }
     model_ref, loaded = _model_of(runtime, params)
     # Never merged with other requests (worker.batching says why); at most
-    # generate_concurrency chains run at once in this process.
-    with runtime.generate_slot(should_cancel):
-        result = generate(loaded, n=n, seed=seed, sampler=sampler,
-                          on_progress=report.sampling, should_cancel=should_cancel,
-                          **overrides)
+    # generate_concurrency chains run at once per process (worker.lifecycle.execute).
+    result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
+                      should_cancel=should_cancel, **overrides)
     final = runtime.data.result_dir(job.id)
     staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)

@@ -79,19 +79,28 @@ class TaskRuntime:
             return self._batcher
 
     @contextmanager
-    def generate_slot(self, should_cancel=None):
-        """At most ``generate_concurrency`` chains at once in this process; a waiting job
-        still notices a cancel, time limit or shutdown."""
-        slots = self._generate_slots
-        while not slots.acquire(timeout=0.2):
-            if should_cancel is not None and should_cancel():
-                from model.samplers import SamplingCancelled
-
-                raise SamplingCancelled("cancelled while waiting for a generation slot")
+    def job_slot(self, kind: str, job_id: str, lost=lambda: False):
+        """At most ``generate_concurrency`` generate jobs run at once in this process (the
+        others are not merged, so they would only share the CPU).  A job waits here holding
+        its lease but still ``queued``, and gives up (yields False) when it is cancelled or
+        finished meanwhile, its lease is lost, or the server shuts down."""
+        if kind != "generate":
+            yield True
+            return
+        slots, checked, acquired = self._generate_slots, 0.0, False
         try:
-            yield
+            while not (acquired := slots.acquire(timeout=0.2)):
+                if self.interrupt.is_set() or lost():
+                    break
+                if time.monotonic() - checked > 1.0:
+                    checked = time.monotonic()
+                    job = self.store.get(job_id)
+                    if job is None or job.final or job.cancel_requested:
+                        break
+            yield acquired
         finally:
-            slots.release()
+            if acquired:
+                slots.release()
 
 
 def inference_options(settings: Settings):
