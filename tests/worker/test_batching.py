@@ -140,3 +140,62 @@ def test_a_failing_request_fails_alone():
         batcher.stop()
     assert results[0] == "ok a" and results[2] == "ok b" and results[3] == "ok c"
     assert isinstance(errors[1], ValueError) and errors[0] is None
+
+
+# --- through the real task code: concurrent score jobs share forward passes --------------
+
+def _score_job(runtime, pngs: list[bytes]) -> str:
+    import uuid
+
+    from core.datadir import atomic_write_bytes
+    from core.jobs import JobRecord
+
+    job_id = uuid.uuid4().hex
+    entries = []
+    for i, png in enumerate(pngs):
+        path = runtime.data.upload_dir(job_id) / f"{i:04d}.img"
+        atomic_write_bytes(path, png)
+        entries.append({"filename": f"d{i}.png", "path": runtime.data.relative(path)})
+    runtime.store.create(JobRecord(id=job_id, kind="score", owner="tester", work=len(pngs),
+                                   params={"model_name": "demo", "model_version": 1,
+                                           "files": entries}))
+    return job_id
+
+
+def _run_jobs(runtime, job_ids):
+    from worker.bodies import BODIES
+    from worker.lifecycle import execute
+
+    return _concurrently([lambda j=j: execute(runtime, j, "score", BODIES["score"])
+                          for j in job_ids])
+
+
+def test_score_jobs_batched_equal_alone_and_a_bad_upload_fails_alone(runtime):
+    from tests.support import digit_png
+
+    sizes = [1, 2, 1, 3, 1, 1]
+    requests = [[digit_png(seed=10 * i + k) for k in range(n)] for i, n in enumerate(sizes)]
+    alone = []
+    for pngs in requests:  # one at a time: each its own forward pass
+        job_id = _score_job(runtime, pngs)
+        _run_jobs(runtime, [job_id])
+        alone.append([r["score"] for r in runtime.store.get(job_id).result["results"]])
+
+    batches = []
+    batcher = runtime.batcher()
+    batcher.max_wait = 0.5  # a wide window, so that the threads surely meet in it
+    batcher.on_batch = lambda key, n, size, s: batches.append(n)
+    ids = [_score_job(runtime, pngs) for pngs in requests]
+    bad = _score_job(runtime, [digit_png(seed=99)])
+    # Changed behind the API's back: the worker decodes it again and refuses it.
+    (runtime.data.upload_dir(bad) / "0000.img").write_bytes(b"not an image at all")
+    _, errors = _run_jobs(runtime, ids + [bad])
+    assert errors == [None] * (len(ids) + 1)
+    assert max(batches) > 1, f"no request was merged: {batches}"
+    failed = runtime.store.get(bad)
+    assert failed.status == "failed" and "d0.png" in failed.error, failed
+    for job_id, want in zip(ids, alone):
+        job = runtime.store.get(job_id)
+        assert job.status == "succeeded", job.error
+        got = [r["score"] for r in job.result["results"]]
+        assert got == pytest.approx(want, rel=1e-6, abs=0)
