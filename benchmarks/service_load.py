@@ -243,9 +243,9 @@ class Services:
 
 def worker_command(queue: str, args) -> list[str]:
     """The Celery worker of one queue, as docs/OPERATIONS.md runs it."""
-    app = "worker.app" if (REPO / "worker" / "app.py").exists() else "worker.celery_app"
-    return [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
-            *args.worker_args.split(), "-n", f"{queue}-bench@%h", "--without-mingle",
+    pool = args.inference_pool if queue == "inference" else "-P prefork -c 1"
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue,
+            *pool.split(), "-n", f"{queue}-bench@%h", "--without-mingle",
             "--without-gossip", "--loglevel", "WARNING"]
 
 
@@ -409,8 +409,9 @@ def main() -> int:
     parser.add_argument("--train-iters", type=int, default=10)
     parser.add_argument("--train-timeout", type=float, default=600.0)
     parser.add_argument("--skip-training", action="store_true")
-    parser.add_argument("--worker-args", default="-P prefork -c 1",
-                        help="pool arguments of the distributed Celery workers")
+    parser.add_argument("--inference-pool", default="-P threads -c 32",
+                        help="pool arguments of the distributed inference worker "
+                             "(the baseline before batching ran '-P prefork -c 1')")
     parser.add_argument("--env", action="append", default=[],
                         help="NAME=VALUE for the service processes (repeatable)")
     parser.add_argument("--json", help="write the results here")

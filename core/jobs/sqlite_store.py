@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -13,12 +15,17 @@ from .store import CapacityExceeded, JobStore, StoreUnavailable
 
 
 class SqliteJobStore(JobStore):
-    """One connection per operation (cheap for SQLite) so that the API's thread pool, the
-    in-process worker threads and heartbeat threads never share a connection."""
+    """One connection per thread, kept open (``threading.local``), so that the API's thread
+    pool, the in-process worker threads and heartbeat threads never share a connection.
+    Kept open because closing the last connection to a WAL database checkpoints it with two
+    fsyncs (~20 ms per operation here, measured), and because a commit with
+    synchronous=NORMAL on an open connection costs ~0.3 ms instead of ~6 ms (see
+    ``_connect``)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
@@ -31,12 +38,27 @@ class SqliteJobStore(JobStore):
             db.execute("""CREATE TABLE IF NOT EXISTS leases (
                 job_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)""")
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self.path}: {exc}") from None
-        return _Closing(db)
+    def _connect(self, *, durable: bool = False) -> "_Reused":
+        """This thread's connection.  ``durable``: the commit is on disk when it returns (an
+        fsync).  Only ``create`` needs it: a job the API answered 202 for must survive a
+        power loss.  Every later transition (lease, start, progress, finish) commits with
+        synchronous=NORMAL, which in WAL mode survives a crash of the process but may lose
+        the last commits on a power loss; the job then reverts to queued or running and is
+        run again at the next start (every job is idempotent): time is lost, never a job."""
+        local = self._local
+        db = getattr(local, "db", None)
+        if db is None or local.pid != os.getpid():  # none yet, or inherited across fork
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                     check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"{self.path}: {exc}") from None
+            local.db, local.pid, local.sync = db, os.getpid(), None
+        want = "FULL" if durable else "NORMAL"
+        if local.sync != want:
+            db.execute(f"PRAGMA synchronous={want}")
+            local.sync = want
+        return _Reused(db)
 
     def create(self, job, *, max_total=None, max_owner=None, max_work_total=None,
                max_work_owner=None):
@@ -46,7 +68,7 @@ class SqliteJobStore(JobStore):
         active = "FROM jobs WHERE status IN ('queued', 'running')"
         count, work = f"SELECT COUNT(*) {active}", \
             f"SELECT COALESCE(SUM(json_extract(doc, '$.work')), 0) {active}"
-        with self._connect() as db:
+        with self._connect(durable=True) as db:
             db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
             try:
                 n_total = db.execute(count).fetchone()[0]
@@ -195,14 +217,22 @@ class SqliteJobStore(JobStore):
                               (time.time(), *job_ids)).fetchall()
         return dict(rows)
 
+    def close(self) -> None:
+        """Close this thread's connection (the others close with their threads)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
+
     def clear_leases(self) -> None:
         """Embedded start-up: the previous process is gone, and so is every holder."""
         with self._connect() as db:
             db.execute("DELETE FROM leases")
 
 
-class _Closing:
-    """``with`` that closes the connection (sqlite3's own context manager only commits)."""
+class _Reused:
+    """``with`` over a kept connection: never closes it, and rolls back a transaction an
+    error left open, so that the thread's next operation starts clean."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -211,4 +241,8 @@ class _Closing:
         return self.db
 
     def __exit__(self, *exc) -> None:
-        self.db.close()
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
