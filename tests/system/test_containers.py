@@ -15,7 +15,9 @@ def load_compose() -> dict:
 
 def test_compose_services():
     services = load_compose()["services"]
-    assert set(services) == {"redis", "api", "worker-inference", "worker-training"}
+    assert set(services) == {"redis", "api", "worker-inference", "worker-training",
+                             "prometheus"}
+    assert services["prometheus"]["profiles"] == ["metrics"]  # optional
 
     redis = services["redis"]
     command = " ".join(redis["command"])
@@ -27,13 +29,17 @@ def test_compose_services():
     assert "/healthz" in " ".join(api["healthcheck"]["test"])
     assert api["build"]["dockerfile"] == "docker/Dockerfile.api"
 
-    for name, queue in (("worker-inference", "inference"), ("worker-training", "training")):
+    # Inference on threads of one process (its scoring jobs share forward passes); training
+    # one job per process.
+    for name, queue, pool, concurrency in (("worker-inference", "inference", "threads", "32"),
+                                           ("worker-training", "training", "prefork", "1")):
         worker = services[name]
         assert worker["build"]["dockerfile"] == "docker/Dockerfile.worker"
         command = worker["command"]
         assert command[command.index("-Q") + 1] == queue
-        assert command[command.index("-c") + 1] == "1"
-        assert command[command.index("-P") + 1] == "prefork"
+        assert command[command.index("-c") + 1] == concurrency
+        assert command[command.index("-P") + 1] == pool
+        assert worker["environment"]["DEBM_METRICS_PORT"] == "9101"
         (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
         assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
         assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
@@ -59,3 +65,12 @@ def test_api_image_has_no_torch_and_worker_image_is_cuda_pytorch():
     base = re.search(r"ARG BASE_IMAGE=(\S+)", worker).group(1)
     assert base.startswith("pytorch/pytorch:") and "cuda" in base
     assert "'.[worker]'" in worker
+
+
+def test_the_metrics_profile_scrapes_the_api_and_the_workers():
+    prometheus = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["debm-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    workers = jobs["debm-workers"]["dns_sd_configs"][0]
+    assert set(workers["names"]) == {"worker-inference", "worker-training"}
+    assert workers["port"] == 9101
