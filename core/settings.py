@@ -72,8 +72,14 @@ class Settings(BaseSettings):
     # network's size, plus the estimate of parameters, optimiser state and activations
     # (core of service/trainmemory.py).
     worker_memory_bytes: int = Field(8 * 1024 * MiB, ge=64 * MiB)
-    max_queued_jobs: int = Field(100, ge=1)  # queued + running jobs in total (429)
-    max_queued_jobs_per_key: int = Field(20, ge=1)  # queued + running jobs per key (429)
+    # Quotas count queued + running *work* (core.work: one unit per image to score, one per
+    # sampler step of one chain), so many small requests pass where few big ones would not.
+    max_queued_work: int = Field(32768, ge=1)  # in total (429)
+    max_queued_work_per_key: int = Field(8192, ge=1)  # per API key (429)
+    # Job-count bounds on top (records and messages in flight), far above what the work
+    # quotas let through for scoring and generation; training jobs count only here.
+    max_queued_jobs: int = Field(1000, ge=1)  # queued + running jobs in total (429)
+    max_queued_jobs_per_key: int = Field(256, ge=1)  # queued + running jobs per key (429)
     max_wait_seconds: float = Field(120.0, ge=0)  # largest ?wait= accepted (422 above)
     score_wait_seconds: float = Field(60.0, ge=0)  # how long POST /ood-score waits by default
 
@@ -81,6 +87,22 @@ class Settings(BaseSettings):
     device: str = "auto"  # torch device for the workers: auto, cpu, cuda, cuda:1, ...
     torch_threads: int = Field(0, ge=0)  # torch.set_num_threads in workers (0: torch default)
     model_cache_size: int = Field(2, ge=1)  # loaded checkpoints kept per worker process
+    # Dynamic batching of scoring requests in an inference worker (worker.batching): a batch
+    # leaves with max_batch_size images or max_wait_ms after its first request.  1 disables.
+    max_batch_size: int = Field(64, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    # Jobs one inference worker process runs at once, on threads (the embedded server's
+    # pool; `celery ... -P threads -c N` in distributed mode): concurrent scoring jobs meet in
+    # the batcher.  Generate jobs run generate_concurrency at a time among them.
+    inference_concurrency: int = Field(32, ge=1, le=256)
+    generate_concurrency: int = Field(1, ge=1, le=64)
+    # Optional fast paths of the serving model (model.pipeline.InferenceOptions); off unless
+    # measured to win (docs/PERFORMANCE.md).  bf16 applies on CUDA only and changes numbers.
+    inference_compile: bool = False
+    inference_channels_last: bool = False
+    inference_bf16: bool = False
+    # A worker process serves its Prometheus series on this port (0: off); see core.metrics.
+    metrics_port: int = Field(0, ge=0, le=65535)
     # Seconds a generate / score / training task may run.  Enforced between steps in every
     # mode (the job fails with "time limit ... exceeded"); prefork workers also kill the
     # process 30 s later (Celery's hard limit) if a single step hangs.
@@ -156,6 +178,8 @@ class Settings(BaseSettings):
                 f"task time limit ({longest}s), or Redis redelivers tasks that are still running")
         if self.max_queued_jobs_per_key > self.max_queued_jobs:
             raise ValueError("DEBM_MAX_QUEUED_JOBS_PER_KEY cannot exceed DEBM_MAX_QUEUED_JOBS")
+        if self.max_queued_work_per_key > self.max_queued_work:
+            raise ValueError("DEBM_MAX_QUEUED_WORK_PER_KEY cannot exceed DEBM_MAX_QUEUED_WORK")
         keys = parse_api_keys(self.api_keys) + parse_api_keys(self.admin_keys)
         ids = [key_id for key_id, _ in keys]
         if len(set(ids)) != len(ids):

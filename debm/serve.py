@@ -4,8 +4,13 @@ Without REDIS_URL the broker is kombu's SQLAlchemy transport over DATA/broker.sq
 result backend Celery's database backend over DATA/results.sqlite, so queued work, job
 records (DATA/jobs.sqlite), datasets and models all persist across a restart.
 
-Two in-process workers, one per queue, each a Celery ``WorkController`` with the solo pool in
-its own thread, so a long training job never blocks generation.  Each has its own Celery app:
+Two in-process workers, one per queue, so a long training job never blocks generation.
+Inference jobs run on a thread pool of this process that the dispatcher feeds directly
+(worker.local): kombu's SQLAlchemy transport can only poll, and a request would wait for
+the poll.  The job record in DATA/jobs.sqlite is the durable copy (see recovery below), and
+concurrent scoring jobs share forward passes (worker.batching).  Training runs on a Celery
+``WorkController`` with the solo pool in its own thread.  (With REDIS_URL set, both queues
+are Celery consumers: Redis wakes them without polling.)  Each has its own Celery app:
 a worker narrows its app's queue list in place, so two workers cannot share one app, and the
 solo pool resolves tasks through the thread's *current* app.
 
@@ -29,10 +34,12 @@ import threading
 from pathlib import Path
 
 from core.jobs import RUNNING, SqliteJobStore
+from core.metrics import WorkerLiveness
 from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
 from core.settings import Settings, get_settings
 from worker.celery_app import WorkerApp
 from worker.lease import Heartbeat
+from worker.local import LocalWorker
 
 log = logging.getLogger("debm.embedded")
 
@@ -50,6 +57,8 @@ class EmbeddedWorkers:
         self._controllers: dict[str, object] = {}
         self._apps: dict[str, WorkerApp] = {}
         self._heartbeats: list[Heartbeat] = []
+        self._liveness: list[WorkerLiveness] = []
+        self._local: LocalWorker | None = None
         self._lock_handle = None
         self.started = False
 
@@ -57,10 +66,34 @@ class EmbeddedWorkers:
     def start(self, services) -> None:
         if self._lock_handle is None:
             self.lock_data_dir()
+        host = f"{socket.gethostname()}-{os.getpid()}"
+        if not self.settings.distributed and INFERENCE_QUEUE in self.queues:
+            # Inference runs on a thread pool of this process, fed directly by the
+            # dispatcher (worker.local): no broker poll between a request and its job.
+            app = WorkerApp(self.settings, name=f"debm-{INFERENCE_QUEUE}",
+                            interrupt=self.interrupt)
+            self._apps[INFERENCE_QUEUE] = app
+            local = LocalWorker(app, INFERENCE_QUEUE,
+                                concurrency=self.settings.inference_concurrency,
+                                time_limit=self.settings.inference_time_limit)
+            self._local = local
+
+            def run_here(kind: str, job_id: str) -> bool:
+                if not local.handles(kind):
+                    return False
+                local.send(kind, job_id)
+                return True
+
+            services.dispatcher.local = run_here
+            name = f"{INFERENCE_QUEUE}@embedded-{host}"
+            self._heartbeats.append(Heartbeat(self.settings, name, [INFERENCE_QUEUE],
+                                              alive=local.alive).start())
+            self._liveness.append(WorkerLiveness(INFERENCE_QUEUE, name, local.alive))
         if not self.settings.distributed:
             self.recover(services)
-        host = f"{socket.gethostname()}-{os.getpid()}"
         for queue in self.queues:
+            if queue in self._apps:
+                continue  # runs in this process's pool (above)
             app = WorkerApp(self.settings, name=f"debm-{queue}", interrupt=self.interrupt)
             self._apps[queue] = app
             ready = threading.Event()
@@ -72,6 +105,8 @@ class EmbeddedWorkers:
             beat = Heartbeat(self.settings, f"{queue}@embedded-{host}", [queue],
                              alive=thread.is_alive)
             self._heartbeats.append(beat.start())
+            self._liveness.append(WorkerLiveness(queue, f"{queue}@embedded-{host}",
+                                                 thread.is_alive))
         self.started = True
         log.info("embedded workers consuming %s", ", ".join(self.queues))
 
@@ -93,6 +128,8 @@ class EmbeddedWorkers:
         if not self.started:
             return
         self.interrupt.set()  # running tasks stop at their next step and are requeued
+        if self._local is not None:
+            self._local.stop(timeout)
         for app in self._apps.values():
             app.active.wait_idle(timeout)
         for controller in self._controllers.values():
@@ -104,11 +141,16 @@ class EmbeddedWorkers:
             thread.join(timeout)
         for beat in self._heartbeats:
             beat.stop()
+        for live in self._liveness:
+            live.stop()
         self._release_lock()
         self.started = False
 
     def alive(self) -> dict[str, bool]:
-        return {q: t.is_alive() for q, t in self._threads.items()}
+        alive = {q: t.is_alive() for q, t in self._threads.items()}
+        if self._local is not None:
+            alive[INFERENCE_QUEUE] = self._local.alive()
+        return alive
 
     # -- one server per data directory -------------------------------------------------------
     def lock_data_dir(self) -> None:

@@ -43,6 +43,7 @@ class LoadedCheckpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     path: Path | None = None
+    inference: Any = None  # model.pipeline.InferenceOptions once prepared for serving
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -6,8 +6,10 @@ callbacks and know nothing of HTTP or queues.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -180,13 +182,52 @@ def sampler_settings(config: ExperimentConfig, **overrides: Any) -> SamplerConfi
     return with_overrides(config.sampler, **overrides)
 
 
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Optional fast paths of a serving model.  Each is off unless it was measured to win
+    (docs/PERFORMANCE.md); ``bf16`` changes the numbers (scores, samples) and so is opt-in."""
+    channels_last: bool = False  # NHWC activations for the convolutions (CUDA)
+    compile: bool = False  # torch.compile the denoiser
+    bf16: bool = False  # bfloat16 autocast on CUDA
+
+
+def prepare_for_inference(checkpoint: LoadedCheckpoint,
+                          options: InferenceOptions | None = None) -> LoadedCheckpoint:
+    """Make a loaded checkpoint a serving model: eval mode and no parameter gradients, so
+    that autograd records only the path from the chain state to the energy (the Langevin
+    steps need d U / d x, never d U / d theta), then the optional fast paths."""
+    options = options or InferenceOptions()
+    model = checkpoint.model
+    model.eval()
+    model.requires_grad_(False)
+    cuda = next(model.parameters()).device.type == "cuda"
+    if options.channels_last and cuda:
+        model.to(memory_format=torch.channels_last)
+    if options.compile:
+        model.dae = torch.compile(model.dae, dynamic=True)
+    checkpoint.inference = options if (cuda or not options.bf16) else \
+        InferenceOptions(options.channels_last, options.compile, False)
+    return checkpoint
+
+
+def _autocast(checkpoint: LoadedCheckpoint):
+    options = getattr(checkpoint, "inference", None)
+    if options is not None and options.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def generate(checkpoint: LoadedCheckpoint, *, n: int, seed: int, sampler: str = "two_stage",
              on_progress: ProgressFn | None = None, should_cancel: CancelFn | None = None,
              on_state: StateFn | None = None, **overrides: Any) -> SampleResult:
     settings = sampler_settings(checkpoint.config, **overrides)
-    return sample(checkpoint.model, sampler=sampler, n=n, seed=seed, settings=settings,
-                  noise=checkpoint.config.noise, on_progress=on_progress,
-                  should_cancel=should_cancel, on_state=on_state)
+    with _autocast(checkpoint):
+        result = sample(checkpoint.model, sampler=sampler, n=n, seed=seed, settings=settings,
+                        noise=checkpoint.config.noise, on_progress=on_progress,
+                        should_cancel=should_cancel, on_state=on_state)
+    if result.images.dtype != torch.float32:
+        result.images = result.images.float()
+    return result
 
 
 # --- scoring and calibration ---------------------------------------------------------------
@@ -194,13 +235,17 @@ def generate(checkpoint: LoadedCheckpoint, *, n: int, seed: int, sampler: str = 
 def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
                  sigma: float | None = None, draws: int | None = None,
                  seed: int | None = None) -> torch.Tensor:
-    """-U^c(x, sigma) averaged over draws (paper 5.2), higher = more in-distribution."""
+    """-U^c(x, sigma) averaged over draws (paper 5.2), higher = more in-distribution.
+
+    The draws are shared by every image (``texture_score``), so an image's score does not
+    depend on the other images of its batch: requests can be merged into one forward batch."""
     scoring = checkpoint.config.scoring
     device = next(checkpoint.model.parameters()).device
-    return texture_score(checkpoint.model.dae, images.to(device),
-                         sigma=scoring.sigma if sigma is None else sigma,
-                         draws=scoring.draws if draws is None else draws,
-                         seed=scoring.seed if seed is None else seed).cpu()
+    with torch.inference_mode(), _autocast(checkpoint):
+        return texture_score(checkpoint.model.dae, images.to(device),
+                             sigma=scoring.sigma if sigma is None else sigma,
+                             draws=scoring.draws if draws is None else draws,
+                             seed=scoring.seed if seed is None else seed).float().cpu()
 
 
 def calibrate_scores(model, holdout: torch.Tensor, *, config: ExperimentConfig

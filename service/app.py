@@ -21,19 +21,22 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from core.datadir import DataDir, DataDirError
-from core.jobs import StoreUnavailable, clean_json, open_store
+from core.jobs import SqliteJobStore, StoreUnavailable, clean_json, open_store
 from core.jobs.events import open_event_log
+from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
                            UnknownModel)
 from core.settings import Settings, get_settings
 from model.formats.errors import UserError
 
+from . import observe
 from .auth import load_keys
 from .dataset_check import DatasetRejected
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
 from .event_tokens import TokenSigner, load_secret
+from .observe import LatencyMiddleware
 from .routers import datasets, events, generate, health, jobs, models, page, score, train
 from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
@@ -59,11 +62,13 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     registry = ModelRegistry(data.models)
     keys = load_keys(settings)
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
+    wakeups = JobWakeups()
     services = Services(settings=settings, data=data, store=store, registry=registry,
                         keys=keys, dispatcher=Dispatcher(settings, store, celery, data),
                         celery=celery, embedded=embedded, events=open_event_log(settings),
                         event_tokens=TokenSigner(load_secret(settings.data_root),
-                                                 settings.event_token_seconds))
+                                                 settings.event_token_seconds),
+                        wakeups=wakeups)
     try:
         seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
         if seeded:
@@ -74,6 +79,10 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if isinstance(store, SqliteJobStore):
+            wakeups.attach_local(store.path)
+        else:
+            wakeups.listen_redis(settings.redis_url, settings.redis_prefix)
         if embedded is not None:
             embedded.start(services)
         try:
@@ -81,6 +90,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
         finally:
             if embedded is not None:
                 embedded.stop()
+            wakeups.stop()
             store.close()
             services.events.close()
 
@@ -92,7 +102,8 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
-                   datasets.router, jobs.router, events.router, models.router, page.router):
+                   datasets.router, jobs.router, events.router, models.router, page.router,
+                   observe.router):
         app.include_router(router)
     app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
@@ -101,6 +112,9 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                 "/datasets": (settings.max_dataset_bytes, "the dataset upload")},
         default=(settings.max_json_bytes, "the request body"),
         authenticate=lambda candidate: keys.authenticate(candidate) is not None)
+    # The latency a client sees; inside CatchAllMiddleware, so a request that ends in an
+    # unhandled exception is still counted (as a 500) before it becomes the JSON 500.
+    app.add_middleware(LatencyMiddleware)
     app.add_middleware(CatchAllMiddleware)  # outermost: see service/uploads.py
     _install_error_handlers(app)
     return app

@@ -38,6 +38,7 @@ class Services:
     embedded: Any = None  # debm.serve.EmbeddedWorkers in embedded mode
     events: Any = None  # core.jobs.events.EventLog: GET /jobs/{id}/events reads it
     event_tokens: Any = None  # service.event_tokens.TokenSigner
+    wakeups: Any = None  # core.jobs.wakeups.JobWakeups: final-job wake-ups for ?wait=
 
     @property
     def mode(self) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any
+from typing import Any, Callable
 
 from core.datadir import DataDir, new_job_id
 from core.jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
@@ -30,19 +30,32 @@ class BrokerUnavailable(Exception):
 
 
 class Dispatcher:
+    """``local``: in embedded mode, a callable ``(kind, job_id) -> bool`` that runs the job
+    in this process and answers True (debm.serve sets it for inference jobs); otherwise the
+    job's task is sent through the broker."""
+
     def __init__(self, settings: Settings, store: JobStore, celery_app, data: DataDir):
         self.settings, self.store, self.celery, self.data = settings, store, celery_app, data
+        self.local: Callable[[str, str], bool] | None = None
 
     def _full(self, scope: str) -> QueueFull:
         s = self.settings
         if scope == "total":
             return QueueFull(f"the queue is full ({s.max_queued_jobs} jobs queued or running, "
                              "DEBM_MAX_QUEUED_JOBS); retry later")
+        if scope == "total_work":
+            return QueueFull(f"the queue is full ({s.max_queued_work} units of work queued or "
+                             "running, DEBM_MAX_QUEUED_WORK); retry later", retry_after=2)
+        if scope == "owner_work":
+            return QueueFull(f"this key has {s.max_queued_work_per_key} units of work queued "
+                             "or running (DEBM_MAX_QUEUED_WORK_PER_KEY; an image to score is "
+                             "one unit, a generate n x its sampler steps); retry later, "
+                             "or cancel some jobs", retry_after=2)
         return QueueFull(f"this key has {s.max_queued_jobs_per_key} jobs queued or running "
                          "(DEBM_MAX_QUEUED_JOBS_PER_KEY); wait for some to finish or cancel "
                          "them")
 
-    def check_capacity(self, owner: str) -> None:
+    def check_capacity(self, owner: str, work: int = 1) -> None:
         """An early 429, before an upload is read, for a job that surely cannot be queued.
         Advisory only: ``submit`` checks again atomically with the insert."""
         s = self.settings
@@ -50,17 +63,23 @@ class Dispatcher:
             raise self._full("total")
         if self.store.count_active(owner) >= s.max_queued_jobs_per_key:
             raise self._full("owner")
+        if self.store.active_work(owner) + work > s.max_queued_work_per_key and \
+                self.store.count_active(owner):
+            raise self._full("owner_work")
 
     def new_id(self) -> str:
         return new_job_id()
 
     def submit(self, kind: str, owner: str, params: dict[str, Any], *,
-               job_id: str | None = None) -> JobRecord:
+               job_id: str | None = None, work: int = 0) -> JobRecord:
+        s = self.settings
         try:
             job = self.store.create(JobRecord(id=job_id or new_job_id(), kind=kind,
-                                              owner=owner, params=params),
-                                    max_total=self.settings.max_queued_jobs,
-                                    max_owner=self.settings.max_queued_jobs_per_key)
+                                              owner=owner, params=params, work=int(work)),
+                                    max_total=s.max_queued_jobs,
+                                    max_owner=s.max_queued_jobs_per_key,
+                                    max_work_total=s.max_queued_work,
+                                    max_work_owner=s.max_queued_work_per_key)
         except CapacityExceeded as exc:
             raise self._full(exc.scope) from None
         try:
@@ -75,6 +94,8 @@ class Dispatcher:
         return job
 
     def send(self, job: JobRecord) -> None:
+        if self.local is not None and self.local(job.kind, job.id):
+            return
         send_job(self.celery, job.kind, job.id)
 
     def cancel(self, job_id: str) -> JobRecord | None:

@@ -85,6 +85,8 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         "step_size_pixel": _float_param(params, "step_size_pixel"),
     }
     model_ref, loaded = _model_of(runtime, params)
+    # Never merged with other requests (worker.batching says why); at most
+    # generate_concurrency chains run at once per process (worker.lifecycle.execute).
     result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
                       should_cancel=should_cancel, on_state=report.preview, **overrides)
     final = runtime.data.result_dir(job.id)
@@ -114,7 +116,7 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
 
     from model.formats.imagefile import ImageRejected, decode_image, read_header
     from model.images import pil_to_model_tensor
-    from model.pipeline import interpret_scores, score_images
+    from model.pipeline import interpret_scores
 
     settings, params = runtime.settings, job.params
     files = params.get("files")
@@ -174,11 +176,13 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         for start in range(0, len(x), SCORE_BATCH):
             if should_cancel():
                 raise Cancelled("scoring cancelled")
-            batch = score_images(loaded, x[start:start + SCORE_BATCH], sigma=scoring.sigma,
-                                 draws=scoring.draws, seed=scoring.seed)
+            # Through the process's batcher: merged with concurrent requests for the same
+            # model into one forward pass (worker.batching); the scores are the same.
+            batch = runtime.score(model_ref, loaded, x[start:start + SCORE_BATCH])
             scores.extend(float(s) for s in batch)
-            report({"stage": "score", "step": len(scores), "total": len(x),
-                    "fraction": round(len(scores) / len(x), 4)})
+            if len(x) > SCORE_BATCH:  # a one-chunk job reports nothing: it is done next
+                report({"stage": "score", "step": len(scores), "total": len(x),
+                        "fraction": round(len(scores) / len(x), 4)})
         extra = interpret_scores(loaded.calibration, scores, sigma=scoring.sigma,
                                  draws=scoring.draws, seed=scoring.seed)
         results = [{"filename": name, "score": score, **info}

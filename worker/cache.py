@@ -8,15 +8,19 @@ runs tasks, i.e. after the prefork pool forked, so the parent never touches CUDA
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
+from core.metrics import MODEL_LOAD_SECONDS
 from core.registry import ModelRegistry
 
 
 class ModelCache:
-    def __init__(self, registry: ModelRegistry, *, device: str = "auto", capacity: int = 2):
+    def __init__(self, registry: ModelRegistry, *, device: str = "auto", capacity: int = 2,
+                 options=None):
         self.registry, self.device_spec, self.capacity = registry, device, capacity
+        self.options = options  # model.pipeline.InferenceOptions of the serving models
         self.device = None  # resolved on the first load, in the process that runs tasks
         self._items: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self._lock = threading.Lock()
@@ -24,7 +28,7 @@ class ModelCache:
 
     def get(self, name: str, version: int):
         from model.checkpoints import load_checkpoint
-        from model.pipeline import resolve_device
+        from model.pipeline import prepare_for_inference, resolve_device
 
         key = (name, int(version))
         with self._lock:
@@ -33,7 +37,12 @@ class ModelCache:
                 return self._items[key]
             if self.device is None:
                 self.device = resolve_device(self.device_spec)
-            loaded = load_checkpoint(self.registry.path(name, int(version)), device=self.device)
+            started = time.perf_counter()
+            loaded = prepare_for_inference(
+                load_checkpoint(self.registry.path(name, int(version)), device=self.device),
+                self.options)
+            MODEL_LOAD_SECONDS.labels(f"{name}:{version}").observe(
+                time.perf_counter() - started)
             self.loads += 1
             self._items[key] = loaded
             while len(self._items) > self.capacity:

@@ -1,6 +1,6 @@
 """The worker's Celery application, configured from ``core.settings``.
 
-    celery -A worker.celery_app worker -Q inference -c 1 -P prefork
+    celery -A worker.celery_app worker -Q inference -c 32 -P threads
     celery -A worker.celery_app worker -Q training  -c 1 -P prefork
 
 The configuration (core.queue.celery_config) is the one the API's producer uses too.  A
@@ -17,6 +17,7 @@ import threading
 
 from celery import Celery, signals
 
+from core.metrics import WorkerLiveness, start_worker_exporter
 from core.queue import celery_config, send_job
 from core.settings import Settings, get_settings
 
@@ -103,9 +104,19 @@ def _connect_heartbeat(app: WorkerApp) -> None:
         settings = app.settings
         state["beat"] = Heartbeat(settings, sender.hostname, queues,
                                   send=app.send_job if settings.distributed else None).start()
+        # This process's series (batch sizes, model loads, liveness) on DEBM_METRICS_PORT:
+        # a per-worker exporter (core.metrics says why).  Inference workers run their tasks
+        # on threads of this process (-P threads), so every series is here.
+        state["live"] = [WorkerLiveness(q, sender.hostname) for q in queues]
+        try:
+            start_worker_exporter(settings.metrics_port)
+        except OSError as exc:  # a busy port must not stop the worker
+            log.error("metrics exporter on port %s: %s", settings.metrics_port, exc)
 
     @signals.worker_shutdown.connect(weak=False)
     def _shutdown(sender=None, **_):
         beat = state.pop("beat", None)
         if beat is not None:
             beat.stop()
+        for live in state.pop("live", []):
+            live.stop()

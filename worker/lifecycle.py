@@ -120,8 +120,12 @@ def execute(runtime: TaskRuntime, job_id: Any, kind: str, body: Body, *, task=No
     keeper = LeaseKeeper(store, job_id, holder, ttl=settings.lease_seconds,
                          period=settings.heartbeat_seconds).start()
     try:
-        return _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
-                           time_limit=time_limit)
+        with runtime.job_slot(kind, job_id, lost=keeper.lost.is_set) as free:
+            if not free:  # cancelled, finished elsewhere or shutting down while it waited
+                log.info("job %s: not run (gave up waiting for a slot)", job_id)
+                return {"job_id": job_id, "skipped": "not started"}
+            return _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
+                               time_limit=time_limit)
     finally:
         keeper.stop()  # after the final state is written
 

@@ -11,15 +11,18 @@ import logging
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.datadir import DataDir
 from core.jobs import JobStore, open_store
 from core.jobs.events import EventLog, open_event_log
+from core.metrics import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
 from core.registry import ModelRegistry
 from core.settings import Settings
 
+from .batching import Batcher
 from .cache import ModelCache
 from .live import LiveEvents
 
@@ -41,6 +44,9 @@ class TaskRuntime:
     interrupt: threading.Event = field(default_factory=threading.Event)
     report_interval: float = 0.5  # seconds between progress writes (0: every step)
     events: EventLog | None = None  # the per-job event logs behind GET /jobs/{id}/events
+    _batcher: Batcher | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _generate_slots: threading.Semaphore | None = field(default=None, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, *, interrupt: threading.Event | None = None
@@ -50,11 +56,84 @@ class TaskRuntime:
         runtime = cls(settings=settings, store=open_store(settings), data=data,
                       registry=registry,
                       models=ModelCache(registry, device=settings.device,
-                                        capacity=settings.model_cache_size),
+                                        capacity=settings.model_cache_size,
+                                        options=inference_options(settings)),
                       events=open_event_log(settings))
         if interrupt is not None:
             runtime.interrupt = interrupt
+        runtime._generate_slots = threading.Semaphore(settings.generate_concurrency)
         return runtime
+
+    # -- shared model passes ----------------------------------------------------------------
+    def score(self, model_ref: str, loaded, x):
+        """Scores of the images ``x`` under ``loaded``, through this process's batcher: the
+        forward pass may be shared with concurrent requests for the same model (the scores
+        do not depend on batch mates, see worker.batching)."""
+        scoring = loaded.config.scoring
+        key = (model_ref, id(loaded), scoring.sigma, scoring.draws, scoring.seed)
+        return self.batcher()(key, (loaded, x), len(x))
+
+    def batcher(self) -> Batcher:
+        with self._lock:
+            if self._batcher is None:
+                self._batcher = Batcher(_score_batch, name="debm-batcher",
+                                        max_batch_size=self.settings.max_batch_size,
+                                        max_wait_ms=self.settings.max_wait_ms,
+                                        on_batch=_observe_batch)
+            return self._batcher
+
+    @contextmanager
+    def job_slot(self, kind: str, job_id: str, lost=lambda: False):
+        """At most ``generate_concurrency`` generate jobs run at once in this process (the
+        others are not merged, so they would only share the CPU).  A job waits here holding
+        its lease but still ``queued``, and gives up (yields False) when it is cancelled or
+        finished meanwhile, its lease is lost, or the server shuts down."""
+        if kind != "generate":
+            yield True
+            return
+        slots, checked, acquired = self._generate_slots, 0.0, False
+        try:
+            while not (acquired := slots.acquire(timeout=0.2)):
+                if self.interrupt.is_set() or lost():
+                    break
+                if time.monotonic() - checked > 1.0:
+                    checked = time.monotonic()
+                    job = self.store.get(job_id)
+                    if job is None or job.final or job.cancel_requested:
+                        break
+            yield acquired
+        finally:
+            if acquired:
+                slots.release()
+
+
+def inference_options(settings: Settings):
+    from model.pipeline import InferenceOptions
+
+    return InferenceOptions(channels_last=settings.inference_channels_last,
+                            compile=settings.inference_compile, bf16=settings.inference_bf16)
+
+
+def _score_batch(key, items):
+    """One forward batch for the batcher: every item is (loaded, images) of the same model
+    and scoring settings (the key)."""
+    import torch
+
+    from model.pipeline import score_images
+
+    loaded = items[0][0]
+    parts = [x for _, x in items]
+    sizes = [len(x) for x in parts]
+    _, _, sigma, draws, seed = key
+    scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
+                          sigma=sigma, draws=draws, seed=seed)
+    return list(torch.split(scores, sizes))
+
+
+def _observe_batch(key, requests: int, images: int, seconds: float) -> None:
+    BATCH_REQUESTS.labels("score").observe(requests)
+    BATCH_IMAGES.labels(key[0]).observe(images)
+    BATCH_SECONDS.labels("score").observe(seconds)
 
 
 _runtimes: dict[tuple[int, int], TaskRuntime] = {}

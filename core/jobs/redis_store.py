@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from .wakeups import final_channel
 from .records import ACTIVE, QUEUED, JobRecord, Mutation
 from .store import CapacityExceeded, JobStore, StoreUnavailable
 
@@ -34,7 +35,7 @@ class RedisJobStore(JobStore):
         except self._errors() as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from None
 
-    def _index_ops(self, pipe, job: JobRecord) -> None:
+    def _index_ops(self, pipe, job: JobRecord, before: JobRecord | None = None) -> None:
         active = self._key("active")
         owner_active = self._key("active", job.owner)
         if job.status in ACTIVE:
@@ -43,18 +44,46 @@ class RedisJobStore(JobStore):
         else:
             pipe.srem(active, job.id)
             pipe.srem(owner_active, job.id)
+            pipe.hdel(self._key("work"), job.id)  # idempotent: the quotas never drift
+        if before is not None and before.status != job.status:
+            pipe.hincrby(self._key("counts"), f"{before.kind}:{before.status}", -1)
+            pipe.hincrby(self._key("counts"), f"{job.kind}:{job.status}", 1)
+            if job.final:
+                # Wakes API requests waiting on this job (core.jobs.wakeups), in the same
+                # transaction as the final record, so a waiter woken up reads it.
+                pipe.publish(final_channel(self.prefix), job.id)
 
     # Count and insert in one script: Redis runs it atomically, so no two requests can both
-    # see room for one more job.
+    # see room for one more job.  Work limits sum JobRecord.work of the active jobs (a hash
+    # job id -> work holding only active jobs); a job is admitted whatever its work when no
+    # other job of the scope is active, so one allowed request is never impossible.
     _CREATE = """
     local max_total, max_owner = tonumber(ARGV[4]), tonumber(ARGV[5])
-    if max_total > 0 and redis.call('SCARD', KEYS[4]) >= max_total then return -1 end
-    if max_owner > 0 and redis.call('SCARD', KEYS[5]) >= max_owner then return -2 end
+    local max_work_total, max_work_owner = tonumber(ARGV[6]), tonumber(ARGV[7])
+    local work = tonumber(ARGV[8])
+    local n_total = redis.call('SCARD', KEYS[4])
+    if max_total > 0 and n_total >= max_total then return -1 end
+    local n_owner = redis.call('SCARD', KEYS[5])
+    if max_owner > 0 and n_owner >= max_owner then return -2 end
+    if max_work_total > 0 and n_total > 0 then
+      local sum = 0
+      for _, v in ipairs(redis.call('HVALS', KEYS[6])) do sum = sum + tonumber(v) end
+      if sum + work > max_work_total then return -3 end
+    end
+    if max_work_owner > 0 and n_owner > 0 then
+      local sum = 0
+      for _, v in ipairs(redis.call('HMGET', KEYS[6], unpack(redis.call('SMEMBERS', KEYS[5])))) do
+        if v then sum = sum + tonumber(v) end
+      end
+      if sum + work > max_work_owner then return -4 end
+    end
     if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
     redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
     redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
     redis.call('SADD', KEYS[4], ARGV[3])
     redis.call('SADD', KEYS[5], ARGV[3])
+    redis.call('HSET', KEYS[6], ARGV[3], work)
+    redis.call('HINCRBY', KEYS[7], ARGV[9], 1)
     return 1
     """
     _RENEW = """
@@ -67,20 +96,26 @@ class RedisJobStore(JobStore):
     return 0
     """
 
-    def create(self, job: JobRecord, *, max_total=None, max_owner=None) -> JobRecord:
+    def create(self, job: JobRecord, *, max_total=None, max_owner=None,
+               max_work_total=None, max_work_owner=None) -> JobRecord:
         if job.status != QUEUED:
             raise ValueError("jobs are created queued")
         job.queued_at = job.queued_at or job.created
         keys = [self._key("job", job.id), self._key("jobs"),
                 self._key("jobs", "owner", job.owner), self._key("active"),
-                self._key("active", job.owner)]
+                self._key("active", job.owner), self._key("work"), self._key("counts")]
         args = [job.to_json(), repr(job.created), job.id, int(max_total or 0),
-                int(max_owner or 0)]
+                int(max_owner or 0), int(max_work_total or 0), int(max_work_owner or 0),
+                int(job.work), f"{job.kind}:{QUEUED}"]
         outcome = int(self._call(lambda: self._create(keys=keys, args=args)))
         if outcome == -1:
             raise CapacityExceeded("total", int(max_total))
         if outcome == -2:
             raise CapacityExceeded("owner", int(max_owner))
+        if outcome == -3:
+            raise CapacityExceeded("total_work", int(max_work_total))
+        if outcome == -4:
+            raise CapacityExceeded("owner_work", int(max_work_owner))
         if outcome == 0:
             raise ValueError(f"job {job.id} exists")
         return job
@@ -102,13 +137,14 @@ class RedisJobStore(JobStore):
                         if raw is None:
                             pipe.unwatch()
                             return None, False
+                        before = JobRecord.from_json(raw)
                         job = mutation(JobRecord.from_json(raw))
                         if job is None:
                             pipe.unwatch()
-                            return JobRecord.from_json(raw), False
+                            return before, False
                         pipe.multi()
                         pipe.set(key, job.to_json())
-                        self._index_ops(pipe, job)
+                        self._index_ops(pipe, job, before)
                         pipe.execute()
                         return job, True
                     except watch_error:
@@ -141,6 +177,24 @@ class RedisJobStore(JobStore):
     def count_active(self, owner=None):
         key = self._key("active", owner) if owner else self._key("active")
         return int(self._call(lambda: self.client.scard(key)))
+
+    def active_work(self, owner=None):
+        def run():
+            if owner is None:
+                values = self.client.hvals(self._key("work"))
+            else:
+                ids = list(self.client.smembers(self._key("active", owner)))
+                values = self.client.hmget(self._key("work"), ids) if ids else []
+            return sum(int(v) for v in values if v is not None)
+        return int(self._call(run))
+
+    def counts(self):
+        raw = self._call(lambda: self.client.hgetall(self._key("counts")))
+        out: dict[tuple[str, str], int] = {}
+        for field, value in raw.items():
+            kind, _, status = field.decode().partition(":")
+            out[(kind, status)] = max(0, int(value))
+        return out
 
     def heartbeat(self, worker, info, ttl):
         payload = json.dumps({**info, "worker": worker, "at": time.time()})

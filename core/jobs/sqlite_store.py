@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
+from .wakeups import notify_local
 from .records import QUEUED, JobRecord
 from .store import CapacityExceeded, JobStore, StoreUnavailable
 
 
 class SqliteJobStore(JobStore):
-    """One connection per operation (cheap for SQLite) so that the API's thread pool, the
-    in-process worker threads and heartbeat threads never share a connection."""
+    """One connection per thread, kept open (``threading.local``), so that the API's thread
+    pool, the in-process worker threads and heartbeat threads never share a connection.
+    Kept open because closing the last connection to a WAL database checkpoints it with two
+    fsyncs (~20 ms per operation here, measured), and because a commit with
+    synchronous=NORMAL on an open connection costs ~0.3 ms instead of ~6 ms (see
+    ``_connect``)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
@@ -30,26 +38,54 @@ class SqliteJobStore(JobStore):
             db.execute("""CREATE TABLE IF NOT EXISTS leases (
                 job_id TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL)""")
 
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self.path}: {exc}") from None
-        return _Closing(db)
+    def _connect(self, *, durable: bool = False) -> "_Reused":
+        """This thread's connection.  ``durable``: the commit is on disk when it returns (an
+        fsync).  Only ``create`` needs it: a job the API answered 202 for must survive a
+        power loss.  Every later transition (lease, start, progress, finish) commits with
+        synchronous=NORMAL, which in WAL mode survives a crash of the process but may lose
+        the last commits on a power loss; the job then reverts to queued or running and is
+        run again at the next start (every job is idempotent): time is lost, never a job."""
+        local = self._local
+        db = getattr(local, "db", None)
+        if db is None or local.pid != os.getpid():  # none yet, or inherited across fork
+            try:
+                db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                     check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"{self.path}: {exc}") from None
+            local.db, local.pid, local.sync = db, os.getpid(), None
+        want = "FULL" if durable else "NORMAL"
+        if local.sync != want:
+            db.execute(f"PRAGMA synchronous={want}")
+            local.sync = want
+        return _Reused(db)
 
-    def create(self, job, *, max_total=None, max_owner=None):
+    def create(self, job, *, max_total=None, max_owner=None, max_work_total=None,
+               max_work_owner=None):
         if job.status != QUEUED:
             raise ValueError("jobs are created queued")
         job.queued_at = job.queued_at or job.created
-        active = "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')"
-        with self._connect() as db:
+        active = "FROM jobs WHERE status IN ('queued', 'running')"
+        count, work = f"SELECT COUNT(*) {active}", \
+            f"SELECT COALESCE(SUM(json_extract(doc, '$.work')), 0) {active}"
+        with self._connect(durable=True) as db:
             db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
             try:
-                if max_total and db.execute(active).fetchone()[0] >= max_total:
+                n_total = db.execute(count).fetchone()[0]
+                if max_total and n_total >= max_total:
                     raise CapacityExceeded("total", int(max_total))
-                if max_owner and db.execute(active + " AND owner = ?",
-                                            (job.owner,)).fetchone()[0] >= max_owner:
+                n_owner = db.execute(count + " AND owner = ?", (job.owner,)).fetchone()[0]
+                if max_owner and n_owner >= max_owner:
                     raise CapacityExceeded("owner", int(max_owner))
+                # A job is admitted whatever its work when nothing else of the scope is
+                # active, so that one allowed request is never impossible.
+                if max_work_total and n_total and \
+                        db.execute(work).fetchone()[0] + job.work > max_work_total:
+                    raise CapacityExceeded("total_work", int(max_work_total))
+                if max_work_owner and n_owner and db.execute(
+                        work + " AND owner = ?", (job.owner,)).fetchone()[0] + job.work > \
+                        max_work_owner:
+                    raise CapacityExceeded("owner_work", int(max_work_owner))
                 db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
                            (job.id, job.owner, job.kind, job.status, job.created,
                             job.to_json()))
@@ -79,9 +115,12 @@ class SqliteJobStore(JobStore):
                     return JobRecord.from_json(row[0]), False
                 db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
                            (job.status, job.to_json(), job.id))
-                return job, True
             finally:
                 db.execute("COMMIT")
+        if job.final and JobRecord.from_json(row[0]).status != job.status:
+            # Wake API requests waiting on it (core.jobs.wakeups), after the commit.
+            notify_local(self.path, job.id)
+        return job, True
 
     def list(self, *, owner=None, limit=50, statuses=None, kind=None):
         where, args = [], []
@@ -109,6 +148,22 @@ class SqliteJobStore(JobStore):
             args = (owner,)
         with self._connect() as db:
             return int(db.execute(sql, args).fetchone()[0])
+
+    def active_work(self, owner=None):
+        sql = ("SELECT COALESCE(SUM(json_extract(doc, '$.work')), 0) FROM jobs "
+               "WHERE status IN ('queued', 'running')")
+        args: tuple = ()
+        if owner:
+            sql += " AND owner = ?"
+            args = (owner,)
+        with self._connect() as db:
+            return int(db.execute(sql, args).fetchone()[0])
+
+    def counts(self):
+        with self._connect() as db:
+            rows = db.execute("SELECT kind, status, COUNT(*) FROM jobs "
+                              "GROUP BY kind, status").fetchall()
+        return {(kind, status): int(n) for kind, status, n in rows}
 
     def heartbeat(self, worker, info, ttl):
         now = time.time()
@@ -162,14 +217,22 @@ class SqliteJobStore(JobStore):
                               (time.time(), *job_ids)).fetchall()
         return dict(rows)
 
+    def close(self) -> None:
+        """Close this thread's connection (the others close with their threads)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
+
     def clear_leases(self) -> None:
         """Embedded start-up: the previous process is gone, and so is every holder."""
         with self._connect() as db:
             db.execute("DELETE FROM leases")
 
 
-class _Closing:
-    """``with`` that closes the connection (sqlite3's own context manager only commits)."""
+class _Reused:
+    """``with`` over a kept connection: never closes it, and rolls back a transaction an
+    error left open, so that the thread's next operation starts clean."""
 
     def __init__(self, db: sqlite3.Connection):
         self.db = db
@@ -178,4 +241,8 @@ class _Closing:
         return self.db
 
     def __exit__(self, *exc) -> None:
-        self.db.close()
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

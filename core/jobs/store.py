@@ -34,7 +34,8 @@ class StoreUnavailable(RuntimeError):
 
 
 class CapacityExceeded(Exception):
-    """``create`` refused a job: ``scope`` "total" or "owner" already holds ``limit``."""
+    """``create`` refused a job: ``scope`` "total" or "owner" already holds ``limit`` jobs,
+    or "total_work" / "owner_work" would pass ``limit`` units of work."""
 
     def __init__(self, scope: str, limit: int):
         super().__init__(f"{scope} queue limit of {limit} reached")
@@ -47,9 +48,13 @@ class JobStore(ABC):
     # primitives
     @abstractmethod
     def create(self, job: JobRecord, *, max_total: int | None = None,
-               max_owner: int | None = None) -> JobRecord:
-        """Insert a queued job.  With limits, count the owner's and all active jobs and
-        insert in one atomic step; raise CapacityExceeded when a limit is reached."""
+               max_owner: int | None = None, max_work_total: int | None = None,
+               max_work_owner: int | None = None) -> JobRecord:
+        """Insert a queued job.  With limits, count the owner's and all active jobs (and the
+        work they hold, ``JobRecord.work``) and insert in one atomic step; raise
+        CapacityExceeded when a limit is reached.  A job whose work alone exceeds a work
+        limit is still admitted when nothing else of its scope is active, so that a limit
+        never makes a single allowed request impossible."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None: ...
@@ -65,6 +70,14 @@ class JobStore(ABC):
 
     @abstractmethod
     def count_active(self, owner: str | None = None) -> int: ...
+
+    @abstractmethod
+    def active_work(self, owner: str | None = None) -> int:
+        """Units of work (``JobRecord.work``) of the active jobs, all or one owner's."""
+
+    @abstractmethod
+    def counts(self) -> dict[tuple[str, str], int]:
+        """(kind, status) -> number of job records (the metrics' jobs by kind and state)."""
 
     @abstractmethod
     def heartbeat(self, worker: str, info: dict[str, Any], ttl: float) -> None: ...

@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.datadir import JOB_ID_RE
 from core.jobs import SUCCEEDED, JobRecord
+from core.jobs.wakeups import SAFETY_SECONDS
 
 from ..deps import Services
 from ..schemas import GenerateResult, Job, ScoreResult, TrainResult
@@ -44,15 +45,28 @@ async def get_job(services: Services, job_id: str, principal) -> JobRecord:
 
 
 async def wait_for(services: Services, job_id: str, seconds: float) -> JobRecord | None:
-    """Poll the job record until it is final or ``seconds`` pass (async: no thread is held)."""
+    """Wait until the job is final or ``seconds`` pass, without holding a thread: the store
+    announces final jobs (core.jobs.wakeups: Redis pub/sub, or an in-process call in embedded
+    mode), and the record is read again on each announcement and, should one be lost, every
+    SAFETY_SECONDS."""
     deadline = time.monotonic() + seconds
-    delay = 0.05
+    wakeups = services.wakeups
     while True:
-        job = await run_in_threadpool(services.store.get, job_id)
-        if job is None or job.final or time.monotonic() >= deadline:
-            return job
-        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-        delay = min(delay * 1.5, 0.5)
+        waiter = wakeups.waiter(job_id) if wakeups is not None else None
+        try:
+            # Read after subscribing: an announcement between the two is not missed.
+            job = await run_in_threadpool(services.store.get, job_id)
+            left = deadline - time.monotonic()
+            if job is None or job.final or left <= 0:
+                return job
+            pause = min(left, SAFETY_SECONDS if waiter is not None else 0.05)
+            if waiter is not None:
+                await asyncio.wait({waiter}, timeout=pause)
+            else:
+                await asyncio.sleep(pause)
+        finally:
+            if waiter is not None:
+                wakeups.discard(job_id, waiter)
 
 
 def job_model(job: JobRecord) -> str | None:

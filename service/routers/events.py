@@ -94,34 +94,45 @@ def _sse(event: str, data: dict, id: str | None = None) -> ServerSentEvent:
 
 
 async def _stream(services, job_id: str, after: str | None) -> AsyncIterator[ServerSentEvent]:
-    log, store = services.events, services.store
+    log, store, wakeups = services.events, services.store, services.wakeups
     status = None
     while True:
-        batch = await run_in_threadpool(log.read, job_id, after, BATCH)
-        for item in batch:
-            after = item.id
-            yield _sse(item.event, item.data, item.id)
-        if len(batch) == BATCH:
-            continue  # more to replay
-        job = await run_in_threadpool(store.get, job_id)
-        if job is None:
-            yield _sse("end", {"status": "unknown", "error": "the job record is gone",
-                               "result_url": None})
-            return
-        if job.status != status:
-            status = job.status
-            yield _sse("status", {"status": status})
-        if job.final:
-            # The worker logs its events before it finishes the record: drain, then end.
-            while batch := await run_in_threadpool(log.read, job_id, after, BATCH):
-                for item in batch:
-                    after = item.id
-                    yield _sse(item.event, item.data, item.id)
-            yield _sse("end", {"status": job.status, "error": job.error,
-                               "result_url": f"/jobs/{job.id}/result"
-                               if job.status == "succeeded" else None})
-            return
-        await asyncio.sleep(POLL_SECONDS)
+        # Subscribed before the record is read, so the job becoming final wakes the pause
+        # below at once (core.jobs.wakeups) and ``end`` follows without a polling delay;
+        # progress events are still read every POLL_SECONDS.
+        waiter = wakeups.waiter(job_id) if wakeups is not None else None
+        try:
+            batch = await run_in_threadpool(log.read, job_id, after, BATCH)
+            for item in batch:
+                after = item.id
+                yield _sse(item.event, item.data, item.id)
+            if len(batch) == BATCH:
+                continue  # more to replay
+            job = await run_in_threadpool(store.get, job_id)
+            if job is None:
+                yield _sse("end", {"status": "unknown", "error": "the job record is gone",
+                                   "result_url": None})
+                return
+            if job.status != status:
+                status = job.status
+                yield _sse("status", {"status": status})
+            if job.final:
+                # The worker logs its events before it finishes the record: drain, then end.
+                while batch := await run_in_threadpool(log.read, job_id, after, BATCH):
+                    for item in batch:
+                        after = item.id
+                        yield _sse(item.event, item.data, item.id)
+                yield _sse("end", {"status": job.status, "error": job.error,
+                                   "result_url": f"/jobs/{job.id}/result"
+                                   if job.status == "succeeded" else None})
+                return
+            if waiter is not None:
+                await asyncio.wait({waiter}, timeout=POLL_SECONDS)
+            else:
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            if waiter is not None:
+                wakeups.discard(job_id, waiter)
 
 
 @router.get("/jobs/{job_id}/files/{name}",

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.jobs import SUCCEEDED
+from core.work import score_work
 from model.formats.files import atomic_write_bytes
 from model.formats.imagefile import ImageRejected, decode_image, read_header
 
@@ -109,7 +110,7 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
         entries = await run_in_threadpool(store_files)
         params = {"model_name": model_name, "model_version": version, "files": entries}
         job = await run_in_threadpool(services.dispatcher.submit, "score", principal.key_id,
-                                      params, job_id=job_id)
+                                      params, job_id=job_id, work=score_work(len(files)))
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise

@@ -163,3 +163,55 @@ def test_recovery_requeues_once_and_resends_once(store):
     assert store.touch_queued(job.id, queued.queued_at)
     assert not store.touch_queued(job.id, queued.queued_at)  # a second recoverer lost
     assert [j.id for j in store.active()] == [job.id]
+
+
+def test_work_quotas_are_atomic_count_work_and_free_on_finish(store):
+    """32 threads create one-unit jobs against a work limit of 10 per owner and 15 in total:
+    exactly the limits are admitted; a heavy job is admitted alone, and finished or
+    cancelled work is freed; the counts by kind and state follow."""
+    barrier = threading.Barrier(32)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def submit(i):
+        owner = ("alice", "bob")[i % 2]
+        barrier.wait()
+        try:
+            store.create(JobRecord(id=uuid.uuid4().hex, kind="score", owner=owner,
+                                   params={}, work=1), max_work_total=15, max_work_owner=10)
+            outcome = owner
+        except CapacityExceeded as exc:
+            outcome = exc.scope
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.active_work() == 15
+    assert store.active_work("alice") <= 10 and store.active_work("bob") <= 10
+    assert outcomes.count("total_work") + outcomes.count("owner_work") == 17
+    assert store.counts()[("score", "queued")] == 15
+    for job in store.list(owner="alice"):
+        store.start(job.id)
+        store.finish(job.id, "succeeded")
+    for job in store.list(owner="bob"):
+        store.request_cancel(job.id)
+    assert store.active_work() == 0
+    counts = store.counts()
+    assert counts.get(("score", "queued"), 0) == 0 and counts.get(("score", "running"), 0) == 0
+    assert counts[("score", "succeeded")] + counts[("score", "cancelled")] == 15
+    # Heavier than the limit: admitted when nothing else of the owner is active...
+    heavy = JobRecord(id=uuid.uuid4().hex, kind="generate", owner="carol", params={},
+                      work=5000)
+    store.create(heavy, max_work_total=100_000, max_work_owner=1000)
+    # ...and then nothing more for that owner until it finishes.
+    with pytest.raises(CapacityExceeded) as refused:
+        store.create(JobRecord(id=uuid.uuid4().hex, kind="score", owner="carol", params={},
+                               work=1), max_work_total=100_000, max_work_owner=1000)
+    assert refused.value.scope == "owner_work"
+    store.finish(heavy.id, "failed", error="x")
+    store.create(JobRecord(id=uuid.uuid4().hex, kind="score", owner="carol", params={},
+                           work=1), max_work_total=100_000, max_work_owner=1000)

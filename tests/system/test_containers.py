@@ -16,7 +16,9 @@ def load_compose(name: str = "docker-compose.yml") -> dict:
 
 def test_compose_services():
     services = load_compose()["services"]
-    assert set(services) == {"redis", "api", "worker-inference", "worker-training"}
+    assert set(services) == {"redis", "api", "worker-inference", "worker-training",
+                             "prometheus"}
+    assert services["prometheus"]["profiles"] == ["metrics"]  # optional
 
     redis = services["redis"]
     command = " ".join(redis["command"])
@@ -33,13 +35,17 @@ def test_compose_services():
     assert "build" not in services["worker-training"]
     assert services["worker-training"]["pull_policy"] == "never"
     gpu = load_compose("docker-compose.gpu.yml")["services"]
-    for name, queue in (("worker-inference", "inference"), ("worker-training", "training")):
+    # Inference on threads of one process (its scoring jobs share forward passes); training
+    # one job per process.
+    for name, queue, pool, concurrency in (("worker-inference", "inference", "threads", "32"),
+                                           ("worker-training", "training", "prefork", "1")):
         worker = services[name]
         assert worker["image"] == "debm-worker:latest"
         command = worker["command"]
         assert command[command.index("-Q") + 1] == queue
-        assert command[command.index("-c") + 1] == "1"
-        assert command[command.index("-P") + 1] == "prefork"
+        assert command[command.index("-c") + 1] == concurrency
+        assert command[command.index("-P") + 1] == pool
+        assert worker["environment"]["DEBM_METRICS_PORT"] == "9101"
         # the default file runs anywhere (no GPU reservation); the GPU file adds one each
         assert "deploy" not in worker
         (device,) = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
@@ -73,3 +79,12 @@ def test_api_image_has_no_torch_and_worker_image_is_cuda_pytorch():
     base = re.search(r"ARG BASE_IMAGE=(\S+)", worker).group(1)
     assert base.startswith("pytorch/pytorch:") and "cuda" in base
     assert "'.[worker]'" in worker
+
+
+def test_the_metrics_profile_scrapes_the_api_and_the_workers():
+    prometheus = yaml.safe_load((REPO / "docker" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prometheus["scrape_configs"]}
+    assert jobs["debm-api"]["static_configs"][0]["targets"] == ["api:8000"]
+    workers = jobs["debm-workers"]["dns_sd_configs"][0]
+    assert set(workers["names"]) == {"worker-inference", "worker-training"}
+    assert workers["port"] == 9101

@@ -1,0 +1,431 @@
+"""Service load benchmark: the live service against the raw model, side by side in one run.
+
+    python benchmarks/service_load.py --mode embedded    --json benchmarks/results/service_embedded.json
+    python benchmarks/service_load.py --mode distributed --json benchmarks/results/service_distributed.json
+    python benchmarks/service_load.py --url http://host:8000 --key KEY   # a running service
+
+``embedded`` starts ``debm serve`` on a free loopback port with a temporary data directory;
+``distributed`` starts its own redis-server (temporary directory, free port), the API under
+uvicorn and one Celery inference worker (and a training worker for the training row).  The
+raw model (the same checkpoint, the same torch thread count as the workers) runs in this
+process first, so every service figure has its reference from the same run:
+
+    /ood-score images/s with 1, 8, 32 concurrent one-image clients  vs  one batched forward
+    one-image /ood-score p50 / p99                                   vs  one raw scoring call
+    /generate n=16, n=64 end to end (?wait)                          vs  the direct sampler
+    worker training iterations/s                                     vs  ``debm train``
+
+Every loop is bounded in count and in time.  Images are MNIST digits (mnist5k), PNG-encoded.
+The machine may be shared: compare ratios within one run, not seconds across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+KEY = "bench-admin-key-0123456789"
+HEADERS = {"X-API-Key": KEY}
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def digit_pngs(count: int) -> list[bytes]:
+    from PIL import Image
+
+    from model.data import load_mnist5k
+
+    images, _ = load_mnist5k()
+    out = []
+    for image in images[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(image.squeeze()).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+# --- the raw model ----------------------------------------------------------------------------
+
+class RawModel:
+    """The checkpoint in this process, measured right before each service phase (the machine
+    may be shared: a reference taken minutes apart would compare different loads)."""
+
+    def __init__(self, args, pngs: list[bytes]):
+        import torch
+
+        from model.checkpoints import load_checkpoint
+        try:
+            from model.formats.imagefile import decode_image
+        except ImportError:  # the layout before model/formats/
+            from model.imagefile import decode_image
+        from model.images import pil_to_model_tensor
+        from model.pipeline import prepare_for_inference, resolve_device
+
+        torch.set_num_threads(args.threads)
+        self.args = args
+        self.loaded = prepare_for_inference(
+            load_checkpoint(args.checkpoint, device=resolve_device(args.device)))
+        net = self.loaded.config.network
+        images = [decode_image(p, max_pixels=1 << 24).image for p in pngs[:32]]
+        self.x = pil_to_model_tensor(images, image_size=net.image_size, channels=net.channels)
+        self.score_one()  # warm-up
+
+    def score_one(self) -> dict:
+        from model.pipeline import score_images
+
+        one = timed(lambda: score_images(self.loaded, self.x[:1]), self.args.raw_repeats * 5)
+        return {"p50_s": statistics.median(one), "p99_s": percentile(one, 99)}
+
+    def score_batch(self) -> dict:
+        from model.pipeline import score_images
+
+        best = min(timed(lambda: score_images(self.loaded, self.x), self.args.raw_repeats))
+        return {"seconds": best, "images_per_s": len(self.x) / best}
+
+    def generate(self, n: int) -> float:
+        from model.pipeline import generate
+
+        return min(timed(lambda: generate(self.loaded, n=n, seed=0), self.args.gen_repeats))
+
+
+def raw_training(args, workdir: Path) -> dict:
+    """``debm train`` with the same preset, dataset and steps as the service's training job.
+    Iterations/s are taken between the first and the last step (its progress lines), so the
+    dataset load and the final calibration count in neither row."""
+    out = workdir / "cli-train"
+    cmd = [sys.executable, "-m", "debm.cli", "train", "--preset", args.train_preset,
+           "--dataset", "mnist5k", "--warmup", "0", "--iters", str(args.train_iters),
+           "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    marks: dict[int, float] = {}
+    deadline = time.monotonic() + args.train_timeout
+    for line in proc.stderr:  # "step 3/10 contrastive ..." after every step (10 or fewer)
+        match = re.match(r"step (\d+)/(\d+)", line)
+        if match:
+            marks[int(match.group(1))] = time.perf_counter()
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    proc.wait(60)
+    return rate(marks, proc.returncode)
+
+
+def rate(marks: dict[int, float], returncode: int | None = 0) -> dict:
+    if returncode != 0 or len(marks) < 2:
+        return {"error": f"exit {returncode}, {len(marks)} steps seen"}
+    first, last = min(marks), max(marks)
+    return {"steps": last - first, "seconds": marks[last] - marks[first],
+            "it_per_s": (last - first) / (marks[last] - marks[first])}
+
+
+# --- starting the service ---------------------------------------------------------------------
+
+class Services:
+    def __init__(self, args, workdir: Path):
+        self.args, self.workdir, self.procs = args, workdir, []
+        self.base = args.url
+
+    def env(self, **extra) -> dict:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("DEBM_") and k != "REDIS_URL"}
+        env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(self.args.threads),
+                    "DEBM_TORCH_THREADS": str(self.args.threads),
+                    "DEBM_DATA_DIR": str(self.workdir / "data"),
+                    "DEBM_ADMIN_KEYS": f"bench:{KEY}", "DEBM_LOG_LEVEL": "WARNING",
+                    "DEBM_SEED_CHECKPOINT": str(Path(self.args.checkpoint).resolve()),
+                    "PYTHONUNBUFFERED": "1"})
+        for item in self.args.env:
+            name, _, value = item.partition("=")
+            env[name] = value
+        env.update(extra)
+        return env
+
+    def spawn(self, name: str, cmd: list[str], env: dict) -> None:
+        log = open(self.workdir / f"{name}.log", "wb")
+        self.procs.append((name, subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log,
+                                                  stderr=subprocess.STDOUT,
+                                                  start_new_session=True)))
+
+    def start(self) -> str:
+        if self.base:
+            return self.base
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        if self.args.mode == "embedded":
+            self.spawn("serve", [sys.executable, "-m", "debm.cli", "serve", "--port",
+                                 str(port)], self.env())
+        else:
+            redis_port = free_port()
+            (self.workdir / "redis").mkdir()
+            self.spawn("redis", ["redis-server", "--port", str(redis_port), "--save", "",
+                                 "--appendonly", "no", "--dir", str(self.workdir / "redis")],
+                       self.env())
+            env = self.env(REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+            self.spawn("api", [sys.executable, "-m", "uvicorn", "--factory",
+                               "service.app:create_app", "--host", "127.0.0.1", "--port",
+                               str(port), "--log-level", "warning"], env)
+            for queue in ("inference", "training"):
+                self.spawn(f"worker-{queue}", worker_command(queue, self.args), env)
+        self.wait_ready()
+        return self.base
+
+    def wait_ready(self, timeout: float = 180) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs:
+                if proc.poll() is not None:
+                    raise SystemExit(f"{name} exited; see {self.workdir}/{name}.log")
+            try:
+                response = httpx.get(f"{self.base}/readyz", timeout=5)
+                detail = json.dumps(response.json())
+                if response.status_code == 200 and ("training" in detail or self.args.url):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.3)
+        raise SystemExit(f"the service was not ready within {timeout} s")
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+
+
+def worker_command(queue: str, args) -> list[str]:
+    """The Celery worker of one queue, as docs/OPERATIONS.md runs it."""
+    pool = args.inference_pool if queue == "inference" else "-P prefork -c 1"
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", queue,
+            *pool.split(), "-n", f"{queue}-bench@%h", "--without-mingle",
+            "--without-gossip", "--loglevel", "WARNING"]
+
+
+# --- load against the service -----------------------------------------------------------------
+
+async def score_clients(base: str, key: str, pngs: list[bytes], clients: int, per_client: int,
+                        time_cap: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    deadline = time.monotonic() + time_cap
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=120,
+                                 limits=limits) as http:
+        async def client(index: int) -> None:
+            for i in range(per_client):
+                if time.monotonic() > deadline:
+                    return
+                png = pngs[(index * per_client + i) % len(pngs)]
+                start = time.perf_counter()
+                response = await http.post("/ood-score", files={"files": ("d.png", png,
+                                                                           "image/png")})
+                latencies.append(time.perf_counter() - start)
+                codes[response.status_code] = codes.get(response.status_code, 0) + 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        elapsed = time.perf_counter() - start
+    ok = codes.get(200, 0)
+    return {"clients": clients, "requests": sum(codes.values()), "ok": ok,
+            "refused_429": codes.get(429, 0), "codes": codes, "seconds": elapsed,
+            "images_per_s": ok / elapsed if elapsed else 0.0,
+            "p50_s": statistics.median(latencies) if latencies else None,
+            "p99_s": percentile(latencies, 99)}
+
+
+def generate_once(base: str, key: str, n: int) -> dict:
+    import httpx
+
+    start = time.perf_counter()
+    response = httpx.post(f"{base}/generate?wait=120", json={"n": n, "seed": 0},
+                          headers={"X-API-Key": key}, timeout=180)
+    return {"status": response.status_code, "seconds": time.perf_counter() - start}
+
+
+def training_job(base: str, key: str, args) -> dict:
+    import httpx
+
+    body = {"dataset": "mnist5k", "preset": args.train_preset, "name": "bench",
+            "overrides": {"training": {"warmup_steps": 0, "iterations": args.train_iters}}}
+    response = httpx.post(f"{base}/train", json=body, headers={"X-API-Key": key}, timeout=60)
+    if response.status_code != 202:
+        return {"error": f"{response.status_code} {response.text[:300]}"}
+    job_id = response.json()["job_id"]
+    marks: dict[int, float] = {}
+    deadline = time.monotonic() + args.train_timeout
+    while time.monotonic() < deadline:
+        job = httpx.get(f"{base}/jobs/{job_id}", headers={"X-API-Key": key}, timeout=30).json()
+        step = (job.get("progress") or {}).get("step")
+        if isinstance(step, int) and step not in marks:
+            marks[step] = time.perf_counter()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                return {"error": f"{job['status']}: {job.get('error')}"}
+            return rate(marks)
+        time.sleep(0.1)
+    return {"error": "timed out"}
+
+
+# --- main -------------------------------------------------------------------------------------
+
+def run(args) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="debm-bench-"))
+    pngs = digit_pngs(256)
+    result: dict = {"mode": "url" if args.url else args.mode, "threads": args.threads,
+                    "checkpoint": args.checkpoint, "python": platform.python_version(),
+                    "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                                                     time.gmtime())}
+    print(f"raw model ({args.threads} torch thread(s)) ...", file=sys.stderr, flush=True)
+    raw = RawModel(args, pngs)
+    services = Services(args, workdir)
+    try:
+        base = services.start()
+        key = args.key or KEY
+        print(f"service at {base}", file=sys.stderr, flush=True)
+        asyncio.run(score_clients(base, key, pngs, 1, 3, 60))  # warm: model loaded
+        result["one_image"] = {"raw": raw.score_one(), "service": asyncio.run(
+            score_clients(base, key, pngs, 1, args.sequential, args.time_cap))}
+        result["concurrent"] = {}
+        for clients in args.clients:
+            per_client = max(1, args.images_per_level // clients)
+            result["concurrent"][clients] = {"raw": raw.score_batch(), "service": asyncio.run(
+                score_clients(base, key, pngs, clients, per_client, args.time_cap))}
+        result["generate"] = {n: {"raw_s": raw.generate(n),
+                                  "service": generate_once(base, key, n)}
+                              for n in args.generate_n}
+        if not args.skip_training:
+            result["training_service"] = training_job(base, key, args)
+    finally:
+        services.stop()
+    if not args.skip_training:
+        result["training_cli"] = raw_training(args, workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def table(r: dict) -> str:
+    rows = [("measure", "raw model", "service", "ratio")]
+    for clients, c in r["concurrent"].items():
+        ref, svc = c["raw"]["images_per_s"], c["service"]
+        rows.append((f"/ood-score {clients} clients, img/s ({svc['refused_429']} of "
+                     f"{svc['requests']} refused)", f"{ref:.1f} (batch of 32)",
+                     f"{svc['images_per_s']:.1f}", f"{svc['images_per_s'] / ref:.2f}x"))
+    one = r["one_image"]
+    for q in ("p50", "p99"):
+        ref, got = one["raw"][f"{q}_s"], one["service"][f"{q}_s"]
+        rows.append((f"one image {q} ms", f"{1000 * ref:.1f}", f"{1000 * got:.1f}",
+                     f"+{1000 * (got - ref):.1f} ms"))
+    for n, g in r["generate"].items():
+        svc = g["service"]
+        rows.append((f"/generate n={n} s (HTTP {svc['status']})", f"{g['raw_s']:.2f}",
+                     f"{svc['seconds']:.2f}", f"{svc['seconds'] / g['raw_s']:.2f}x"))
+    if "training_service" in r:
+        svc, cli = r["training_service"], r.get("training_cli", {})
+        if "it_per_s" in svc and "it_per_s" in cli:
+            rows.append((f"training it/s ({svc['steps']} steps)", f"{cli['it_per_s']:.3f}",
+                         f"{svc['it_per_s']:.3f}", f"{svc['it_per_s'] / cli['it_per_s']:.2f}x"))
+        else:
+            rows.append(("training it/s", str(cli.get("error", ""))[:40],
+                         str(svc.get("error", ""))[:40], "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [f"mode {r['mode']}, {r['threads']} torch thread(s), {r['cpus']} CPUs, "
+             f"{r['started']}"]
+    for i, row in enumerate(rows):
+        lines.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        if i == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("embedded", "distributed"), default="embedded")
+    parser.add_argument("--url", help="benchmark a running service instead of starting one")
+    parser.add_argument("--key", help="API key for --url (an admin key for the training row)")
+    parser.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "demo"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, raw and workers")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--images-per-level", type=int, default=64,
+                        help="one-image requests per concurrency level")
+    parser.add_argument("--sequential", type=int, default=30,
+                        help="sequential one-image requests for p50/p99")
+    parser.add_argument("--generate-n", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--raw-repeats", type=int, default=3)
+    parser.add_argument("--gen-repeats", type=int, default=1)
+    parser.add_argument("--time-cap", type=float, default=120.0,
+                        help="seconds at most per load phase")
+    parser.add_argument("--train-preset", default="demo")
+    parser.add_argument("--train-iters", type=int, default=10)
+    parser.add_argument("--train-timeout", type=float, default=600.0)
+    parser.add_argument("--skip-training", action="store_true")
+    parser.add_argument("--inference-pool", default="-P threads -c 32",
+                        help="pool arguments of the distributed inference worker "
+                             "(the baseline before batching ran '-P prefork -c 1')")
+    parser.add_argument("--env", action="append", default=[],
+                        help="NAME=VALUE for the service processes (repeatable)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    if args.url and not args.key:
+        parser.error("--url needs --key")
+    result = run(args)
+    result["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    print(table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Units of queued work, which the per-key and total quotas count (not jobs).
+
+One unit is one image to score, or one Langevin step of one chain: a scoring job of k images
+weighs k, a generate job weighs n times its sampler steps (K latent + T pixel steps for
+two_stage and texture_only, levels times steps per level for annealed).  Thirty-two
+one-image scoring requests therefore weigh 32, while one n=64 generate with the demo's 25
+steps weighs 1,600.  Training jobs weigh 0 here: they run on their own queue and are bounded
+by the job-count limits.  Torch-free: the API computes it from the checkpoint's manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def score_work(images: int) -> int:
+    return max(1, int(images))
+
+
+def generate_work(params: dict[str, Any], sampler_defaults: dict[str, Any]) -> int:
+    """``n`` times the steps the sampler will run, request overrides over the checkpoint's
+    sampler defaults (``config.sampler`` of its manifest)."""
+    n = int(params.get("n") or 1)
+    sampler = params.get("sampler") or "two_stage"
+
+    def value(name: str, fallback: int) -> int:
+        given = params.get(name)
+        if given is None:
+            given = sampler_defaults.get(name, fallback)
+        try:
+            return max(0, int(given))
+        except (TypeError, ValueError):
+            return fallback
+
+    if sampler == "annealed":
+        steps = value("annealed_levels", 1) * value("annealed_steps_per_level", 1)
+    else:
+        steps = value("steps_latent", 0) + value("steps_pixel", 0)
+    return max(1, n * max(1, steps))
+
+
+_defaults_cache: dict[str, dict[str, Any]] = {}
+
+
+def sampler_defaults(checkpoint_dir) -> dict[str, Any]:
+    """``config.sampler`` of a registered checkpoint's manifest (versions are immutable, so
+    it is read once per directory)."""
+    from model.formats.manifest import read_manifest
+
+    key = str(checkpoint_dir)
+    if key not in _defaults_cache:
+        try:
+            sampler = (read_manifest(checkpoint_dir).get("config") or {}).get("sampler") or {}
+        except Exception:  # the job itself reports an unreadable checkpoint
+            sampler = {}
+        if len(_defaults_cache) > 256:
+            _defaults_cache.clear()
+        _defaults_cache[key] = dict(sampler)
+    return _defaults_cache[key]

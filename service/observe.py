@@ -1,0 +1,55 @@
+"""Request latency per endpoint (``debm_http_request_duration_seconds``) and ``GET /metrics``.
+
+The latency middleware is plain ASGI (no BaseHTTPMiddleware: it would buffer responses and
+add its own latency).  Requests are labelled by their route template (``/jobs/{job_id}``),
+never by the raw path, so the number of series stays bounded; unmatched paths share one label.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from core.metrics import CONTENT_TYPE, observe_request, render
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", include_in_schema=True, response_class=Response,
+            responses={200: {"content": {"text/plain": {}},
+                             "description": "Prometheus text exposition"}})
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: request latencies, queue depth, jobs by kind and state, live
+    workers; in embedded mode also the workers' batch sizes and model load times."""
+    services = request.app.state.services
+    body = await run_in_threadpool(render, services.store)
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+class LatencyMiddleware:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            if template != "/metrics":
+                observe_request(scope.get("method", "GET"), template, status["code"],
+                                time.perf_counter() - start)
