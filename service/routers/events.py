@@ -84,7 +84,7 @@ async def job_events(job_id: str, request: Request, services: ServicesDep,
     principal = _principal(request, services, token, job_id)
     job = await get_job(services, job_id, principal)
     start = last_event_header or last_event_id
-    return EventSourceResponse(_stream(services, job.id, start), ping=15,
+    return EventSourceResponse(_stream(services, job.id, start, job.status), ping=15,
                                headers={"Cache-Control": "no-cache",
                                         "X-Accel-Buffering": "no"})
 
@@ -93,9 +93,12 @@ def _sse(event: str, data: dict, id: str | None = None) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(data, separators=(",", ":")), event=event, id=id)
 
 
-async def _stream(services, job_id: str, after: str | None) -> AsyncIterator[ServerSentEvent]:
+async def _stream(services, job_id: str, after: str | None,
+                  status: str) -> AsyncIterator[ServerSentEvent]:
     log, store, wakeups = services.events, services.store, services.wakeups
-    status = None
+    # The status on connecting comes first, before the replay: a job that started at once
+    # (the embedded pool) already has events in its log.
+    yield _sse("status", {"status": status})
     while True:
         # Subscribed before the record is read, so the job becoming final wakes the pause
         # below at once (core.jobs.wakeups) and ``end`` follows without a polling delay;
