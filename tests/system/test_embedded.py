@@ -31,13 +31,15 @@ def serve(data_dir, log_dir, seed_checkpoint, *, port: int | None = None):
 
 def start_long_and_queued(client, headers, steps: int = 2000):
     """A job that runs for a minute (so it is surely still running when the test acts) and a
-    short one queued behind it on the single inference worker."""
+    short one queued behind it (one generate job samples at a time,
+    DEBM_GENERATE_CONCURRENCY).  The short one is sent once the long one runs: sent together,
+    either could take the slot first."""
     long = client.post("/generate", json={"n": 2, "seed": 4, "steps_latent": steps,
                                           "steps_pixel": steps}, headers=headers).json()
-    queued = client.post("/generate", json={"n": 1, "seed": 5}, headers=headers).json()
     wait_until(lambda: (j := client.get(f"/jobs/{long['job_id']}", headers=headers).json())
                ["status"] == "running" and (j.get("progress") or {}).get("step", 0) > 0,
                timeout=60, what="the long job to run")
+    queued = client.post("/generate", json={"n": 1, "seed": 5}, headers=headers).json()
     return long["job_id"], queued["job_id"]
 
 
@@ -93,6 +95,8 @@ def test_flows_and_a_graceful_restart(tmp_path, procs, tiny_checkpoint):
         assert "Application shutdown complete" in proc.output()
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{dump_logs(proc)}") from None
+    finally:
+        client.close()
 
     store = SqliteJobStore(data / "jobs.sqlite")
     assert store.get(running).status == "queued"  # interrupted between steps, not cancelled
@@ -122,6 +126,8 @@ def test_flows_and_a_graceful_restart(tmp_path, procs, tiny_checkpoint):
         assert wait_job(client, running, headers=headers, timeout=30)["status"] == "cancelled"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{dump_logs(proc)}") from None
+    finally:
+        client.close()
 
 
 def test_jobs_survive_a_crash(tmp_path, procs, tiny_checkpoint):
@@ -130,6 +136,7 @@ def test_jobs_survive_a_crash(tmp_path, procs, tiny_checkpoint):
     procs.append(proc)
     headers = {"X-API-Key": (data / "api-key").read_text().strip()}
     running, waiting = start_long_and_queued(client, headers)
+    client.close()
     proc.kill()  # SIGKILL: no shutdown code runs
 
     store = SqliteJobStore(data / "jobs.sqlite")
@@ -147,3 +154,5 @@ def test_jobs_survive_a_crash(tmp_path, procs, tiny_checkpoint):
         assert wait_job(client, running, headers=headers, timeout=30)["status"] == "cancelled"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{dump_logs(proc)}") from None
+    finally:
+        client.close()
