@@ -164,3 +164,5 @@ def test_inference_worker_killed_mid_batch_loses_no_request(tmp_path, redis_url,
         assert any(j["attempts"] >= 2 for j in finished)  # some were redelivered
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
+    finally:
+        client.close()
