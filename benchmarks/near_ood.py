@@ -1,7 +1,7 @@
 """Near-OOD benchmark: transformed held-out images that no training step ever saw.
 
     .venv/bin/python benchmarks/near_ood.py --checkpoint checkpoints/demo \
-        --json benchmarks/results/near_ood.json
+        --json docs/results/near_ood.json
 
 These sets are not part of `debm eval-ood` and nothing in training targets them, so they show
 how the score generalises.  Each row is the AUROC of held-out images (in-distribution) against
@@ -18,12 +18,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.data import to_model_range  # noqa: E402
-from model.evaluation import model_and_baseline  # noqa: E402
-from model.metrics import auroc  # noqa: E402
-from model.pipeline import load_splits, score_images  # noqa: E402
+from model.data import to_model_range
+from model.evaluation import model_and_baseline
+from model.metrics import auroc
+from model.pipeline import load_splits, score_images
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:

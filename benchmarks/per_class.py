@@ -2,7 +2,7 @@
 each class that the calibrated threshold would flag as OOD (the target is 5% overall).
 
     .venv/bin/python benchmarks/per_class.py --checkpoint checkpoints/demo \
-        --json benchmarks/results/per_class.json
+        --json docs/results/per_class.json
 
 A score that is fair across classes flags every class at about the same rate; the DAE-only
 warm-up baseline is computed side by side.
@@ -17,11 +17,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.data import to_model_range  # noqa: E402
-from model.evaluation import model_and_baseline  # noqa: E402
-from model.pipeline import load_splits, score_images  # noqa: E402
+from model.data import to_model_range
+from model.evaluation import model_and_baseline
+from model.pipeline import load_splits, score_images
 
 
 def main() -> int:

@@ -21,13 +21,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.checkpoints import load_checkpoint  # noqa: E402
-from model.classifier import classifier_for  # noqa: E402
-from model.data import to_model_range  # noqa: E402
-from model.evaluation import TIMING_BATCH, sample_in_batches, sample_metrics  # noqa: E402
-from model.pipeline import load_splits, resolve_device  # noqa: E402
+from model.checkpoints import load_checkpoint
+from model.classifier import classifier_for
+from model.data import to_model_range
+from model.evaluation import TIMING_BATCH, sample_in_batches, sample_metrics
+from model.pipeline import load_splits, resolve_device
 
 # K (latent steps), T (pixel steps) and the latent chain's temperature; the first row is the
 # checkpoint's own defaults.

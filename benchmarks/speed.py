@@ -1,6 +1,6 @@
 """Speed benchmark: generation per sampler and OOD scoring throughput, side by side.
 
-    .venv/bin/python benchmarks/speed.py --checkpoint checkpoints/demo --json benchmarks/results/speed.json
+    .venv/bin/python benchmarks/speed.py --checkpoint checkpoints/demo --json docs/results/speed.json
 
 Everything is measured in one run and reported as ratios too, because the machine is shared
 and absolute seconds are noisy.  Each timing is the best of ``--repeats`` runs (the least
@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.checkpoints import load_checkpoint  # noqa: E402
-from model.pipeline import generate, resolve_device, score_images  # noqa: E402
+from model.checkpoints import load_checkpoint
+from model.pipeline import generate, resolve_device, score_images
 
 
 def best_of(repeats: int, fn) -> float:

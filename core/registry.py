@@ -28,14 +28,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from model.formats.errors import UserError
+from model.formats.files import atomic_write_bytes
 from model.formats.manifest import (MANIFEST, CheckpointError, read_manifest,
                                     verify_checkpoint_files)
 
-from .datadir import atomic_write_bytes
-from .settings import MODEL_NAME_RE
+from .names import MODEL_NAME_RE
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """Unknown model or version, bad name, or a directory that is not a checkpoint."""
 
 

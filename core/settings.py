@@ -20,9 +20,10 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .names import MODEL_NAME_RE
+
 MiB = 1024 * 1024
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 
 class Settings(BaseSettings):
@@ -50,7 +51,7 @@ class Settings(BaseSettings):
     api_keys: str = Field("", repr=False)
     admin_keys: str = Field("", repr=False)
 
-    # --- limits (issue 5 extends these; each one is enforced by the API) -------------------
+    # --- limits (each one is enforced by the API; docs/OPERATIONS.md lists them) -----------
     max_upload_bytes: int = Field(20 * MiB, ge=1024)  # POST /ood-score body (413)
     max_dataset_bytes: int = Field(256 * MiB, ge=1024)  # POST /datasets body (413)
     max_json_bytes: int = Field(1 * MiB, ge=1024)  # any other request body (413)

@@ -1,8 +1,8 @@
 """Training requests -> a validated ExperimentConfig.
 
 Used twice: by the API, to answer 422 before anything is queued, and by the training worker,
-which re-validates what it reads from the job record.  model.formats.config is pure Python (no torch),
-so the API may import it.
+which re-validates what it reads from the job record.  model.formats.config is pure Python
+(no torch), so the API may import it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from model.formats.errors import UserError
 
-class TrainingRequestError(ValueError):
+
+class TrainingRequestError(UserError, ValueError):
     """The preset, overrides or limits do not allow this job; the message says why."""
 
 

@@ -14,11 +14,14 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from model.formats.config import PRESETS, SAMPLER_NAMES
+from model.formats.errors import Cancelled, UserError, user_message
+
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit code 2."""
+class CliError(UserError):
+    """A user error of the command line itself: printed as one line, exit code 2."""
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True,
                    help="mnist5k, digits8x8, or a local folder / .zip / .npz / CIFAR-10 "
                         "batch folder / SVHN .mat")
-    p.add_argument("--preset", choices=("tiny", "demo", "paper"), default="demo")
+    p.add_argument("--preset", choices=PRESETS, default="demo")
     p.add_argument("--iters", type=_non_negative_int, help="contrastive iterations")
     p.add_argument("--warmup", type=_non_negative_int, help="reconstruction-only steps")
     p.add_argument("--seed", type=_non_negative_int)
@@ -300,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--n", type=_positive_int, default=64)
     p.add_argument("--seed", type=_non_negative_int, default=0)
-    p.add_argument("--sampler", choices=("two_stage", "texture_only", "annealed"),
+    p.add_argument("--sampler", choices=SAMPLER_NAMES,
                    default="two_stage")
     p.add_argument("--steps-latent", type=_non_negative_int)
     p.add_argument("--steps-pixel", type=_non_negative_int)
@@ -373,22 +376,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from model.checkpoints import CheckpointError
-    from model.data import DatasetError
-    from model.formats.config import ConfigError
-    from model.training import EnergyExplosion, TrainingCancelled
-
-    user_errors = (CliError, CheckpointError, ConfigError, DatasetError, EnergyExplosion,
-                   TrainingCancelled, FileNotFoundError, PermissionError, IsADirectoryError)
     try:
         return args.func(args)
-    except user_errors as exc:
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"debm {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"debm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None and isinstance(exc, (FileNotFoundError, PermissionError,
+                                                IsADirectoryError, Cancelled)):
+            # Every path on the command line comes from the user, so a missing or unreadable
+            # file is their error here (inside a worker it would be a bug).
+            message = str(exc) or type(exc).__name__
+        if message is None:
+            raise  # a bug: the traceback is for us
+        print(f"debm {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

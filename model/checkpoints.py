@@ -15,9 +15,6 @@ the SHA-256 of every file is checked on load so a truncated or corrupt file is r
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +25,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as serialize_tensors
 
 from .formats.config import ConfigError, ExperimentConfig
+from .formats.files import atomic_write_bytes, atomic_write_json
 from .formats.manifest import (FORMAT, FORMAT_VERSION, MANIFEST,
                                CheckpointError, checked_file, read_manifest,
                                sha256_file)
@@ -48,38 +46,11 @@ class LoadedCheckpoint:
     inference: Any = None  # model.pipeline.InferenceOptions once prepared for serving
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write_json(path: Path, document: dict[str, Any]) -> None:
-    """Write JSON next to ``path`` and rename it into place (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        _fsync_write(Path(tmp), json.dumps(document, indent=2, sort_keys=True).encode())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the API and workers may run as other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Serialise in memory, then write with plain file I/O, so a full disk or a read-only
     directory surfaces as an OSError with its errno (safetensors' own writer hides it)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    data = serialize_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
-    try:
-        _fsync_write(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, serialize_tensors({k: v.detach().cpu().contiguous()
+                                                for k, v in tensors.items()}))
 
 
 def save_checkpoint(directory: str | Path, *, model: DenoisingEBM, config: ExperimentConfig,
@@ -166,7 +137,7 @@ def export_checkpoint(source: str | Path, target: str | Path) -> Path:
         raise CheckpointError(f"{target}: exists and is not empty")
     weights = checked_file(source, document.get("weights"), document)
     target.mkdir(parents=True, exist_ok=True)
-    _fsync_write(target / weights.name, weights.read_bytes())
+    atomic_write_bytes(target / weights.name, weights.read_bytes())
     exported = {**document, "training_state": None,
                 "files": {weights.name: document["files"][weights.name]}}
     atomic_write_json(target / MANIFEST, exported)

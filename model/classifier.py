@@ -32,13 +32,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize_tensors
 from torch import nn
 from torch.nn import functional as F
 
-from .checkpoints import atomic_write_json
 from .data import DatasetError, ImageDataset, to_model_range
 from .formats.config import ExperimentConfig
+from .formats.files import atomic_write_bytes, atomic_write_json
 
 CACHE_ENV = "DEBM_CACHE_DIR"
 CODE_VERSION = 2  # bump when DigitCNN or the training loop changes: old caches no longer apply
@@ -227,9 +228,8 @@ def load_or_train(train: ImageDataset, test: ImageDataset, *,
     seconds = round(time.perf_counter() - started, 1)
     accuracy = test_accuracy(net, test, device=device)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = weights_path.with_name(f".{weights_path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    os.replace(tmp, weights_path)
+    atomic_write_bytes(weights_path, serialize_tensors(
+        {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}))
     # The JSON is written last: an entry without it (a crash in between) is simply retrained.
     atomic_write_json(meta_path, {"key": key, "accuracy": accuracy, "test_size": len(test),
                                   "train_size": len(train), "num_classes": num_classes,

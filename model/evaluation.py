@@ -18,6 +18,9 @@ eval-samples
     (``classifier.py``, trained on the same train split and cached): the Frechet distance
     to the held-out split's features, the mean max-softmax confidence and the histogram of
     predicted classes (mode coverage).  See ``evaluate_samples`` for the rows.
+
+(About 430 lines: the two commands share the checkpoint/baseline loading, the held-out split
+and the table formatting, and each report is defined by this one docstring.)
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +22,10 @@ from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .energies import texture_score
 from .formats.config import ExperimentConfig, SamplerConfig
+from .formats.errors import Cancelled
 from .samplers import (CancelFn, ProgressFn, SampleResult, sample,
                        with_overrides)
-from .training import StepCallback, StepMetrics, Trainer, TrainingCancelled
+from .training import StepCallback, StepMetrics, Trainer
 
 CALIBRATION_QUANTILES = 101  # 0th..100th percentile of held-out scores
 OOD_FALSE_REJECT_RATE = 0.05  # is_ood threshold: 5% of held-out images fall below it
@@ -132,7 +133,7 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
 
     try:
         trainer.run(on_step_end=step_end, should_cancel=should_cancel)
-    except TrainingCancelled:
+    except Cancelled:
         save()
         raise
     calibration = None
@@ -258,19 +259,3 @@ def interpret_scores(calibration: dict[str, Any] | None, scores: torch.Tensor | 
         out.append({"percentile": round(percentile, 2),
                     "is_ood": bool(value < calibration["threshold"])})
     return out
-
-
-def describe_checkpoint(directory: str | Path) -> dict[str, Any]:
-    """Summary of a checkpoint without loading weights (for listings)."""
-    try:
-        manifest = read_manifest(directory)
-    except CheckpointError as exc:
-        return {"error": str(exc)}
-    cfg = manifest.get("config", {})
-    return {"step": manifest.get("step"), "preset": cfg.get("preset"),
-            "image_size": cfg.get("network", {}).get("image_size"),
-            "channels": cfg.get("network", {}).get("channels"),
-            "calibrated": manifest.get("calibration") is not None,
-            "metadata": manifest.get("metadata", {})}
-
-

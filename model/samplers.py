@@ -21,14 +21,11 @@ import torch
 
 from .energies import semantic_energy_grad, sigma_grid, texture_energy_grad
 from .formats.config import NoiseConfig, SamplerConfig
+from .formats.errors import Cancelled
 from .networks import DenoisingEBM
 
 ProgressFn = Callable[[str, int, int], None]
 CancelFn = Callable[[], bool]
-
-
-class SamplingCancelled(RuntimeError):
-    """Raised between steps when ``should_cancel()`` answers True."""
 
 
 @dataclass
@@ -62,7 +59,7 @@ def langevin_step(state: torch.Tensor, grad: torch.Tensor, *, step_size: float,
 
 def _check(should_cancel: CancelFn | None) -> None:
     if should_cancel is not None and should_cancel():
-        raise SamplingCancelled("sampling cancelled")
+        raise Cancelled("sampling cancelled")
 
 
 # --- chains (loops only iterate) -----------------------------------------------------------

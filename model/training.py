@@ -13,7 +13,7 @@ One contrastive iteration:
        plus alpha * (E_data^2 + E_neg^2) on per-dimension energies (IGEBM's magnitude penalty).
     4. Adam steps with parameter-gradient-norm clipping.
 
-Choices the paper leaves open, and why (DESIGN.md section 7; measurements in docs/RESULTS.md):
+Choices the paper leaves open, and why (measured in docs/RESULTS.md, "What was tried"):
   - Persistent latent chains (a small replay buffer, PCD-style): each chain continues across
     iterations, so chains of K steps per iteration run hundreds of steps in total and reach
     the model's own low-energy regions; fresh N(0, I) starts keep the buffer diverse.
@@ -47,16 +47,14 @@ from .data import ImageDataset, sample_batch
 from .energies import (latent_moment_penalty, reconstruction_losses,
                        semantic_energy, sigma_grid, texture_energy)
 from .formats.config import ExperimentConfig
+from .formats.errors import Cancelled, UserError
 from .networks import DenoisingEBM
-from .samplers import CancelFn, SamplingCancelled, latent_chain, pixel_chain
+from .samplers import CancelFn, latent_chain, pixel_chain
 
 
-class EnergyExplosion(RuntimeError):
-    """Energies became NaN or ran away; lower the learning rates or raise the penalty."""
-
-
-class TrainingCancelled(RuntimeError):
-    """``should_cancel()`` answered True between steps."""
+class EnergyExplosion(UserError):
+    """Energies became NaN or ran away (training diverged); lower the learning rates or raise
+    the penalty."""
 
 
 @dataclass
@@ -315,10 +313,7 @@ class Trainer:
             recon: dict[str, float] = {}
             for _ in range(train.recon_steps):
                 recon = self.reconstruction_step()
-            try:
-                x_neg, z_neg, sigma_neg = self.negatives(should_cancel)
-            except SamplingCancelled:
-                raise TrainingCancelled("training cancelled") from None
+            x_neg, z_neg, sigma_neg = self.negatives(should_cancel)  # may raise Cancelled
             contrast = self.contrastive_step(x_neg, z_neg, sigma_neg)
             metrics = StepMetrics(step=self.step + 1, total_steps=self.total_steps,
                                   phase="contrastive", losses={**recon, **contrast},
@@ -334,7 +329,7 @@ class Trainer:
         target = self.total_steps if until_step is None else min(until_step, self.total_steps)
         while self.step < target:
             if should_cancel is not None and should_cancel():
-                raise TrainingCancelled("training cancelled")
+                raise Cancelled("training cancelled")
             metrics = self.train_step(should_cancel)
             if on_step_end is not None:
                 on_step_end(metrics)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -24,6 +25,7 @@ from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
                            UnknownModel)
 from core.settings import Settings, get_settings
+from model.formats.errors import UserError
 
 from . import observe
 from .auth import load_keys
@@ -104,6 +106,37 @@ def _error(status: int, detail: str, **headers: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
 
 
+@dataclass(frozen=True)
+class ErrorAnswer:
+    status: int
+    retry_after: str | None = None  # the Retry-After header, in seconds
+    prefix: str = ""  # put before the exception's message
+
+
+# How the API answers the exceptions its parts raise.  The most specific entry along the
+# exception's class hierarchy wins (UnknownModel before RegistryError before UserError), and
+# QueueFull and DatasetRejected carry their own Retry-After and status.
+ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
+    QueueFull: ErrorAnswer(429),
+    StoreUnavailable: ErrorAnswer(503, "5", "job store unavailable: "),
+    BrokerUnavailable: ErrorAnswer(503, "5"),
+    DataDirError: ErrorAnswer(503),
+    UnknownModel: ErrorAnswer(404),
+    CorruptCheckpoint: ErrorAnswer(409),
+    RegistryError: ErrorAnswer(422),
+    DatasetRejected: ErrorAnswer(422),
+    UserError: ErrorAnswer(422),  # any other input the user can fix
+}
+
+
+async def _answer(request: Request, exc: Exception) -> JSONResponse:
+    answer = next(ERROR_ANSWERS[cls] for cls in type(exc).__mro__ if cls in ERROR_ANSWERS)
+    status = exc.status if isinstance(exc, DatasetRejected) else answer.status
+    retry_after = str(exc.retry_after) if isinstance(exc, QueueFull) else answer.retry_after
+    headers = {"Retry-After": retry_after} if retry_after else {}
+    return _error(status, answer.prefix + str(exc), **headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError):
@@ -112,37 +145,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": clean_json(jsonable_encoder(exc.errors()))},
                             status_code=422)
 
-    @app.exception_handler(QueueFull)
-    async def queue_full(request: Request, exc: QueueFull):
-        return _error(429, str(exc), **{"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(StoreUnavailable)
-    async def store_down(request: Request, exc: StoreUnavailable):
-        return _error(503, f"job store unavailable: {exc}", **{"Retry-After": "5"})
-
-    @app.exception_handler(BrokerUnavailable)
-    async def broker_down(request: Request, exc: BrokerUnavailable):
-        return _error(503, str(exc), **{"Retry-After": "5"})
-
-    @app.exception_handler(DataDirError)
-    async def data_dir(request: Request, exc: DataDirError):
-        return _error(503, str(exc))
-
-    @app.exception_handler(UnknownModel)
-    async def unknown_model(request: Request, exc: UnknownModel):
-        return _error(404, str(exc))
-
-    @app.exception_handler(CorruptCheckpoint)
-    async def corrupt_checkpoint(request: Request, exc: CorruptCheckpoint):
-        return _error(409, str(exc))
-
-    @app.exception_handler(RegistryError)
-    async def registry_error(request: Request, exc: RegistryError):
-        return _error(422, str(exc))
-
-    @app.exception_handler(DatasetRejected)
-    async def dataset_rejected(request: Request, exc: DatasetRejected):
-        return _error(exc.status, str(exc))
+    for cls in ERROR_ANSWERS:
+        app.add_exception_handler(cls, _answer)
 
     @app.exception_handler(OSError)
     async def os_error(request: Request, exc: OSError):

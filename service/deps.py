@@ -51,27 +51,6 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_app_settings(services: ServicesDep) -> Settings:
-    return services.settings
-
-
-def get_store(services: ServicesDep) -> JobStore:
-    return services.store
-
-
-def get_registry(services: ServicesDep) -> ModelRegistry:
-    return services.registry
-
-
-def get_dispatcher(services: ServicesDep) -> Dispatcher:
-    return services.dispatcher
-
-
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-StoreDep = Annotated[JobStore, Depends(get_store)]
-RegistryDep = Annotated[ModelRegistry, Depends(get_registry)]
-DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                                description="an API key (DEBM_API_KEYS or the generated one)")
 _bearer = HTTPBearer(auto_error=False, description="the same API key as a bearer token")

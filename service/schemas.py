@@ -8,12 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.formats.config import SAMPLER_NAMES  # torch-free
+from core.jobs import KINDS, STATUSES
+from core.names import MODEL_NAME_PATTERN, MODEL_SPEC_PATTERN
+from model.formats.config import PRESETS, SAMPLER_NAMES
 
-MODEL_SPEC = r"^[a-z0-9][a-z0-9_-]{0,63}(:[1-9][0-9]{0,8})?$"
-MODEL_NAME = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-JobKind = Literal["generate", "score", "train"]
+MODEL_SPEC = MODEL_SPEC_PATTERN
+JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
+JobKind = Literal[KINDS]  # type: ignore[valid-type]
 
 
 class _Request(BaseModel):
@@ -44,12 +45,12 @@ class TrainRequest(_Request):
     dataset: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$",
                          description="a built-in name (mnist5k, digits8x8) or an id from "
                                      "POST /datasets")
-    preset: Literal["tiny", "demo", "paper"] = "demo"
+    preset: Literal[PRESETS] = "demo"  # type: ignore[valid-type]
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='config overrides by section, e.g. {"training": '
                                           '{"iterations": 50}}')
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1)
-    name: str = Field("custom", pattern=MODEL_NAME,
+    name: str = Field("custom", pattern=MODEL_NAME_PATTERN,
                       description="the model name the finished job registers a version of")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
@@ -167,7 +166,3 @@ async def read_files(form: FormData, *, max_bytes: int) -> list[UploadedFile]:
             files.append(UploadedFile(_clean_filename(value.filename, f"file-{len(files)}"),
                                       data, field))
     return files
-
-
-def form_fields(form: FormData) -> dict[str, Any]:
-    return {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}

@@ -29,8 +29,8 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_url():
-    """A Redis DB of its own on 127.0.0.1:6379 for this session (see tests/support.py)."""
-    from tests.support import claim_redis_db
+    """A Redis DB of its own on 127.0.0.1:6379 for this session (see tests/support/redis_db.py)."""
+    from tests.support.redis_db import claim_redis_db
 
     url, release = claim_redis_db()
     try:

@@ -16,12 +16,14 @@ import shutil
 import uuid
 from typing import Any
 
-from core.datadir import DATASET_ID_RE, atomic_write_bytes
+from core.datadir import DATASET_ID_RE
 from core.jobs import JobRecord
-from core.settings import MODEL_NAME_RE
+from core.names import MODEL_NAME_RE
 from core.trainconfig import build_training_config, training_limits
 from model.formats.archives import BUILTIN_DATASETS
 from model.formats.config import SAMPLER_NAMES
+from model.formats.errors import Cancelled
+from model.formats.files import atomic_write_bytes
 
 from .lease import CancelCheck
 from .lifecycle import Body, JobInputError
@@ -147,9 +149,7 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         scores: list[float] = []
         for start in range(0, len(x), SCORE_BATCH):
             if should_cancel():
-                from model.samplers import SamplingCancelled
-
-                raise SamplingCancelled("scoring cancelled")
+                raise Cancelled("scoring cancelled")
             # Through the process's batcher: merged with concurrent requests for the same
             # model into one forward pass (worker.batching); the scores are the same.
             batch = runtime.score(model_ref, loaded, x[start:start + SCORE_BATCH])

@@ -34,8 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from core.datadir import JOB_ID_RE
 from core.jobs import CANCELLED, FAILED, SUCCEEDED, JobRecord, StoreUnavailable
-from core.registry import RegistryError
-from core.trainconfig import TrainingRequestError
+from model.formats.errors import Cancelled, UserError, user_message
 
 from .lease import CancelCheck, LeaseKeeper
 from .runtime import Reporter, TaskRuntime, configure_torch
@@ -43,26 +42,8 @@ from .runtime import Reporter, TaskRuntime, configure_torch
 log = logging.getLogger("debm.worker")
 
 
-class JobInputError(ValueError):
+class JobInputError(UserError):
     """A job record holds parameters this worker refuses (stale or tampered state)."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from model.checkpoints import CheckpointError
-    from model.data import DatasetError
-    from model.formats.config import ConfigError
-    from model.formats.imagefile import ImageRejected
-    from model.training import EnergyExplosion
-
-    return (CheckpointError, ConfigError, DatasetError, ImageRejected, EnergyExplosion,
-            RegistryError, JobInputError, TrainingRequestError, MemoryError)
-
-
-def _cancel_errors() -> tuple[type[BaseException], ...]:
-    from model.samplers import SamplingCancelled
-    from model.training import TrainingCancelled
-
-    return (SamplingCancelled, TrainingCancelled)
 
 
 Body = Callable[[TaskRuntime, JobRecord, Reporter, CancelCheck], dict[str, Any]]
@@ -176,7 +157,7 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
     report = Reporter(store, job_id, task, interval=runtime.report_interval)
     try:
         result = body(runtime, job, report, cancel)
-    except _cancel_errors():
+    except Cancelled:
         if cancel.lease_lost:
             # Our lease expired (the store was unreachable for longer than the lease) and the
             # job may be someone else's now: leave the record to them.
@@ -198,11 +179,11 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
         return finish(CANCELLED)
     except SoftTimeLimitExceeded:
         return finish(FAILED, error=f"time limit of {time_limit} s exceeded")
-    except _user_errors() as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.info("job %s: failed: %s", job_id, message)
-        return finish(FAILED, error=message)
     except Exception as exc:
+        message = user_message(exc)
+        if message is not None:
+            log.info("job %s: failed: %s", job_id, message)
+            return finish(FAILED, error=message)
         message = runtime.data.storage_error(exc)
         if message is not None:
             log.error("job %s: failed: %s", job_id, message)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import PurePosixPath
 
+from .errors import UserError
+
 BUILTIN_DATASETS = ("mnist5k", "digits8x8")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp"})
 ARCHIVE_SUFFIXES = frozenset({".zip", ".gz", ".tar", ".tgz", ".bz2", ".xz", ".7z", ".rar",
@@ -23,7 +25,7 @@ IMAGE_ARRAY_KEYS = ("x", "images", "X", "arr_0")
 LABEL_ARRAY_KEYS = ("y", "labels", "arr_1")
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset cannot be read; the message names the file and the problem.
 
     ``kind`` is "invalid" (malformed or unsafe content) or "too_large" (size limits)."""

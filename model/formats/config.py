@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
+from .errors import UserError
+
 # Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
 # the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
 SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
@@ -18,7 +20,7 @@ SAMPLER_NAMES = ("two_stage", "texture_only", "annealed")
 NEGATIVE_AUGMENTATIONS = ("erase", "jigsaw", "rotate")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is missing, unknown or out of range."""
 
 
@@ -119,7 +121,7 @@ class TrainingConfig:
     contrastive_betas: tuple[float, float] = (0.0, 0.999)  # beta1=0 is the EBM-code habit
     contrastive_weight: float = 1.0  # weight of the phi (texture) contrastive loss
     # Weight of the gamma (semantic decoder) contrastive loss; 0 skips it.  On a short CPU
-    # budget it turned decoder outputs into grey haze (DESIGN.md section 7), so demo uses 0.
+    # budget it turned decoder outputs into grey haze (docs/RESULTS.md), so demo uses 0.
     semantic_contrastive_weight: float = 1.0
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
@@ -363,7 +365,7 @@ def preset(name: str) -> ExperimentConfig:
                                     flip=True, checkpoint_every=2000),
             data=DataConfig(dataset="cifar10"),
         ).validate()
-    raise ConfigError(f"unknown preset {name!r}; choose tiny, demo or paper")
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
 PRESETS = ("tiny", "demo", "paper")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFile
 
+from .errors import UserError
+
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 # Modes we convert to L or RGB without losing meaning.  16/32-bit integer and float modes
@@ -25,7 +27,7 @@ _COLOUR_MODES = {"RGB", "RGBA", "RGBa", "CMYK", "YCbCr", "LAB", "HSV", "PA"}
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageRejected(ValueError):
+class ImageRejected(UserError, ValueError):
     """The bytes are not an acceptable image; the message says why (for a 4xx answer)."""
 
     def __init__(self, message: str, *, kind: str = "invalid_image"):

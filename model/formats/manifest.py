@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 FORMAT = "debm-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST = "checkpoint.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint is missing, corrupt, truncated or does not fit the model."""
 
 

@@ -12,7 +12,8 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from core.datadir import DATASET_ID_RE, atomic_write_bytes, new_dataset_id
+from core.datadir import DATASET_ID_RE, new_dataset_id
+from model.formats.files import atomic_write_bytes
 
 from ..dataset_check import (DatasetRejected, check_image_zip, check_npz,
                              detect_format)

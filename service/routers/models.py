@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
-from core.registry import MODEL_NAME_RE, UnknownModel
+from core.names import MODEL_NAME_RE
+from core.registry import UnknownModel
 
 from ..deps import AdminPrincipal, ServicesDep, UsePrincipal
 from ..schemas import (ModelInfo, ModelList, ModelVersion, SetDefaultRequest,

@@ -9,9 +9,9 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from core.datadir import atomic_write_bytes
 from core.jobs import SUCCEEDED
 from core.work import score_work
+from model.formats.files import atomic_write_bytes
 from model.formats.imagefile import ImageRejected, decode_image
 
 from ..deps import ServicesDep, UsePrincipal

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from core.jobs import CapacityExceeded, JobRecord, RedisJobStore, StoreUnavailable
+from core.jobs import (CapacityExceeded, JobRecord, RedisJobStore,
+                       StoreUnavailable)
 from tests.support import new_job as new
 from tests.support import wait_until
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model.formats.config import NoiseConfig, SamplerConfig
-from model.samplers import SAMPLERS, SamplingCancelled, langevin_step, sample
+from model.formats.errors import Cancelled
+from model.samplers import SAMPLERS, langevin_step, sample
 
 SETTINGS = SamplerConfig(steps_latent=3, steps_pixel=4, annealed_levels=3,
                          annealed_steps_per_level=2)
@@ -50,7 +51,7 @@ def test_sampler_cancels_between_steps(name, tiny_model):
         seen.append(1)
         return len(seen) > 2
 
-    with pytest.raises(SamplingCancelled):
+    with pytest.raises(Cancelled):
         sample(tiny_model, sampler=name, n=2, seed=0, settings=SETTINGS, noise=NOISE,
                should_cancel=should_cancel)
     assert len(seen) == 3

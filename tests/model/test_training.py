@@ -9,8 +9,8 @@ from model.checkpoints import (load_checkpoint, load_training_state,
                                save_checkpoint)
 from model.formats.config import (ExperimentConfig, NoiseConfig, ScoringConfig,
                                   TrainingConfig)
-from model.training import (EnergyExplosion, StepMetrics, Trainer,
-                            TrainingCancelled)
+from model.formats.errors import Cancelled
+from model.training import EnergyExplosion, StepMetrics, Trainer
 
 from .conftest import tiny_network, toy_dataset
 
@@ -114,7 +114,7 @@ def test_energy_explosion_stops_with_a_clear_error():
 
 def test_cancellation_between_steps():
     trainer = Trainer(toy_config(warmup_steps=5, iterations=0), toy_dataset())
-    with pytest.raises(TrainingCancelled):
+    with pytest.raises(Cancelled):
         trainer.run(should_cancel=lambda: trainer.step >= 2)
     assert trainer.step == 2
 

@@ -1,6 +1,6 @@
 """Route tests run the real app (SQLite job store and broker in a temp data dir) through
 FastAPI's TestClient; no worker runs, so jobs stay queued unless a test runs one with the
-real task code (worker.tasks.execute)."""
+real task code (worker.lifecycle.execute)."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from core.settings import Settings
 from service import auth
 from service.app import create_app
 from service.auth import KeyRing, _announce
-from tests.support import (API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY,
-                           digit_png, image_zip)
+from tests.support import API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY
+from tests.support.images import digit_png, image_zip
 
 PROTECTED = [("get", "/jobs", None), ("get", "/jobs/" + "0" * 32, None),
              ("get", "/jobs/" + "0" * 32 + "/result", None),

@@ -1,4 +1,4 @@
-"""Every kind of bad input in issue 5, built for real (Pillow, zipfile, numpy), sent through
+"""Every kind of bad input of docs/OPERATIONS.md, built for real (Pillow, zipfile, numpy), sent through
 the real app: each one gets a 4xx JSON error that names the problem, and none reaches a
 worker (no job is created, nothing is stored)."""
 
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support import (KEY_HEADERS, animated_png, digit_png, image_bytes, image_zip,
-                           npz_bytes, png_16bit)
+from tests.support import KEY_HEADERS
+from tests.support.images import (animated_png, digit_png, image_bytes,
+                                  image_zip, npz_bytes, png_16bit)
 
 H = KEY_HEADERS
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.support import (KEY_HEADERS, digit_png, image_bytes, image_zip,
-                           multipart_fields_only, npz_bytes, tiny_total_steps)
+from tests.support import KEY_HEADERS, tiny_total_steps
+from tests.support.images import (digit_png, image_bytes, image_zip,
+                                  multipart_fields_only, npz_bytes)
 
 H = KEY_HEADERS
 

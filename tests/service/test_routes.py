@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from tests.support import KEY_HEADERS, decode_png
+from tests.support import KEY_HEADERS
+from tests.support.images import decode_png
 
 H = KEY_HEADERS
 

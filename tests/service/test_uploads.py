@@ -3,7 +3,8 @@ limits (each kind of bad image is in test_bad_input.py)."""
 
 from __future__ import annotations
 
-from tests.support import KEY_HEADERS, digit_png, image_bytes, multipart_fields_only
+from tests.support import KEY_HEADERS
+from tests.support.images import digit_png, image_bytes, multipart_fields_only
 
 H = KEY_HEADERS
 

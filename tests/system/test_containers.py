@@ -1,4 +1,5 @@
-"""The container definitions hold what issue 3 asks of them (no Docker engine needed)."""
+"""The container definitions hold what README and docs/OPERATIONS.md promise of them (no
+Docker engine needed)."""
 
 from __future__ import annotations
 

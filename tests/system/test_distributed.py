@@ -8,9 +8,10 @@ import base64
 import httpx
 import pytest
 
-from tests.support import (API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY, decode_png, digit_png,
-                           dump_logs, image_bytes, service_env, tiny_total_steps,
-                           wait_job, wait_until)
+from tests.support import (API_KEY, KEY_HEADERS, USE_HEADERS, USE_KEY,
+                           tiny_total_steps, wait_until)
+from tests.support.images import decode_png, digit_png, image_bytes
+from tests.support.processes import dump_logs, service_env, wait_job
 from tests.system.conftest import start_service
 
 pytestmark = pytest.mark.system

@@ -9,8 +9,10 @@ import httpx
 import pytest
 
 from core.jobs import SqliteJobStore
-from tests.support import (PYTHON, Proc, digit_png, dump_logs, free_port,
-                           service_env, wait_job, wait_until)
+from tests.support import PYTHON, wait_until
+from tests.support.images import digit_png
+from tests.support.processes import (Proc, dump_logs, free_port, service_env,
+                                     wait_job)
 from tests.system.conftest import wait_ready
 
 pytestmark = pytest.mark.system

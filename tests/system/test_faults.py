@@ -1,5 +1,5 @@
-"""The fault suite of issue 5, with real processes (uvicorn API, Celery prefork workers) against
-real Redis: workers SIGKILLed mid-job, Redis restarted under load, corrupt checkpoints, a full
+"""The fault suite (docs/OPERATIONS.md), with real processes (uvicorn API, Celery prefork
+workers) against real Redis: workers SIGKILLed mid-job, Redis restarted under load, corrupt checkpoints, a full
 or read-only data directory, and an API restart.  Workers run with DEBM_HEARTBEAT_SECONDS=1,
 so a job whose worker died is recovered within a few seconds (worker.recovery), not after
 Redis' visibility timeout."""
@@ -15,14 +15,16 @@ import httpx
 import pytest
 
 from core.datadir import DataDir
-from core.jobs import open_store
 from core.queue import create_producer
 from core.registry import ModelRegistry
 from core.settings import Settings
 from service.dispatch import Dispatcher
-from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, Proc, RedisServer,
-                           SmallFilesystem, digit_png, dump_logs, image_zip,
-                           service_env, tiny_total_steps, wait_job, wait_until)
+from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, tiny_total_steps,
+                           wait_until)
+from tests.support.filesystem import SmallFilesystem
+from tests.support.images import digit_png, image_zip
+from tests.support.processes import Proc, dump_logs, service_env, wait_job
+from tests.support.redis_db import RedisServer
 from tests.system.conftest import api_server, celery_worker, start_service
 
 pytestmark = pytest.mark.system
@@ -54,11 +56,11 @@ def checkpoint_step(data: Path, job_id: str) -> int:
 # --- 1. training worker SIGKILLed mid-job ---------------------------------------------------
 
 def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
-        tmp_path, redis_url, redis_prefix, procs):
+        tmp_path, redis_url, redis_prefix, procs, job_store):
     data = tmp_path / "data"
     settings = settings_for(data, redis_url, redis_prefix)
     env = service_env(data, redis_url=redis_url, DEBM_REDIS_PREFIX=redis_prefix)
-    store = open_store(settings)
+    store = job_store(settings)
     first = celery_worker("training-1", "training", env, tmp_path)
     procs.append(first)
     wait_worker(store, "training", [first])
@@ -106,7 +108,7 @@ def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
 # --- 2. inference worker SIGKILLed mid-generate ---------------------------------------------
 
 def test_inference_worker_killed_mid_generate_client_still_gets_its_result(
-        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint):
+        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint, job_store):
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
@@ -122,7 +124,7 @@ def test_inference_worker_killed_mid_generate_client_still_gets_its_result(
 
     waiting = threading.Thread(target=client_waits)
     waiting.start()
-    store = open_store(settings_for(data, env["REDIS_URL"], redis_prefix))
+    store = job_store(settings_for(data, env["REDIS_URL"], redis_prefix))
 
     def running():
         jobs = store.list(owner="tester")
@@ -220,7 +222,7 @@ def replace_file(path: Path, data: bytes) -> None:
 
 
 def test_a_corrupt_checkpoint_is_refused_and_the_previous_default_keeps_serving(
-        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint):
+        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint, job_store):
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
@@ -257,7 +259,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_default_keeps_serving(
         # A job that names a corrupt version anyway (queued before the file went bad) is
         # refused by the worker's own check, with the reason, and the worker keeps serving.
         settings = settings_for(data, redis_url, redis_prefix)
-        store = open_store(settings)
+        store = job_store(settings)
         job = Dispatcher(settings, store, create_producer(settings), DataDir(data)).submit(
             "generate", "tester", {"n": 1, "seed": 0, "model_name": "demo",
                                    "model_version": 2})

@@ -13,8 +13,9 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.support import (ADMIN_KEYS_SPEC, KEY_HEADERS, digit_png, dump_logs, service_env,
-                           wait_until)
+from tests.support import ADMIN_KEYS_SPEC, KEY_HEADERS, wait_until
+from tests.support.images import digit_png
+from tests.support.processes import dump_logs, service_env
 from tests.system.conftest import start_service
 
 pytestmark = pytest.mark.system

@@ -147,7 +147,7 @@ def test_a_failing_request_fails_alone():
 def _score_job(runtime, pngs: list[bytes]) -> str:
     import uuid
 
-    from core.datadir import atomic_write_bytes
+    from model.formats.files import atomic_write_bytes
     from core.jobs import JobRecord
 
     job_id = uuid.uuid4().hex

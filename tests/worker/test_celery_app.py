@@ -1,4 +1,5 @@
-"""The Celery configuration DESIGN.md asks for, and the task registrations."""
+"""The Celery reliability configuration (acks late, one task in hand, durable queues) and the
+task registrations."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 
 from core.jobs import JobRecord
 from core.settings import Settings
-from tests.support import RedisServer
+from tests.support.redis_db import RedisServer
 from worker.bodies import BODIES
 from worker.lifecycle import StoreDown, execute
 from worker.runtime import TaskRuntime
@@ -21,6 +21,7 @@ from worker.runtime import TaskRuntime
 @pytest.fixture
 def redis_runtime(tmp_path, tiny_checkpoint):
     server = RedisServer(tmp_path / "redis", tmp_path).start()
+    made: list[TaskRuntime] = []
 
     def make(**overrides) -> TaskRuntime:
         settings = Settings(data_dir=tmp_path / "data", redis_url=server.url,
@@ -29,9 +30,12 @@ def redis_runtime(tmp_path, tiny_checkpoint):
         runtime = TaskRuntime.create(settings)
         if "demo" not in runtime.registry.names():
             runtime.registry.register("demo", tiny_checkpoint)
+        made.append(runtime)
         return runtime
 
     yield server, make
+    for runtime in made:
+        runtime.store.close()
     server.kill()
 
 
@@ -50,7 +54,7 @@ def test_a_task_waits_for_redis_to_come_back(redis_runtime):
     thread = threading.Thread(target=lambda: outcome.update(
         execute(runtime, job_id, "generate", BODIES["generate"])))
     thread.start()
-    time.sleep(2)
+    time.sleep(2)  # an outage of 2 s (a duration, not a wait for a condition)
     assert thread.is_alive() and not outcome  # waiting, not failed
     server.start()  # the same AOF: the job record is back
     thread.join(60)

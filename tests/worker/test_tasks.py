@@ -32,11 +32,11 @@ def test_generate_writes_pngs_and_reports_progress(runtime, submit):
     sampler = preset("tiny").sampler
     assert result["model"] == "demo:1" and result["n"] == 3
     assert result["steps"] == sampler.steps_latent + sampler.steps_pixel
-    grid = Image.open(runtime.data.inside(result["grid"]))
-    assert grid.format == "PNG"
+    with Image.open(runtime.data.inside(result["grid"])) as grid:
+        assert grid.format == "PNG"
     for rel in result["samples"]:
-        sample = Image.open(runtime.data.inside(rel))
-        assert sample.size == (8, 8) and sample.mode == "L"
+        with Image.open(runtime.data.inside(rel)) as sample:
+            assert sample.size == (8, 8) and sample.mode == "L"
 
 
 def test_a_running_generate_stops_promptly_when_cancelled(runtime, submit):
