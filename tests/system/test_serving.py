@@ -11,8 +11,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.support import (PYTHON, REPO, USE_HEADERS, Proc, digit_png, dump_logs, free_port,
-                          service_env, wait_job, wait_until)
+from tests.support import PYTHON, REPO, USE_HEADERS, wait_until
+from tests.support.images import digit_png
+from tests.support.processes import Proc, dump_logs, free_port, service_env, wait_job
 from tests.system.conftest import api_server, wait_ready
 
 pytestmark = pytest.mark.system

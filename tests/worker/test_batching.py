@@ -171,7 +171,7 @@ def _run_jobs(runtime, job_ids):
 
 
 def test_score_jobs_batched_equal_alone_and_a_bad_upload_fails_alone(runtime):
-    from tests.support import digit_png
+    from tests.support.images import digit_png
 
     sizes = [1, 2, 1, 3, 1, 1]
     requests = [[digit_png(seed=10 * i + k) for k in range(n)] for i, n in enumerate(sizes)]
