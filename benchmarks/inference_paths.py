@@ -1,7 +1,7 @@
 """The optional fast paths of a serving model, side by side in one run, and whether each keeps
 the scores and seeded samples bit for bit.
 
-    python benchmarks/inference_paths.py --json benchmarks/results/inference_paths.json
+    python benchmarks/inference_paths.py --json docs/results/inference_paths.json
 
 Variants: ``plain`` (a checkpoint as loaded: eval mode, parameters requiring gradients,
 scoring under no_grad: the state before model.pipeline.prepare_for_inference), ``serving``
@@ -22,11 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.checkpoints import load_checkpoint  # noqa: E402
-from model.energies import texture_score  # noqa: E402
-from model.pipeline import (InferenceOptions, generate, prepare_for_inference,  # noqa: E402
+from model.checkpoints import load_checkpoint
+from model.energies import texture_score
+from model.pipeline import (InferenceOptions, generate, prepare_for_inference,
                             resolve_device, score_images)
 
 

@@ -1,7 +1,7 @@
 """Service load benchmark: the live service against the raw model, side by side in one run.
 
-    python benchmarks/service_load.py --mode embedded    --json benchmarks/results/service_embedded.json
-    python benchmarks/service_load.py --mode distributed --json benchmarks/results/service_distributed.json
+    python benchmarks/service_load.py --mode embedded    --json docs/results/service_embedded.json
+    python benchmarks/service_load.py --mode distributed --json docs/results/service_distributed.json
     python benchmarks/service_load.py --url http://host:8000 --key KEY   # a running service
 
 ``embedded`` starts ``debm serve`` on a free loopback port with a temporary data directory;
@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 KEY = "bench-admin-key-0123456789"
 HEADERS = {"X-API-Key": KEY}

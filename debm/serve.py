@@ -75,7 +75,8 @@ class EmbeddedWorkers:
             self._apps[INFERENCE_QUEUE] = app
             local = LocalWorker(app, INFERENCE_QUEUE,
                                 concurrency=self.settings.inference_concurrency,
-                                time_limit=self.settings.inference_time_limit)
+                                time_limit=self.settings.inference_time_limit,
+                                generate_concurrency=self.settings.generate_concurrency)
             self._local = local
 
             def run_here(kind: str, job_id: str) -> bool:

@@ -32,10 +32,15 @@ log = logging.getLogger("debm.worker")
 class LocalWorker:
     """A thread pool that runs the jobs of one queue in this process."""
 
-    def __init__(self, app, queue: str, *, concurrency: int, time_limit: int):
+    def __init__(self, app, queue: str, *, concurrency: int, time_limit: int,
+                 generate_concurrency: int = 1):
         self.app, self.queue, self.time_limit = app, queue, time_limit
         self._pool = ThreadPoolExecutor(max_workers=concurrency,
                                         thread_name_prefix=f"debm-{queue}")
+        # Generate jobs get their own pool, as wide as the generation slots, so that they
+        # start in the order they were sent (the slots alone would let a later job overtake).
+        self._generate_pool = ThreadPoolExecutor(max_workers=generate_concurrency,
+                                                 thread_name_prefix=f"debm-{queue}-generate")
         self._closed = threading.Event()
 
     def handles(self, kind: str) -> bool:
@@ -44,7 +49,8 @@ class LocalWorker:
     def send(self, kind: str, job_id: str) -> None:
         if self._closed.is_set():
             return  # shutting down: the job stays queued and the next start sends it
-        self._pool.submit(self._run, kind, job_id)
+        pool = self._generate_pool if kind == "generate" else self._pool
+        pool.submit(self._run, kind, job_id)
 
     def _run(self, kind: str, job_id: str) -> None:
         with self.app.active:
@@ -70,5 +76,6 @@ class LocalWorker:
         and are requeued; queued ones stay queued for the next start."""
         self._closed.set()
         deadline = time.monotonic() + timeout
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._generate_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self.app.active.wait_idle(max(0.0, deadline - time.monotonic()))

@@ -144,7 +144,11 @@ def test_inference_worker_killed_mid_batch_loses_no_request(tmp_path, redis_url,
     procs.append(first)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base, procs, training=False)
-    client = httpx.Client(base_url=base, headers=USE_HEADERS, timeout=60)
+    with httpx.Client(base_url=base, headers=USE_HEADERS, timeout=60) as client:
+        kill_mid_batch(client, first, env, tmp_path, procs)
+
+
+def kill_mid_batch(client, first: Proc, env: dict, log_dir, procs) -> None:
     try:
         jobs = []
         for i in range(12):  # 16 images each: a batch of 4 requests takes a while
@@ -157,12 +161,10 @@ def test_inference_worker_killed_mid_batch_loses_no_request(tmp_path, redis_url,
                                for j in jobs), timeout=60, interval=0.05,
                    what="a batch to run")
         first.kill()  # SIGKILL mid-batch: running and prefetched jobs are all in limbo
-        procs.append(threads_worker(env, tmp_path, metrics_port=0))
+        procs.append(threads_worker(env, log_dir, metrics_port=0))
         finished = [wait_job(client, j, timeout=180, headers=USE_HEADERS) for j in jobs]
         assert [j["status"] for j in finished] == ["succeeded"] * len(jobs), finished
         assert all(len(j["result"]["results"]) == 16 for j in finished)
         assert any(j["attempts"] >= 2 for j in finished)  # some were redelivered
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
-    finally:
-        client.close()
