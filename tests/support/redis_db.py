@@ -39,11 +39,13 @@ def claim_redis_db() -> tuple[str, callable]:
     for db in range(15, 0, -1):
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
         if not client.set(LOCK_KEY, token, nx=True, ex=3600):
+            client.close()
             continue
         foreign = [k for k in client.scan_iter(count=1000)
                    if k != LOCK_KEY.encode() and not k.startswith(OUR_KEY_PREFIXES)]
         if foreign:
             client.delete(LOCK_KEY)
+            client.close()
             continue
         for key in client.scan_iter(count=1000):
             if key != LOCK_KEY.encode():
@@ -52,6 +54,7 @@ def claim_redis_db() -> tuple[str, callable]:
         def release(client=client):
             if client.get(LOCK_KEY) == token.encode():
                 client.flushdb()
+            client.close()
 
         return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}", release
     raise RuntimeError("no free Redis DB in 1..15 for the tests")
@@ -83,7 +86,10 @@ class RedisServer:
                 return client.ping()
             except redis.exceptions.ConnectionError:  # also "LOADING" while it reads the AOF
                 return False
-        wait_until(up, timeout=20, interval=0.1, what="redis-server to answer")
+        try:
+            wait_until(up, timeout=20, interval=0.1, what="redis-server to answer")
+        finally:
+            client.close()
         return self
 
     def stop(self) -> None:

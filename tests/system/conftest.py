@@ -67,6 +67,23 @@ def redis_prefix(redis_url):
     client = redis.Redis.from_url(redis_url)
     for key in ("inference", "training"):
         client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def job_store():
+    """``job_store(settings)`` opens the job store of ``settings``; closed after the test."""
+    from core.jobs import open_store
+
+    opened = []
+
+    def make(settings):
+        opened.append(open_store(settings))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import httpx
 import pytest
 
 from core.datadir import DataDir
-from core.jobs import open_store
 from core.queue import create_producer
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -57,11 +56,11 @@ def checkpoint_step(data: Path, job_id: str) -> int:
 # --- 1. training worker SIGKILLed mid-job ---------------------------------------------------
 
 def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
-        tmp_path, redis_url, redis_prefix, procs):
+        tmp_path, redis_url, redis_prefix, procs, job_store):
     data = tmp_path / "data"
     settings = settings_for(data, redis_url, redis_prefix)
     env = service_env(data, redis_url=redis_url, DEBM_REDIS_PREFIX=redis_prefix)
-    store = open_store(settings)
+    store = job_store(settings)
     first = celery_worker("training-1", "training", env, tmp_path)
     procs.append(first)
     wait_worker(store, "training", [first])
@@ -109,7 +108,7 @@ def test_training_worker_killed_mid_job_resumes_on_the_next_worker(
 # --- 2. inference worker SIGKILLed mid-generate ---------------------------------------------
 
 def test_inference_worker_killed_mid_generate_client_still_gets_its_result(
-        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint):
+        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint, job_store):
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
@@ -125,7 +124,7 @@ def test_inference_worker_killed_mid_generate_client_still_gets_its_result(
 
     waiting = threading.Thread(target=client_waits)
     waiting.start()
-    store = open_store(settings_for(data, env["REDIS_URL"], redis_prefix))
+    store = job_store(settings_for(data, env["REDIS_URL"], redis_prefix))
 
     def running():
         jobs = store.list(owner="tester")
@@ -223,7 +222,7 @@ def replace_file(path: Path, data: bytes) -> None:
 
 
 def test_a_corrupt_checkpoint_is_refused_and_the_previous_default_keeps_serving(
-        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint):
+        tmp_path, redis_url, redis_prefix, procs, tiny_checkpoint, job_store):
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                       DEBM_REDIS_PREFIX=redis_prefix)
@@ -260,7 +259,7 @@ def test_a_corrupt_checkpoint_is_refused_and_the_previous_default_keeps_serving(
         # A job that names a corrupt version anyway (queued before the file went bad) is
         # refused by the worker's own check, with the reason, and the worker keeps serving.
         settings = settings_for(data, redis_url, redis_prefix)
-        store = open_store(settings)
+        store = job_store(settings)
         job = Dispatcher(settings, store, create_producer(settings), DataDir(data)).submit(
             "generate", "tester", {"n": 1, "seed": 0, "model_name": "demo",
                                    "model_version": 2})

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from core.datadir import DataDir
-from core.jobs import open_store
 from core.queue import create_producer
 from core.registry import ModelRegistry
 from core.settings import Settings
@@ -28,7 +27,7 @@ def children(pid: int) -> list[int]:
 
 
 def test_killed_pool_child_is_redelivered(tmp_path, redis_url, redis_prefix, procs,
-                                          tiny_checkpoint):
+                                          tiny_checkpoint, job_store):
     data = tmp_path / "data"
     settings = Settings(data_dir=data, redis_url=redis_url, redis_prefix=redis_prefix,
                         api_keys="t:0123456789abcdef0123", seed_checkpoint=None)
@@ -36,7 +35,7 @@ def test_killed_pool_child_is_redelivered(tmp_path, redis_url, redis_prefix, pro
     env = service_env(data, redis_url=redis_url, DEBM_REDIS_PREFIX=redis_prefix)
     worker = celery_worker("inference", "inference", env, tmp_path)
     procs.append(worker)
-    store = open_store(settings)
+    store = job_store(settings)
     wait_until(lambda: store.workers(), timeout=90, what="the worker's heartbeat")
 
     dispatcher = Dispatcher(settings, store, create_producer(settings), DataDir(data))

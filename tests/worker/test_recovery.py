@@ -32,6 +32,8 @@ def setup(tmp_path, redis_url):
         client.delete(key)
     for key in client.scan_iter(match=f"{prefix}:*"):
         client.delete(key)
+    client.close()
+    store.close()
 
 
 def new(store, kind: str = "generate") -> str:

@@ -21,6 +21,7 @@ from worker.runtime import TaskRuntime
 @pytest.fixture
 def redis_runtime(tmp_path, tiny_checkpoint):
     server = RedisServer(tmp_path / "redis", tmp_path).start()
+    made: list[TaskRuntime] = []
 
     def make(**overrides) -> TaskRuntime:
         settings = Settings(data_dir=tmp_path / "data", redis_url=server.url,
@@ -29,9 +30,12 @@ def redis_runtime(tmp_path, tiny_checkpoint):
         runtime = TaskRuntime.create(settings)
         if "demo" not in runtime.registry.names():
             runtime.registry.register("demo", tiny_checkpoint)
+        made.append(runtime)
         return runtime
 
     yield server, make
+    for runtime in made:
+        runtime.store.close()
     server.kill()
 
 
