@@ -138,7 +138,7 @@ class TrainingConfig:
     # budget it turned decoder outputs into grey haze (docs/RESULTS.md), so demo uses 0.
     semantic_contrastive_weight: float = 1.0
     # Adam lr of the gamma (semantic decoder) contrastive update; None: contrastive_lr.  The
-    # decoder tolerates a far smaller contrastive rate than the DAE does.
+    # decoder stayed stable at 2e-5 where 2e-4, the DAE's rate, collapsed it (docs/RESULTS.md).
     semantic_contrastive_lr: float | None = None
     latent_moment_weight: float = 0.01  # keeps encoder latents near N(0, I) moments
     energy_penalty: float = 0.1  # alpha in alpha * (E+^2 + E-^2), energies per dimension
