@@ -100,6 +100,7 @@ async function useKey() {
     return;
   }
   session = await api("GET", "/session");
+  sessionStorage.setItem(KEY_SLOT, key);  // kept only once the service accepted it
   $("who").textContent = `key "${session.key_id}" (${session.scopes.join(", ")})`;
   document.body.classList.add("has-key");
   document.body.classList.toggle("is-admin", session.scopes.includes("admin"));
@@ -112,7 +113,6 @@ $("key-form").addEventListener("submit", guard(async (e) => {
   $("key").value = "";
   try {
     await useKey();
-    sessionStorage.setItem(KEY_SLOT, key);
   } catch (err) {
     key = "";
     sessionStorage.removeItem(KEY_SLOT);
