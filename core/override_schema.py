@@ -20,8 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
                       create_model)
 
-from model.formats.config import (NEGATIVE_AUGMENTATIONS, DataConfig, NetworkConfig,
-                                  NoiseConfig, SamplerConfig, ScoringConfig, TrainingConfig)
+from model.formats.config import (DAE_LOSS_WEIGHTINGS, NEGATIVE_AUGMENTATIONS, PRECISIONS,
+                                  DataConfig, NetworkConfig, NoiseConfig, SamplerConfig,
+                                  ScoringConfig, TrainingConfig)
 
 SECTIONS: dict[str, type] = {"network": NetworkConfig, "noise": NoiseConfig,
                              "sampler": SamplerConfig, "training": TrainingConfig,
@@ -51,7 +52,8 @@ RANGES: dict[str, dict[str, Any]] = {
     "sampler": {"steps_latent": STEPS, "steps_pixel": STEPS, "step_size_latent": POSITIVE,
                 "step_size_pixel": POSITIVE, "sigma_latent": POSITIVE, "sigma_pixel": POSITIVE,
                 "temperature_latent": (0.0, 100.0), "temperature_pixel": (0.0, 100.0),
-                "grad_clip": ("gt", 0.0, 1e9), "clamp_pixels": None, "final_denoise": None,
+                "grad_clip": (0.0, 1e9), "clamp_pixels": None, "final_denoise": None,
+                "precision": PRECISIONS,
                 "annealed_steps_per_level": STEPS, "annealed_levels": STEPS,
                 "annealed_step_size": ("gt", 0.0, 1.0)},
     "training": {"batch_size": COUNT, "warmup_steps": (0, 10 ** 9),
@@ -60,7 +62,10 @@ RANGES: dict[str, dict[str, Any]] = {
                  "contrastive_lr": ("gt", 0.0, 10.0), "contrastive_betas": (BETA, 2, 2),
                  "contrastive_weight": WEIGHT, "semantic_contrastive_weight": WEIGHT,
                  "latent_moment_weight": WEIGHT, "energy_penalty": WEIGHT,
-                 "grad_clip_norm": ("gt", 0.0, 1e9), "chain_batch_size": COUNT,
+                 "grad_clip_norm": (0.0, 1e9), "chain_grad_clip": (0.0, 1e9),
+                 "chain_batch_size": COUNT, "semantic_contrastive_lr": ("gt", 0.0, 10.0),
+                 "shared_sigma": None, "simultaneous_updates": None, "clamp_chains": None,
+                 "dae_loss_weighting": DAE_LOSS_WEIGHTINGS, "precision": PRECISIONS,
                  "steps_latent": STEPS, "steps_pixel": STEPS, "step_size_latent": POSITIVE,
                  "step_size_pixel": POSITIVE, "sigma_latent": POSITIVE,
                  "temperature_latent": (0.0, 100.0), "temperature_pixel": (0.0, 100.0),

@@ -116,6 +116,8 @@ def _good(spec, field):
         return st.booleans()
     if isinstance(spec, int):  # a string's max length (data.dataset: refused on purpose)
         return st.text(max_size=3)
+    if isinstance(spec, tuple) and all(isinstance(x, str) for x in spec):  # a string's choices
+        return st.sampled_from(spec)
     if isinstance(spec, tuple) and len(spec) == 3 and isinstance(spec[1], int) \
             and isinstance(spec[0], tuple):
         item, low, high = spec
