@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-
-from tests.model.conftest import toy_dataset  # noqa: E402
+from tests.model.conftest import toy_dataset
 
 _PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "peer_ddpm.py"
 _spec = importlib.util.spec_from_file_location("peer_ddpm", _PATH)
