@@ -85,6 +85,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=40)
     parser.add_argument("--json")
+    parser.add_argument("--only", nargs="+", metavar="TEXT",
+                        help="run only the rows whose name contains one of these; the other "
+                        "rows already in --json are kept")
     args = parser.parse_args()
     torch.set_num_threads(1)
     paper = small(preset("paper"), args.iters)
@@ -97,10 +100,18 @@ def main() -> int:
     for group, keys in GROUPS.items():
         off = {k: PAPER_ALGORITHM[k] for k in keys}
         variants.append((f"paper-stable without {group}", stable.replace(training=off)))
-    rows = []
+    measured: dict[str, dict] = {}
+    if args.only and args.json and Path(args.json).is_file():
+        kept = json.loads(Path(args.json).read_text())
+        if kept.get("iterations") != args.iters:
+            parser.error(f"{args.json} holds rows of {kept.get('iterations')} iterations")
+        measured = {row["row"]: row for row in kept["rows"]}
     for name, config in variants:
-        rows.append(run_row(name, config, holdout_x, ood))
+        if args.only and not any(text in name for text in args.only):
+            continue
+        measured[name] = run_row(name, config, holdout_x, ood)
         if args.json:  # after every row: a long run that is stopped keeps what it measured
+            rows = [measured[n] for n, _ in variants if n in measured]  # the table's order
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"iterations": args.iters, "rows": rows},
                                                   indent=2))
