@@ -28,6 +28,12 @@ Choices the paper leaves open, and why (measured in docs/RESULTS.md, "What was t
     so a fast warm-up rate does not wash out the contrastive updates.
   - Blow-ups stop training with EnergyExplosion instead of writing a NaN checkpoint.
 
+Why this module is over 400 lines: the Trainer is one iteration of Algorithm 1 plus its
+resumable state, and the order of its random draws is a contract (a resumed run equals an
+uninterrupted one, and data-parallel ranks draw the global batch's numbers and keep their own
+rows, model/distributed.py).  Splitting the stages into other files would scatter that order;
+the shared pieces already live apart (energies, samplers, augment, distributed).
+
 Progress goes through ``on_step_end(StepMetrics)`` so that a Celery task can report it without
 this module knowing about Celery (minGPT's callback habit).
 """
