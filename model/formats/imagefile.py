@@ -18,6 +18,8 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageFile
@@ -94,11 +96,10 @@ class ImageHeader:
         return self.width * self.height
 
 
-def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                formats: tuple[str, ...] = ACCEPTED_FORMATS) -> ImageHeader:
-    """Format, mode and size from the header alone (no pixel is decoded); the same size,
-    frame and mode checks as ``decode_image``.  Lets a caller add up a request's pixels and
-    refuse it before decoding anything."""
+@contextmanager
+def _untrusted(data: bytes, *, max_pixels: int, formats: tuple[str, ...]) -> Iterator[None]:
+    """Pillow under this caller's pixel limit with decompression-bomb warnings as errors; what
+    Pillow raises inside becomes an ImageRejected that says what was wrong."""
     if not data:
         raise ImageRejected("empty file")
     previous = Image.MAX_IMAGE_PIXELS
@@ -107,9 +108,7 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = max_pixels
             try:
-                with Image.open(io.BytesIO(data), formats=list(formats)) as probe:
-                    _check_header(probe, max_pixels)
-                    return ImageHeader(probe.format or "?", probe.mode, *probe.size)
+                yield
             except ImageRejected:
                 raise
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -120,6 +119,17 @@ def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 raise ImageRejected(f"corrupt or truncated image: {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+def read_header(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                formats: tuple[str, ...] = ACCEPTED_FORMATS) -> ImageHeader:
+    """Format, mode and size from the header alone (no pixel is decoded); the same size,
+    frame and mode checks as ``decode_image``.  Lets a caller add up a request's pixels and
+    refuse it before decoding anything."""
+    with _untrusted(data, max_pixels=max_pixels, formats=formats):
+        with Image.open(io.BytesIO(data), formats=list(formats)) as probe:
+            _check_header(probe, max_pixels)
+            return ImageHeader(probe.format or "?", probe.mode, *probe.size)
 
 
 def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -133,37 +143,14 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     ``shrink_to``: the caller only needs the image with its longer side at this size; the
     result keeps its longer side at least this long (so a later antialiased resize sees every
     input pixel), shrunk while decoding where the format allows it (module docstring)."""
-    if not data:
-        raise ImageRejected("empty file")
-    previous = Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            try:
-                with Image.open(io.BytesIO(data), formats=list(formats)) as probe:
-                    fmt = probe.format or "?"
-                    _check_header(probe, max_pixels)
-                    probe.verify()
-            except ImageRejected:
-                raise
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageRejected(f"image too large: {exc}", kind="too_large") from None
-            except Image.UnidentifiedImageError:
-                raise _unidentified(data, formats) from None
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise ImageRejected(f"corrupt or truncated image: {exc}") from None
-            try:
-                mode, converted = _decode_small(data, formats, allow_alpha=allow_alpha,
-                                                shrink_to=shrink_to)
-            except ImageRejected:
-                raise
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-                raise ImageRejected(f"image too large: {exc}", kind="too_large") from None
-            except (OSError, SyntaxError, ValueError, EOFError) as exc:
-                raise ImageRejected(f"corrupt or truncated image: {exc}") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = previous
+    with _untrusted(data, max_pixels=max_pixels, formats=formats):
+        with Image.open(io.BytesIO(data), formats=list(formats)) as probe:
+            fmt = probe.format or "?"
+            _check_header(probe, max_pixels)
+            probe.verify()
+        # verify() leaves the file unusable: decode from a fresh open.
+        mode, converted = _decode_small(data, formats, allow_alpha=allow_alpha,
+                                        shrink_to=shrink_to)
     return DecodedImage(image=converted, format=fmt, original_mode=mode,
                         width=converted.width, height=converted.height)
 
