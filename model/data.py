@@ -104,19 +104,24 @@ class _CifarUnpickler(pickle.Unpickler):
         raise DatasetError(f"CIFAR batch refers to {module}.{name}; refused")
 
 
+def _read_cifar_pickle(file: Path, what: str):
+    """One CIFAR python pickle through the restricted unpickler; any failure is a bad file."""
+    with open(file, "rb") as handle:
+        try:
+            return _CifarUnpickler(handle, encoding="bytes").load()
+        except DatasetError:
+            raise
+        except Exception as exc:  # any unpickling failure is a bad file
+            raise DatasetError(f"{file}: not {what} ({exc})") from None
+
+
 def load_cifar10(path: Path) -> tuple[np.ndarray, np.ndarray]:
     files = sorted(path.glob("data_batch_*")) + sorted(path.glob("test_batch"))
     if not files:
         raise DatasetError(f"{path}: no CIFAR-10 data_batch_* files")
     images, labels = [], []
     for file in files:
-        with open(file, "rb") as handle:
-            try:
-                batch = _CifarUnpickler(handle, encoding="bytes").load()
-            except DatasetError:
-                raise
-            except Exception as exc:  # any unpickling failure is a bad file
-                raise DatasetError(f"{file}: not a CIFAR-10 batch ({exc})") from None
+        batch = _read_cifar_pickle(file, "a CIFAR-10 batch")
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         images.append(data)
         labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
@@ -129,13 +134,7 @@ def load_cifar100(path: Path) -> tuple[np.ndarray, np.ndarray]:
     for file in (path / "train", path / "test"):
         if not file.is_file():
             continue
-        with open(file, "rb") as handle:
-            try:
-                batch = _CifarUnpickler(handle, encoding="bytes").load()
-            except DatasetError:
-                raise
-            except Exception as exc:  # any unpickling failure is a bad file
-                raise DatasetError(f"{file}: not a CIFAR-100 file ({exc})") from None
+        batch = _read_cifar_pickle(file, "a CIFAR-100 file")
         if not isinstance(batch, dict) or b"data" not in batch:
             raise DatasetError(f"{file}: not a CIFAR-100 file (no data array)")
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
