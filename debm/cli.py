@@ -57,7 +57,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+def parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     """--set training.lr=1e-4 network.base_width=64 -> {"training": {"lr": 1e-4}, ...}."""
     out: dict[str, dict[str, Any]] = {}
     for pair in pairs:
@@ -108,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.pipeline import run_training
 
     config = preset(args.preset)
-    overrides = _parse_set(args.set or [])
+    overrides = parse_set(args.set or [])
     training = overrides.setdefault("training", {})
     if args.iters is not None:
         training["iterations"] = args.iters
@@ -247,7 +247,7 @@ def cmd_set_sampler(args: argparse.Namespace) -> int:
     malformed = [pair for pair in args.settings if "=" not in pair]
     if malformed:
         raise CliError(f"expected NAME=VALUE, got {malformed[0]!r}")
-    overrides = _parse_set([f"sampler.{pair}" for pair in args.settings]).get("sampler", {})
+    overrides = parse_set([f"sampler.{pair}" for pair in args.settings]).get("sampler", {})
     note = "debm set-sampler " + " ".join(shlex.quote(a) for a in
                                           ["--checkpoint", str(args.checkpoint), *args.settings])
     print(json.dumps(update_sampler_defaults(args.checkpoint, overrides, note=note)))
@@ -460,7 +460,7 @@ def _main_remote(args: argparse.Namespace) -> int:
 
     try:
         return args.func(args)
-    except (RemoteError, DebmError, OSError) as exc:
+    except (RemoteError, DebmError, UserError, OSError) as exc:
         print(f"debm remote {args.remote_command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .cli import parse_set
 from .progress import MODES, StepProgress
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -144,23 +145,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_set(pairs: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise RemoteError(f"--set expects SECTION.NAME=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    overrides = _parse_set(args.set or [])
+    overrides = parse_set(args.set or [])
     with _client(args) as api:
         dataset = args.dataset
         if Path(dataset).is_file():  # a local zip / npz: upload it first
