@@ -109,10 +109,10 @@ def test_unreachable_redis_is_store_unavailable():
         store.get("0" * 32)
 
 
-def test_queue_limits_are_atomic_under_concurrent_requests(store):
-    """32 threads create jobs at once against limits of 5 in total and 3 per owner: exactly
-    the limits are admitted (a check-then-create would overshoot)."""
-    barrier = threading.Barrier(32)
+def _create_at_once(store, record, threads: int = 32, **limits) -> list[str]:
+    """``threads`` threads (owners alice and bob in turn) call ``store.create`` at the same
+    moment; each outcome is the owner when admitted, else the refused limit's scope."""
+    barrier = threading.Barrier(threads)
     outcomes: list[str] = []
     lock = threading.Lock()
 
@@ -120,19 +120,27 @@ def test_queue_limits_are_atomic_under_concurrent_requests(store):
         owner = ("alice", "bob")[i % 2]
         barrier.wait()
         try:
-            store.create(JobRecord(id=uuid.uuid4().hex, kind="generate", owner=owner,
-                                   params={}), max_total=5, max_owner=3)
+            store.create(record(owner), **limits)
             outcome = owner
         except CapacityExceeded as exc:
             outcome = exc.scope
         with lock:
             outcomes.append(outcome)
 
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(32)]
-    for t in threads:
+    workers = [threading.Thread(target=submit, args=(i,)) for i in range(threads)]
+    for t in workers:
         t.start()
-    for t in threads:
+    for t in workers:
         t.join()
+    return outcomes
+
+
+def test_queue_limits_are_atomic_under_concurrent_requests(store):
+    """32 threads create jobs at once against limits of 5 in total and 3 per owner: exactly
+    the limits are admitted (a check-then-create would overshoot)."""
+    outcomes = _create_at_once(
+        store, lambda owner: JobRecord(id=uuid.uuid4().hex, kind="generate", owner=owner,
+                                       params={}), max_total=5, max_owner=3)
     assert store.count_active() == 5
     assert max(store.count_active("alice"), store.count_active("bob")) == 3
     assert outcomes.count("alice") + outcomes.count("bob") == 5
@@ -169,27 +177,9 @@ def test_work_quotas_are_atomic_count_work_and_free_on_finish(store):
     """32 threads create one-unit jobs against a work limit of 10 per owner and 15 in total:
     exactly the limits are admitted; a heavy job is admitted alone, and finished or
     cancelled work is freed; the counts by kind and state follow."""
-    barrier = threading.Barrier(32)
-    outcomes: list[str] = []
-    lock = threading.Lock()
-
-    def submit(i):
-        owner = ("alice", "bob")[i % 2]
-        barrier.wait()
-        try:
-            store.create(JobRecord(id=uuid.uuid4().hex, kind="score", owner=owner,
-                                   params={}, work=1), max_work_total=15, max_work_owner=10)
-            outcome = owner
-        except CapacityExceeded as exc:
-            outcome = exc.scope
-        with lock:
-            outcomes.append(outcome)
-
-    threads = [threading.Thread(target=submit, args=(i,)) for i in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcomes = _create_at_once(
+        store, lambda owner: JobRecord(id=uuid.uuid4().hex, kind="score", owner=owner,
+                                       params={}, work=1), max_work_total=15, max_work_owner=10)
     assert store.active_work() == 15
     assert store.active_work("alice") <= 10 and store.active_work("bob") <= 10
     assert outcomes.count("total_work") + outcomes.count("owner_work") == 17
