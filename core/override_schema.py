@@ -20,7 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
                       create_model)
 
-from model.formats.config import (DAE_LOSS_WEIGHTINGS, NEGATIVE_AUGMENTATIONS, PRECISIONS,
+from model.formats.config import (DAE_LOSS_WEIGHTINGS, LATENT_INITS, NEGATIVE_AUGMENTATIONS,
+                                  PRECISIONS,
                                   DataConfig, NetworkConfig, NoiseConfig, SamplerConfig,
                                   ScoringConfig, TrainingConfig)
 
@@ -53,7 +54,7 @@ RANGES: dict[str, dict[str, Any]] = {
                 "step_size_pixel": POSITIVE, "sigma_latent": POSITIVE, "sigma_pixel": POSITIVE,
                 "temperature_latent": (0.0, 100.0), "temperature_pixel": (0.0, 100.0),
                 "grad_clip": (0.0, 1e9), "clamp_pixels": None, "final_denoise": None,
-                "precision": PRECISIONS,
+                "precision": PRECISIONS, "latent_init": LATENT_INITS,
                 "annealed_steps_per_level": STEPS, "annealed_levels": STEPS,
                 "annealed_step_size": ("gt", 0.0, 1.0)},
     "training": {"batch_size": COUNT, "warmup_steps": (0, 10 ** 9),

@@ -254,6 +254,22 @@ def cmd_set_sampler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_prior(args: argparse.Namespace) -> int:
+    from model.checkpoints import update_sampler_defaults
+    from model.pipeline import fit_prior, load_splits
+
+    loaded = _load(args.checkpoint, "cpu")
+    train, _ = load_splits(loaded.config)
+    report = fit_prior(args.checkpoint, model=loaded.model, config=loaded.config,
+                       train_images=train.images,
+                       components=tuple(args.components) if args.components else None)
+    if not args.keep_defaults:
+        update_sampler_defaults(args.checkpoint, {"latent_init": "prior"},
+                                note=f"debm fit-prior --checkpoint {shlex.quote(args.checkpoint)}")
+    print(json.dumps(report))
+    return 0
+
+
 def _say(message: str) -> None:
     print(f"debm eval: {message}", file=sys.stderr, flush=True)
 
@@ -389,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("settings", nargs="+", metavar="NAME=VALUE",
                    help="e.g. steps_latent=30 temperature_latent=0.3")
     p.set_defaults(func=cmd_set_sampler)
+
+    p = sub.add_parser("fit-prior", help="fit where latent chains start (a Gaussian mixture "
+                                         "over the training images' latents) and use it")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--components", type=_positive_int, nargs="+",
+                   help="mixture sizes to try (default 1 5 10 20 40; the best on held-back "
+                        "training latents is kept)")
+    p.add_argument("--keep-defaults", action="store_true",
+                   help="store the prior but leave sampler.latent_init as it is")
+    p.set_defaults(func=cmd_fit_prior)
 
     p = sub.add_parser("eval-ood", help="AUROC / AUPR-in / FPR95 against OOD sets")
     p.add_argument("--checkpoint", required=True)

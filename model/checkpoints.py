@@ -6,6 +6,7 @@ A checkpoint is a directory:
                                      calibration, optimizer layout, file names + SHA-256
     model-<step>.safetensors         weights of both networks
     state-<step>.safetensors         optimizer moments, RNG states, replay buffer (resume only)
+    latent-prior-<step>.safetensors  optional: where latent chains start (model/latent_prior.py)
 
 checkpoint.json is the commit point: weight files are written first under new names, then the
 JSON is replaced atomically (temp file + fsync + rename), then files it no longer names are
@@ -25,14 +26,16 @@ from safetensors.torch import load_file
 from safetensors.torch import save as serialize_tensors
 
 from .formats.config import ConfigError, ExperimentConfig
+from .latent_prior import LatentPrior
 from .formats.files import atomic_write_bytes, atomic_write_json
 from .formats.manifest import (FORMAT, FORMAT_VERSION, MANIFEST,
                                CheckpointError, checked_file, read_manifest,
                                sha256_file)
 from .networks import DenoisingEBM
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "export_checkpoint", "load_checkpoint",
-           "load_training_state", "read_manifest", "save_checkpoint", "update_calibration"]
+__all__ = ["CheckpointError", "LoadedCheckpoint", "attach_latent_prior", "export_checkpoint",
+           "load_checkpoint", "load_training_state", "read_manifest", "save_checkpoint",
+           "update_calibration"]
 
 
 @dataclass
@@ -44,6 +47,7 @@ class LoadedCheckpoint:
     calibration: dict[str, Any] | None = None
     path: Path | None = None
     inference: Any = None  # model.pipeline.InferenceOptions once prepared for serving
+    latent_prior: LatentPrior | None = None  # where two_stage's latent chains may start
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -111,9 +115,22 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
                               f"({first[1].strip() if len(first) > 1 else first[0]})") from None
     # Inference only needs gradients with respect to inputs (Langevin), never weights.
     model.to(device).eval().requires_grad_(False)
+    prior = None
+    info = document.get("latent_prior")
+    if info:
+        try:
+            prior = LatentPrior.from_tensors(_verified_tensors(directory, info.get("file"),
+                                                               document))
+        except ValueError as exc:
+            raise CheckpointError(f"{directory}: {exc}") from None
+        if prior.dim != config.network.latent_dim:
+            raise CheckpointError(f"{directory}: the latent prior has {prior.dim} dimensions, "
+                                  f"the network {config.network.latent_dim}")
+        prior = prior.to(device)
     return LoadedCheckpoint(model=model, config=config, step=int(document.get("step", 0)),
                             metadata=document.get("metadata") or {},
-                            calibration=document.get("calibration"), path=directory)
+                            calibration=document.get("calibration"), path=directory,
+                            latent_prior=prior)
 
 
 def load_training_state(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -135,11 +152,14 @@ def export_checkpoint(source: str | Path, target: str | Path) -> Path:
     document = read_manifest(source)
     if target.exists() and any(target.iterdir()):
         raise CheckpointError(f"{target}: exists and is not empty")
-    weights = checked_file(source, document.get("weights"), document)
+    kept = [checked_file(source, document.get("weights"), document)]
+    if document.get("latent_prior"):
+        kept.append(checked_file(source, document["latent_prior"].get("file"), document))
     target.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target / weights.name, weights.read_bytes())
+    for path in kept:
+        atomic_write_bytes(target / path.name, path.read_bytes())
     exported = {**document, "training_state": None,
-                "files": {weights.name: document["files"][weights.name]}}
+                "files": {path.name: document["files"][path.name] for path in kept}}
     atomic_write_json(target / MANIFEST, exported)
     warmup = (document.get("metadata") or {}).get("warmup_checkpoint")
     if isinstance(warmup, str) and "/" not in warmup and (source / warmup / MANIFEST).exists():
@@ -171,6 +191,25 @@ def update_sampler_defaults(directory: str | Path, overrides: dict[str, Any], *,
     document["metadata"] = metadata
     atomic_write_json(directory / MANIFEST, document)
     return new
+
+
+def attach_latent_prior(directory: str | Path, prior: LatentPrior, report: dict[str, Any]
+                        ) -> None:
+    """Store a fitted latent prior with the checkpoint's weights (file first, then the
+    manifest).  It belongs to these weights: the next save_checkpoint of a continued run
+    writes a manifest without it, and drops the file."""
+    directory = Path(directory)
+    document = read_manifest(directory)
+    name = f"latent-prior-{int(document.get('step', 0)):08d}.safetensors"
+    _save_tensors(prior.tensors(), directory / name)
+    old = (document.get("latent_prior") or {}).get("file")
+    files = {k: v for k, v in (document.get("files") or {}).items() if k != old}
+    files[name] = sha256_file(directory / name)
+    document["files"] = files
+    document["latent_prior"] = {"file": name, **report}
+    atomic_write_json(directory / MANIFEST, document)
+    if old and old != name:
+        (directory / old).unlink(missing_ok=True)
 
 
 def update_calibration(directory: str | Path, calibration: dict[str, Any]) -> None:

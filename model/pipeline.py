@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import (CheckpointError, LoadedCheckpoint, load_checkpoint,
-                          load_training_state, read_manifest, save_checkpoint)
+from .checkpoints import (CheckpointError, LoadedCheckpoint, attach_latent_prior,
+                          load_checkpoint, load_training_state, read_manifest,
+                          save_checkpoint)
 from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .distributed import SINGLE, DistContext, barrier
 from .energies import texture_score
+from .latent_prior import fit_latent_prior
 from .formats.config import ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
 from .samplers import (CancelFn, ProgressFn, SampleResult, StateFn, sample,
@@ -166,13 +168,32 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
         calibration = calibrate_scores(trainer.model, to_model_range(holdout.images),
                                        config=config)
     save(calibration)
+    if config.sampler.latent_init == "prior" and dist.is_main:
+        fit_prior(out_dir, model=trainer.model, config=config, train_images=train_set.images)
+    barrier(dist)
     return out_dir
 
 
+def fit_prior(directory: str | Path, *, model, config: ExperimentConfig,
+              train_images: torch.Tensor, components: tuple[int, ...] | None = None
+              ) -> dict[str, Any]:
+    """Fit the latent prior to the training images' latents (at the latent chain's sigma)
+    and attach it to the checkpoint in ``directory``; returns the fit's report."""
+    model.eval()
+    options = {"components": components} if components else {}
+    prior, report = fit_latent_prior(model, to_model_range(train_images),
+                                     sigma=config.sampler.sigma_latent,
+                                     seed=config.training.seed, **options)
+    attach_latent_prior(directory, prior, report)
+    return report
+
+
 def snapshot_samples(model, config: ExperimentConfig) -> torch.Tensor:
-    """SNAPSHOT_N two-stage samples of a model in training (for progress grids)."""
+    """SNAPSHOT_N two-stage samples of a model in training (for progress grids).  The latent
+    prior is fitted only after training, so progress grids start chains from N(0, I)."""
+    settings = with_overrides(config.sampler, latent_init="normal")
     return sample(model, sampler="two_stage", n=SNAPSHOT_N, seed=SNAPSHOT_SEED,
-                  settings=config.sampler, noise=config.noise).images.detach().cpu()
+                  settings=settings, noise=config.noise).images.detach().cpu()
 
 
 # --- generation ----------------------------------------------------------------------------
@@ -224,7 +245,8 @@ def generate(checkpoint: LoadedCheckpoint, *, n: int, seed: int, sampler: str = 
     with _autocast(checkpoint):
         result = sample(checkpoint.model, sampler=sampler, n=n, seed=seed, settings=settings,
                         noise=checkpoint.config.noise, on_progress=on_progress,
-                        should_cancel=should_cancel, on_state=on_state)
+                        should_cancel=should_cancel, on_state=on_state,
+                        latent_prior=checkpoint.latent_prior)
     if result.images.dtype != torch.float32:
         result.images = result.images.float()
     return result

@@ -1,7 +1,8 @@
 """Langevin samplers: one-step functions, loops that only iterate, and a registry by name.
 
     two_stage     K latent steps on U^s from z0 ~ N(0, I) (eq. 15), x0 = h(z_K), then T pixel
-                  steps on U^c (eq. 16).  The paper's sampler.
+                  steps on U^c (eq. 16).  The paper's sampler.  With ``latent_init="prior"``
+                  z0 comes from the checkpoint's fitted latent prior instead (latent_prior.py).
     texture_only  pixel Langevin on U^c from Gaussian noise (baseline).
     annealed      NCSN-style annealed Langevin over the sigma grid with the DAE's score
                   (r(x, sigma) - x) / sigma^2 (Tweedie; baseline).
@@ -24,8 +25,9 @@ from typing import Callable, Protocol
 import torch
 
 from .energies import semantic_energy_grad, sigma_grid, texture_energy_grad
-from .formats.config import NoiseConfig, SamplerConfig
+from .formats.config import ConfigError, NoiseConfig, SamplerConfig
 from .formats.errors import Cancelled
+from .latent_prior import LatentPrior
 from .networks import DenoisingEBM
 
 ProgressFn = Callable[[str, int, int], None]
@@ -48,7 +50,8 @@ class Sampler(Protocol):
                  settings: SamplerConfig, noise: NoiseConfig,
                  on_progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None,
-                 on_state: StateFn | None = None) -> SampleResult: ...
+                 on_state: StateFn | None = None,
+                 latent_prior: LatentPrior | None = None) -> SampleResult: ...
 
 
 # --- one step ------------------------------------------------------------------------------
@@ -155,17 +158,31 @@ def _param_like(model: DenoisingEBM) -> torch.Tensor:
     return next(model.parameters())
 
 
+def latent_start(model: DenoisingEBM, n: int, *, settings: SamplerConfig,
+                 generator: torch.Generator, latent_prior: LatentPrior | None) -> torch.Tensor:
+    """z0: N(0, I) as in eq. 15, or the fitted latent prior when ``latent_init="prior"``."""
+    like = _param_like(model)
+    if settings.latent_init == "prior":
+        if latent_prior is None:
+            raise ConfigError("latent_init='prior' needs a checkpoint with a fitted latent "
+                              "prior (debm fit-prior --checkpoint DIR); this one has none")
+        return latent_prior.sample(n, generator=generator).to(like.dtype)
+    return torch.randn((n, model.config.latent_dim), generator=generator, device=like.device,
+                       dtype=like.dtype)
+
+
 # --- samplers ------------------------------------------------------------------------------
 
 def two_stage(model: DenoisingEBM, *, n: int, generator: torch.Generator,
               settings: SamplerConfig, noise: NoiseConfig,
               on_progress: ProgressFn | None = None,
               should_cancel: CancelFn | None = None,
-              on_state: StateFn | None = None) -> SampleResult:
+              on_state: StateFn | None = None,
+              latent_prior: LatentPrior | None = None) -> SampleResult:
     like = _param_like(model)
     total = settings.steps_latent + settings.steps_pixel
-    z = torch.randn((n, model.config.latent_dim), generator=generator, device=like.device,
-                    dtype=like.dtype)
+    z = latent_start(model, n, settings=settings, generator=generator,
+                     latent_prior=latent_prior)
     z = latent_chain(model, z, steps=settings.steps_latent, step_size=settings.step_size_latent,
                      sigma=settings.sigma_latent, temperature=settings.temperature_latent,
                      grad_clip=settings.grad_clip, generator=generator,
@@ -187,7 +204,8 @@ def texture_only(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                  settings: SamplerConfig, noise: NoiseConfig,
                  on_progress: ProgressFn | None = None,
                  should_cancel: CancelFn | None = None,
-                 on_state: StateFn | None = None) -> SampleResult:
+                 on_state: StateFn | None = None,
+                 latent_prior: LatentPrior | None = None) -> SampleResult:
     """Pixel Langevin from N(0, I) noise for steps_latent + steps_pixel steps, so that it is
     compared with two_stage at the same number of energy gradients."""
     like = _param_like(model)
@@ -210,7 +228,8 @@ def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
              settings: SamplerConfig, noise: NoiseConfig,
              on_progress: ProgressFn | None = None,
              should_cancel: CancelFn | None = None,
-             on_state: StateFn | None = None) -> SampleResult:
+             on_state: StateFn | None = None,
+             latent_prior: LatentPrior | None = None) -> SampleResult:
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) with the DAE's score.
 
     Step size alpha_i = eps * sigma_i^2 / sigma_L^2; x <- x + alpha/2 s(x, sigma_i) +
@@ -266,7 +285,8 @@ def get_sampler(name: str) -> Sampler:
 def sample(model: DenoisingEBM, *, sampler: str, n: int, seed: int, settings: SamplerConfig,
            noise: NoiseConfig, on_progress: ProgressFn | None = None,
            should_cancel: CancelFn | None = None,
-           on_state: StateFn | None = None) -> SampleResult:
+           on_state: StateFn | None = None,
+           latent_prior: LatentPrior | None = None) -> SampleResult:
     """Draw n samples with the named sampler; the same seed gives the same samples."""
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -279,7 +299,8 @@ def sample(model: DenoisingEBM, *, sampler: str, n: int, seed: int, settings: Sa
     try:
         with precision_context(settings.precision, like.device):
             result = fn(model, n=n, generator=generator, settings=settings, noise=noise,
-                        on_progress=on_progress, should_cancel=should_cancel, on_state=on_state)
+                        on_progress=on_progress, should_cancel=should_cancel, on_state=on_state,
+                        latent_prior=latent_prior)
         if result.images.dtype != torch.float32:
             result.images = result.images.float()
         if result.semantic is not None and result.semantic.dtype != torch.float32:

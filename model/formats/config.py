@@ -22,6 +22,10 @@ NEGATIVE_AUGMENTATIONS = ("erase", "jigsaw", "rotate")
 # "none" is eq. 1 as written.
 DAE_LOSS_WEIGHTINGS = ("edm", "none")
 PRECISIONS = ("float32", "bfloat16")
+# Where two_stage's latent chains start: "normal" is z0 ~ N(0, I) (eq. 15); "prior" draws z0
+# from the checkpoint's latent prior, a mixture fitted to the encoder's latents after training
+# (model/latent_prior.py).
+LATENT_INITS = ("normal", "prior")
 
 
 class ConfigError(UserError, ValueError):
@@ -99,6 +103,7 @@ class SamplerConfig:
     # "bfloat16" runs the network under torch.autocast (chain states stay float32); on a GPU
     # it roughly halves the time of a Langevin step.  "float32" is exact and the default.
     precision: str = "float32"
+    latent_init: str = "normal"  # one of LATENT_INITS
     annealed_steps_per_level: int = 8  # annealed baseline: steps per sigma level
     annealed_levels: int = 128  # annealed baseline: number of levels used from the grid
     annealed_step_size: float = 2e-5  # NCSN epsilon, scaled by sigma^2 / sigma_min^2
@@ -117,6 +122,9 @@ class SamplerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}, "
                               f"got {self.precision!r}")
+        if self.latent_init not in LATENT_INITS:
+            raise ConfigError(f"latent_init must be one of {list(LATENT_INITS)}, "
+                              f"got {self.latent_init!r}")
         for name in ("temperature_latent", "temperature_pixel"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
