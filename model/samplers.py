@@ -9,9 +9,9 @@
 
 Every sampler takes an explicit generator, reports progress through ``on_progress(stage, step,
 total)`` and checks ``should_cancel()`` between steps (score_sde_pytorch's registry habit).
-``on_state(stage, step, images)`` sees the chain after each step: ``images()`` renders it as
-images on demand (h(z) in the latent stage), so a caller that previews every few steps pays
-for a decode only then.
+``on_state(stage, step, images)`` sees the chain after each step: ``images(limit=None)`` renders
+its first ``limit`` chains as images on demand (h(z) in the latent stage), so a caller that
+previews a few chains every few steps pays for decoding only those, and only then.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CancelFn = Callable[[], bool]
 # Draws a standard-normal tensor of a given shape.  Training passes one that draws at the
 # global batch size and keeps this rank's rows (model/distributed.py); None: the generator.
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
-StateFn = Callable[[str, int, Callable[[], torch.Tensor]], None]
+StateFn = Callable[[str, int, Callable[..., torch.Tensor]], None]
 
 
 @dataclass
@@ -101,7 +101,7 @@ def latent_chain(model: DenoisingEBM, z: torch.Tensor, *, steps: int, step_size:
             on_progress("latent", progress_offset + k + 1, total)
         if on_state is not None:
             on_state("latent", progress_offset + k + 1,
-                     lambda z=z: decode_latents(model, z, clamp=clamp))
+                     lambda limit=None, z=z: decode_latents(model, z[:limit], clamp=clamp))
     return z.detach()
 
 
@@ -135,7 +135,8 @@ def pixel_chain(model: DenoisingEBM, x: torch.Tensor, *, steps: int, step_size: 
         if on_progress is not None:
             on_progress("pixel", progress_offset + t + 1, total)
         if on_state is not None:
-            on_state("pixel", progress_offset + t + 1, lambda x=x: x.detach())
+            on_state("pixel", progress_offset + t + 1,
+                     lambda limit=None, x=x: x[:limit].detach())
     return x.detach()
 
 
@@ -260,7 +261,8 @@ def annealed(model: DenoisingEBM, *, n: int, generator: torch.Generator,
                 if on_progress is not None:
                     on_progress("annealed", step, total)
                 if on_state is not None:
-                    on_state("annealed", step, lambda x=x: x.clamp(-1.0, 1.0))
+                    on_state("annealed", step,
+                             lambda limit=None, x=x: x[:limit].clamp(-1.0, 1.0))
         x = model.dae(x, torch.full((n,), sigma_last, device=like.device, dtype=like.dtype)
                       ).to(like.dtype)
     if settings.clamp_pixels:

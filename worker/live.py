@@ -23,6 +23,10 @@ log = logging.getLogger("debm.worker")
 
 PREVIEWS_PER_STAGE = 10  # preview grids per job (about; plus one at each stage's end)
 PREVIEW_IMAGES = 16  # the first 16 chains, as a 4x4 grid
+# At most one preview per this many seconds within a stage (the stage's last state is always
+# sent).  A preview decodes h(z) and encodes a PNG; at one per step of a 15-step chain that
+# cost ~10% of a /generate (docs/PERFORMANCE.md).
+PREVIEW_MIN_SECONDS = 0.5
 HISTORY_POINTS_PER_SNAPSHOT = 10  # metric history resolution: 10 points per snapshot period
 VISUALS = "visuals"
 
@@ -42,6 +46,7 @@ class LiveEvents:
         self._origin: tuple[float, int] | None = None  # (time, step) of the first report
         self._stage: str | None = None
         self._pending: tuple[str, int, int, Callable] | None = None  # last state seen
+        self._last_preview = float("-inf")
         self._warned = False
 
     def emit(self, event: str, data: dict[str, Any]) -> None:
@@ -79,7 +84,8 @@ class LiveEvents:
             self._send_preview(*self._pending)  # the previous stage's final state
         self._stage = stage
         every = max(1, total // PREVIEWS_PER_STAGE)
-        if step % every == 0 or step == total:
+        due = time.monotonic() - self._last_preview >= PREVIEW_MIN_SECONDS
+        if step == total or (step % every == 0 and due):
             self._send_preview(stage, step, total, images)
             self._pending = None
         else:
@@ -88,8 +94,9 @@ class LiveEvents:
     def _send_preview(self, stage: str, step: int, total: int, images: Callable) -> None:
         if self.events is None:
             return
+        self._last_preview = time.monotonic()
         try:
-            encoded, _ = grid_base64(images())
+            encoded, _ = grid_base64(images(PREVIEW_IMAGES))
         except Exception as exc:  # pragma: no cover - rendering never fails on finite data
             log.warning("job %s: preview not rendered: %s", self.job_id, exc)
             return

@@ -75,8 +75,10 @@ def check_generate_stream(base: str, headers: dict) -> None:
     previews = [e for e in full if e.event == "preview"]
     stages = [e.data["stage"] for e in previews]
     assert stages[0] == "latent" and stages[-1] == "pixel", stages
-    assert {"latent", "pixel"} == set(stages) and len(previews) >= 10
+    # Each stage's last state always; others at most one per PREVIEW_MIN_SECONDS.
+    assert {"latent", "pixel"} == set(stages) and len(previews) >= 2
     assert 120 in [e.data["step"] for e in previews if e.data["stage"] == "latent"]  # h(z_K)
+    assert previews[-1].data["step"] == 240
     with Image.open(io.BytesIO(base64.b64decode(previews[-1].data["png_base64"]))) as image:
         assert image.format == "PNG" and image.size[0] >= 8
 

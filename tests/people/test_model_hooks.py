@@ -42,3 +42,17 @@ def test_training_snapshots_do_not_change_the_run(tmp_path):
     a, b = load_checkpoint(tmp_path / "a").model, load_checkpoint(tmp_path / "b").model
     for (name, pa), (_, pb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(pa, pb), name
+
+
+def test_on_state_renders_only_the_chains_asked_for(tiny_checkpoint):
+    loaded = load_checkpoint(tiny_checkpoint)
+    full, first_two = {}, {}
+
+    def watch(stage, step, images):
+        full[stage], first_two[stage] = images(), images(2)
+
+    result = generate(loaded, n=5, seed=3, steps_latent=2, steps_pixel=2, on_state=watch)
+    for stage in ("latent", "pixel"):
+        assert first_two[stage].shape[0] == 2 and full[stage].shape[0] == 5
+        assert torch.allclose(first_two[stage], full[stage][:2], atol=1e-6)
+    assert torch.equal(full["latent"], result.semantic)
