@@ -7,6 +7,7 @@ callbacks and know nothing of HTTP or queues.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from .checkpoints import (CheckpointError, LoadedCheckpoint, attach_latent_prior
 from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .distributed import SINGLE, DistContext, barrier
+from .allocator import keep_freed_memory
 from .energies import texture_score
-from .latent_prior import fit_latent_prior
 from .formats.config import ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
+from .latent_prior import fit_latent_prior
 from .samplers import (CancelFn, ProgressFn, SampleResult, StateFn, sample,
                        with_overrides)
 from .training import StepCallback, StepMetrics, Trainer
@@ -210,6 +212,7 @@ class InferenceOptions:
     channels_last: bool = False  # NHWC activations for the convolutions (CUDA)
     compile: bool = False  # torch.compile the denoiser
     bf16: bool = False  # bfloat16 autocast on CUDA
+    keep_freed_memory: bool = True  # CPU: no page faults per forward (model/allocator.py)
 
 
 def prepare_for_inference(checkpoint: LoadedCheckpoint,
@@ -222,12 +225,14 @@ def prepare_for_inference(checkpoint: LoadedCheckpoint,
     model.eval()
     model.requires_grad_(False)
     cuda = next(model.parameters()).device.type == "cuda"
+    if options.keep_freed_memory and not cuda:
+        keep_freed_memory()
     if options.channels_last and cuda:
         model.to(memory_format=torch.channels_last)
     if options.compile:
         model.dae = torch.compile(model.dae, dynamic=True)
     checkpoint.inference = options if (cuda or not options.bf16) else \
-        InferenceOptions(options.channels_last, options.compile, False)
+        dataclasses.replace(options, bf16=False)
     return checkpoint
 
 
