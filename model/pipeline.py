@@ -213,6 +213,34 @@ class InferenceOptions:
     compile: bool = False  # torch.compile the denoiser
     bf16: bool = False  # bfloat16 autocast on CUDA
     keep_freed_memory: bool = True  # CPU: no page faults per forward (model/allocator.py)
+    trace_scoring: bool = True  # score through a traced denoiser (see traced_denoiser)
+
+
+def traced_denoiser(dae, *, image_size: int, channels: int):
+    """The DAE traced with TorchScript, for scoring: one call runs the whole forward in C++.
+
+    Why: in the service the model shares its process with the API (embedded) or the job
+    threads (distributed), and eager PyTorch re-acquires the GIL after every operator.  While
+    another thread runs Python, each re-acquisition waits, and a forward with ~100 operators
+    slowed from 23 to 190 ms per image next to one busy Python thread; traced, it took 45 ms
+    (docs/PERFORMANCE.md).  The traced graph is the same operators in the same order: scores
+    are bit-identical to eager at every batch size (tests/model/test_inference_paths.py).
+
+    torch.jit.trace is deprecated in favour of torch.compile and torch.export, but neither
+    runs a CPU forward outside the GIL in the pinned torch 2.13 (an exported program runs op by
+    op in Python; inductor's default wrapper is Python), so the warnings are silenced here
+    only; revisit when torch is upgraded.  Group norm's batch-size check is a Python branch
+    that the tracer reports; it only matters for batches of one in training mode."""
+    import warnings
+
+    param = next(dae.parameters())
+    example = (torch.zeros((8, channels, image_size, image_size), device=param.device,
+                           dtype=param.dtype),
+               torch.full((8,), 0.05, device=param.device, dtype=param.dtype))
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return torch.jit.trace(dae, example, check_trace=False)
 
 
 def prepare_for_inference(checkpoint: LoadedCheckpoint,
@@ -231,6 +259,10 @@ def prepare_for_inference(checkpoint: LoadedCheckpoint,
         model.to(memory_format=torch.channels_last)
     if options.compile:
         model.dae = torch.compile(model.dae, dynamic=True)
+    elif options.trace_scoring:
+        net = checkpoint.config.network
+        checkpoint.scoring_dae = traced_denoiser(model.dae, image_size=net.image_size,
+                                                 channels=net.channels)
     checkpoint.inference = options if (cuda or not options.bf16) else \
         dataclasses.replace(options, bf16=False)
     return checkpoint
@@ -268,8 +300,10 @@ def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
     depend on the other images of its batch: requests can be merged into one forward batch."""
     scoring = checkpoint.config.scoring
     device = next(checkpoint.model.parameters()).device
+    dae = checkpoint.scoring_dae if checkpoint.scoring_dae is not None else \
+        checkpoint.model.dae
     with torch.inference_mode(), _autocast(checkpoint):
-        return texture_score(checkpoint.model.dae, images.to(device),
+        return texture_score(dae, images.to(device),
                              sigma=scoring.sigma if sigma is None else sigma,
                              draws=scoring.draws if draws is None else draws,
                              seed=scoring.seed if seed is None else seed).float().cpu()

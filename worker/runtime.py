@@ -111,7 +111,8 @@ def inference_options(settings: Settings):
     from model.pipeline import InferenceOptions
 
     return InferenceOptions(channels_last=settings.inference_channels_last,
-                            compile=settings.inference_compile, bf16=settings.inference_bf16)
+                            compile=settings.inference_compile, bf16=settings.inference_bf16,
+                            trace_scoring=settings.inference_trace)
 
 
 def _score_batch(key, items):
