@@ -5,8 +5,8 @@ that large with mmap and unmaps them when freed, so the next forward faults ever
 again: with the demo model, 256 images cost 0.3-0.9 million page faults and 0.4-1.4 s of
 system time on top of 6 s of compute.  Raising the mmap and trim thresholds keeps those
 blocks on the heap for reuse (PyTorch's CPU tuning guide recommends jemalloc or tcmalloc for
-the same reason; this needs no preloaded library).  Measured with benchmarks/allocator.py: page faults 5e5 -> 0 per 256 images, scoring ~8% faster
-per image (docs/PERFORMANCE.md).
+the same reason; this needs no preloaded library).  Measured with benchmarks/allocator.py:
+page faults 5e5 -> 0 per 256 images, scoring ~8% faster per image (docs/PERFORMANCE.md).
 
 Process-wide and idempotent.  Elsewhere than glibc (musl, macOS, Windows) it does nothing.
 """
