@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .checkpoints import (CheckpointError, LoadedCheckpoint, attach_latent_prior,
                           load_checkpoint, load_training_state, read_manifest,
                           save_checkpoint)
 from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .distributed import SINGLE, DistContext, barrier
-from .allocator import keep_freed_memory
 from .energies import texture_score
 from .formats.config import ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
@@ -180,8 +180,8 @@ def fit_prior(directory: str | Path, *, model, config: ExperimentConfig,
               train_images: torch.Tensor, components: tuple[int, ...] | None = None
               ) -> dict[str, Any]:
     """Fit the latent prior to the training images' latents (at the latent chain's sigma)
-    and attach it to the checkpoint in ``directory``; returns the fit's report."""
-    model.eval()
+    and attach it to the checkpoint in ``directory``; returns the fit's report.  The model's
+    train/eval mode is left as it was (encode_latents encodes in eval mode)."""
     options = {"components": components} if components else {}
     prior, report = fit_latent_prior(model, to_model_range(train_images),
                                      sigma=config.sampler.sigma_latent,
