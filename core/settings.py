@@ -103,7 +103,7 @@ class Settings(BaseSettings):
     inference_bf16: bool = False
     # Scoring through a TorchScript trace of the denoiser: bit-identical scores, and the
     # forward does not wait on the GIL per operator while other threads run Python
-    # (model.pipeline.traced_denoiser).  Off: eager PyTorch.
+    # (model.pipeline.traced_chunk_scorer).  Off: eager PyTorch.
     inference_trace: bool = True
     # A worker process serves its Prometheus series on this port (0: off); see core.metrics.
     metrics_port: int = Field(0, ge=0, le=65535)

@@ -48,7 +48,7 @@ class LoadedCheckpoint:
     path: Path | None = None
     inference: Any = None  # model.pipeline.InferenceOptions once prepared for serving
     latent_prior: LatentPrior | None = None  # where two_stage's latent chains may start
-    scoring_dae: Any = None  # a traced copy of model.dae for scoring, once prepared
+    scoring_chunk: Any = None  # a traced model.energies.ChunkScorer, once prepared
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -7,6 +7,8 @@ so a seed fixes the result (diffusers' habit).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .formats.config import NoiseConfig
@@ -147,14 +149,45 @@ def latent_moment_penalty(z: torch.Tensor) -> torch.Tensor:
 
 # --- OOD score -----------------------------------------------------------------------------
 
+def chunk_texture_scores(dae: DenoisingUNet, chunk: torch.Tensor, noises: torch.Tensor,
+                         sigma: torch.Tensor) -> torch.Tensor:
+    """-U^c(x, sigma) of each image of ``chunk``, averaged over the shared ``noises`` (eq. 7).
+
+    One forward of chunk x draws rows, image-major (row i*draws + m is image i, draw m).
+    ``sigma`` is a 0-d tensor, so that one TorchScript trace of this function
+    (``ChunkScorer``) serves every scoring level."""
+    draws = noises.shape[0]
+    rows = chunk.repeat_interleave(draws, dim=0)
+    noise = noises.repeat(chunk.shape[0], 1, 1, 1)
+    energy = texture_energy(dae, rows, sigma.expand(rows.shape[0]), noise=noise)
+    return -energy.view(-1, draws).mean(dim=1)
+
+
+class ChunkScorer(torch.nn.Module):
+    """``chunk_texture_scores`` as a module, so that the whole chunk (repeat, noise, forward,
+    squared norm, mean) can be traced as one graph (``model.pipeline.traced_chunk_scorer``)."""
+
+    def __init__(self, dae: DenoisingUNet):
+        super().__init__()
+        self.dae = dae
+
+    def forward(self, chunk: torch.Tensor, noises: torch.Tensor,
+                sigma: torch.Tensor) -> torch.Tensor:
+        return chunk_texture_scores(self.dae, chunk, noises, sigma)
+
+
 # Rows (image x noise draw) per scoring forward, by device type.  A CPU is fastest per image
 # with small forwards (cache-resident activations: 64 rows took 17.6 ms per image against 26.0
 # for 256 rows, demo model, 2 threads); a GPU wants large ones.
 SCORE_ROWS = {"cpu": 64, "cuda": 1024}
 
+ChunkScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 @torch.no_grad()
 def texture_score(dae: DenoisingUNet, x: torch.Tensor, *, sigma: float, draws: int,
-                  seed: int, batch_size: int | None = None) -> torch.Tensor:
+                  seed: int, batch_size: int | None = None,
+                  chunk_scorer: ChunkScoreFn | None = None) -> torch.Tensor:
     """OOD score -U^c(x, sigma) averaged over ``draws`` noise draws (paper 5.2).
 
     The draws come from ``seed`` and are shared by every image (common random numbers), so an
@@ -163,19 +196,19 @@ def texture_score(dae: DenoisingUNet, x: torch.Tensor, *, sigma: float, draws: i
     flattened into one batch of up to ``batch_size`` rows, so a request with a single image
     still runs one forward pass, not ``draws`` of them.  The default row count is per device
     (SCORE_ROWS): on a CPU, forwards of 64 rows stay in cache and score an image ~25% faster
-    than forwards of 256 (benchmarks/service_load.py runs, docs/PERFORMANCE.md)."""
+    than forwards of 256 (benchmarks/service_load.py runs, docs/PERFORMANCE.md).
+
+    ``chunk_scorer`` replaces the eager ``chunk_texture_scores(dae, ...)``, e.g. with its
+    trace; it must compute the same thing."""
     if batch_size is None:
         batch_size = SCORE_ROWS.get(x.device.type, SCORE_ROWS["cpu"])
+    if chunk_scorer is None:
+        chunk_scorer = lambda chunk, noises, s: chunk_texture_scores(dae, chunk, noises, s)  # noqa: E731
     generator = torch.Generator(device=x.device).manual_seed(seed)
     noises = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device,
                          dtype=x.dtype)
+    level = torch.tensor(float(sigma), device=x.device, dtype=x.dtype)
     images_per_chunk = max(1, batch_size // draws)
-    scores = []
-    for start in range(0, x.shape[0], images_per_chunk):
-        chunk = x[start:start + images_per_chunk]
-        n = chunk.shape[0]
-        repeated = chunk.repeat_interleave(draws, dim=0)  # image-major: i*draws + m
-        noise = noises.repeat(n, *([1] * (x.dim() - 1)))
-        energy = texture_energy(dae, repeated, sigma, noise=noise)
-        scores.append(-energy.view(n, draws).mean(dim=1))
+    scores = [chunk_scorer(x[start:start + images_per_chunk], noises, level)
+              for start in range(0, x.shape[0], images_per_chunk)]
     return torch.cat(scores) if scores else torch.zeros(0, device=x.device)

@@ -24,7 +24,7 @@ from .checkpoints import (CheckpointError, LoadedCheckpoint, attach_latent_prior
 from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .distributed import SINGLE, DistContext, barrier
-from .energies import texture_score
+from .energies import ChunkScorer, texture_score
 from .formats.config import ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
 from .latent_prior import fit_latent_prior
@@ -213,18 +213,21 @@ class InferenceOptions:
     compile: bool = False  # torch.compile the denoiser
     bf16: bool = False  # bfloat16 autocast on CUDA
     keep_freed_memory: bool = True  # CPU: no page faults per forward (model/allocator.py)
-    trace_scoring: bool = True  # score through a traced denoiser (see traced_denoiser)
+    trace_scoring: bool = True  # score through a traced chunk (see traced_chunk_scorer)
 
 
-def traced_denoiser(dae, *, image_size: int, channels: int):
-    """The DAE traced with TorchScript, for scoring: one call runs the whole forward in C++.
+def traced_chunk_scorer(dae, *, image_size: int, channels: int):
+    """One scoring chunk (``model.energies.ChunkScorer``: repeat, add noise, DAE forward,
+    squared norm, mean over draws) traced with TorchScript: one call runs it all in C++.
 
     Why: in the service the model shares its process with the API (embedded) or the job
     threads (distributed), and eager PyTorch re-acquires the GIL after every operator.  While
     another thread runs Python, each re-acquisition waits, and a forward with ~100 operators
-    slowed from 23 to 190 ms per image next to one busy Python thread; traced, it took 45 ms
-    (docs/PERFORMANCE.md).  The traced graph is the same operators in the same order: scores
-    are bit-identical to eager at every batch size (tests/model/test_inference_paths.py).
+    slowed from 23 to 190 ms per image next to one busy Python thread; with the denoiser
+    traced, it took 45 ms (docs/PERFORMANCE.md).  Tracing the whole chunk also removes the
+    ~15 eager operators around the forward.  The traced graph is the same operators in the
+    same order, with the batch size, the number of draws and sigma as inputs: scores are
+    bit-identical to eager at every batch size (tests/model/test_inference_paths.py).
 
     torch.jit.trace is deprecated in favour of torch.compile and torch.export, but neither
     runs a CPU forward outside the GIL in the pinned torch 2.13 (an exported program runs op by
@@ -234,13 +237,14 @@ def traced_denoiser(dae, *, image_size: int, channels: int):
     import warnings
 
     param = next(dae.parameters())
-    example = (torch.zeros((8, channels, image_size, image_size), device=param.device,
-                           dtype=param.dtype),
-               torch.full((8,), 0.05, device=param.device, dtype=param.dtype))
+    like = dict(device=param.device, dtype=param.dtype)
+    example = (torch.zeros((3, channels, image_size, image_size), **like),
+               torch.zeros((5, channels, image_size, image_size), **like),
+               torch.tensor(0.05, **like))
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(dae, example, check_trace=False)
+        return torch.jit.trace(ChunkScorer(dae), example, check_trace=False)
 
 
 def prepare_for_inference(checkpoint: LoadedCheckpoint,
@@ -261,8 +265,8 @@ def prepare_for_inference(checkpoint: LoadedCheckpoint,
         model.dae = torch.compile(model.dae, dynamic=True)
     elif options.trace_scoring:
         net = checkpoint.config.network
-        checkpoint.scoring_dae = traced_denoiser(model.dae, image_size=net.image_size,
-                                                 channels=net.channels)
+        checkpoint.scoring_chunk = traced_chunk_scorer(model.dae, image_size=net.image_size,
+                                                       channels=net.channels)
     checkpoint.inference = options if (cuda or not options.bf16) else \
         dataclasses.replace(options, bf16=False)
     return checkpoint
@@ -300,10 +304,9 @@ def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
     depend on the other images of its batch: requests can be merged into one forward batch."""
     scoring = checkpoint.config.scoring
     device = next(checkpoint.model.parameters()).device
-    dae = checkpoint.scoring_dae if checkpoint.scoring_dae is not None else \
-        checkpoint.model.dae
     with torch.inference_mode(), _autocast(checkpoint):
-        return texture_score(dae, images.to(device),
+        return texture_score(checkpoint.model.dae, images.to(device),
+                             chunk_scorer=checkpoint.scoring_chunk,
                              sigma=scoring.sigma if sigma is None else sigma,
                              draws=scoring.draws if draws is None else draws,
                              seed=scoring.seed if seed is None else seed).float().cpu()
