@@ -21,7 +21,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       create_model)
 
 from model.formats.config import (DAE_LOSS_WEIGHTINGS, LATENT_INITS, NEGATIVE_AUGMENTATIONS,
-                                  PRECISIONS,
+                                  PRECISIONS, SCORES,
                                   DataConfig, NetworkConfig, NoiseConfig, SamplerConfig,
                                   ScoringConfig, TrainingConfig)
 
@@ -76,11 +76,12 @@ RANGES: dict[str, dict[str, Any]] = {
                  "noise_chain_fraction": UNIT, "augmented_chain_fraction": UNIT,
                  "negative_augmentations": (NEGATIVE_AUGMENTATIONS, 0,
                                             len(NEGATIVE_AUGMENTATIONS)),
-                 "lr_contrastive_phase": ("gt", 0.0, 10.0), "flip": None,
+                 "lr_contrastive_phase": ("gt", 0.0, 10.0), "flip": None, "freeze_dae": None,
                  "max_energy": ("gt", 0.0, 1e12), "checkpoint_every": (0, 10 ** 9),
                  "seed": SEED},
     "data": {"dataset": 4096, "holdout_fraction": ("lt1", 0.0, 1.0), "split_seed": SEED},
-    "scoring": {"sigma": POSITIVE, "draws": COUNT, "seed": SEED},
+    "scoring": {"sigma": POSITIVE, "draws": COUNT, "seed": SEED, "score": SCORES,
+                "semantic_sigma": POSITIVE},
 }
 # A field without an entry above is still checked by its type, within these bounds.
 FALLBACK = {int: (-(2 ** 31), 2 ** 31 - 1), float: (-1e12, 1e12), str: 256}

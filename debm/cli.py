@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from model.formats.config import PRESETS, SAMPLER_NAMES
+from model.formats.config import PRESETS, SAMPLER_NAMES, SCORES
 from model.formats.errors import Cancelled, UserError, user_message
 
 EXIT_USAGE = 2
@@ -211,7 +211,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     draws = args.draws if args.draws is not None else scoring.draws
     seed = args.seed if args.seed is not None else scoring.seed
     scores = score_images(loaded, x, sigma=sigma, draws=draws, seed=seed)
-    extra = interpret_scores(loaded.calibration, scores, sigma=sigma, draws=draws, seed=seed)
+    extra = interpret_scores(loaded.calibration, scores, sigma=sigma, draws=draws, seed=seed,
+                             score=scoring.score)
     rows = [{"file": path, "score": float(score), **info}
             for path, score, info in zip(args.images, scores, extra)]
     print(json.dumps(rows, indent=None))
@@ -222,13 +223,22 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from model.data import to_model_range
     from model.pipeline import calibrate_checkpoint, load_splits
 
+    scoring = {k: v for k, v in (("score", args.score), ("semantic_sigma", args.semantic_sigma))
+               if v is not None}
+    if scoring:
+        from model.checkpoints import update_config_section
+
+        command = "debm " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        update_config_section(args.checkpoint, "scoring", scoring, note=command)
     loaded = _load(args.checkpoint, "cpu")
     config = loaded.config
     if args.dataset:
         config = config.replace(data={"dataset": args.dataset})
-    _, holdout = load_splits(config)
-    calibration = calibrate_checkpoint(args.checkpoint, to_model_range(holdout.images))
-    print(json.dumps({k: calibration[k] for k in ("count", "threshold", "sigma", "draws")}))
+    train, holdout = load_splits(config)
+    calibration = calibrate_checkpoint(args.checkpoint, to_model_range(holdout.images),
+                                       to_model_range(train.images))
+    print(json.dumps({k: calibration[k] for k in ("score", "count", "threshold", "sigma",
+                                                  "draws")}))
     return 0
 
 
@@ -391,6 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="attach held-out score quantiles to a checkpoint")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--dataset", help="defaults to the checkpoint's training set")
+    p.add_argument("--score", choices=SCORES,
+                   help="switch the checkpoint's OOD score first (scoring.score): texture is "
+                        "the paper's -U^c; texture+semantic adds the semantic reconstruction "
+                        "reading (docs/RESULTS.md)")
+    p.add_argument("--semantic-sigma", type=_positive_float,
+                   help="scoring.semantic_sigma, the level of the semantic reading")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="copy a checkpoint without its training state "

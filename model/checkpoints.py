@@ -35,7 +35,7 @@ from .networks import DenoisingEBM
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "attach_latent_prior", "export_checkpoint",
            "load_checkpoint", "load_training_state", "read_manifest", "save_checkpoint",
-           "update_calibration"]
+           "update_calibration", "update_config_section"]
 
 
 @dataclass
@@ -48,7 +48,9 @@ class LoadedCheckpoint:
     path: Path | None = None
     inference: Any = None  # model.pipeline.InferenceOptions once prepared for serving
     latent_prior: LatentPrior | None = None  # where two_stage's latent chains may start
-    scoring_chunk: Any = None  # a traced model.energies.ChunkScorer, once prepared
+    # Traced model.energies.ChunkScorer per reading ({"texture": ..., "semantic": ...}),
+    # once prepared for serving (model.pipeline.prepare_for_inference).
+    scoring_chunks: dict[str, Any] | None = None
 
 
 def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -177,18 +179,27 @@ def update_sampler_defaults(directory: str | Path, overrides: dict[str, Any], *,
     config and appended to ``metadata.sampler_updates`` (old and new values, and ``note``,
     e.g. the command), so the checkpoint still says how its defaults came about.  Returns the
     new sampler section."""
+    return update_config_section(directory, "sampler", overrides, note=note)
+
+
+def update_config_section(directory: str | Path, section: str, overrides: dict[str, Any], *,
+                          note: str | None = None) -> dict[str, Any]:
+    """Change one section of a checkpoint's config in place (``sampler`` or ``scoring``: the
+    settings that do not touch the weights), validated against the full config and recorded
+    in ``metadata.<section>_updates``; returns the new section.  A scoring change makes the
+    calibration stale: calibrate again (``debm calibrate`` does both)."""
     directory = Path(directory)
     document = read_manifest(directory)
     config = ExperimentConfig.from_dict(document["config"])
-    updated = config.replace(sampler=overrides)  # unknown names and bad values raise
-    old = config.to_dict()["sampler"]
-    new = updated.to_dict()["sampler"]
+    updated = config.replace(**{section: overrides})  # unknown names and bad values raise
+    old = config.to_dict()[section]
+    new = updated.to_dict()[section]
     changed = {k: {"old": old[k], "new": new[k]} for k in overrides if old[k] != new[k]}
     document["config"] = updated.to_dict()
     metadata = dict(document.get("metadata") or {})
-    history = list(metadata.get("sampler_updates") or [])
+    history = list(metadata.get(f"{section}_updates") or [])
     history.append({"changed": changed, **({"note": note} if note else {})})
-    metadata["sampler_updates"] = history
+    metadata[f"{section}_updates"] = history
     document["metadata"] = metadata
     atomic_write_json(directory / MANIFEST, document)
     return new

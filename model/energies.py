@@ -149,9 +149,30 @@ def latent_moment_penalty(z: torch.Tensor) -> torch.Tensor:
 
 # --- OOD score -----------------------------------------------------------------------------
 
+def semantic_reconstruction_energy(dae: DenoisingUNet, decoder: SemanticDecoder,
+                                   x: torch.Tensor, sigma: SigmaLike, *,
+                                   generator: torch.Generator | None = None,
+                                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """U^h(x, sigma) = ||x - h(f(x + sigma e, sigma))||^2 / (2 sigma^2): the decoder loss of
+    eq. 13 for one image, in the scale of eq. 7.
+
+    Why it exists: the U-Net's skip connections let r restore any pattern of strokes, so U^c
+    at a small sigma scores a mirrored or rotated digit like a digit.  h sees the image only
+    through the latent, which the encoder learned for the training distribution; an image
+    the latent cannot describe comes back as a different image (docs/RESULTS.md, near-OOD).
+    The ``texture+semantic`` OOD score (``ScoringConfig.score``) reads both."""
+    s = as_sigma_batch(sigma, x.shape[0], x)
+    if noise is None:
+        noise = draw_noise(x.shape, generator=generator, like=x)
+    z = dae.latent(x + s[:, None, None, None] * noise, s)
+    return _flat_sq_norm(x - decoder(z).to(x.dtype)) / (2 * s ** 2)
+
+
 def chunk_texture_scores(dae: DenoisingUNet, chunk: torch.Tensor, noises: torch.Tensor,
-                         sigma: torch.Tensor) -> torch.Tensor:
-    """-U^c(x, sigma) of each image of ``chunk``, averaged over the shared ``noises`` (eq. 7).
+                         sigma: torch.Tensor, decoder: SemanticDecoder | None = None
+                         ) -> torch.Tensor:
+    """-U^c(x, sigma) of each image of ``chunk``, averaged over the shared ``noises`` (eq. 7);
+    with ``decoder``, -U^h(x, sigma) instead (``semantic_reconstruction_energy``).
 
     One forward of chunk x draws rows, image-major (row i*draws + m is image i, draw m).
     ``sigma`` is a 0-d tensor, so that one TorchScript trace of this function
@@ -159,21 +180,26 @@ def chunk_texture_scores(dae: DenoisingUNet, chunk: torch.Tensor, noises: torch.
     draws = noises.shape[0]
     rows = chunk.repeat_interleave(draws, dim=0)
     noise = noises.repeat(chunk.shape[0], 1, 1, 1)
-    energy = texture_energy(dae, rows, sigma.expand(rows.shape[0]), noise=noise)
+    levels = sigma.expand(rows.shape[0])
+    if decoder is None:
+        energy = texture_energy(dae, rows, levels, noise=noise)
+    else:
+        energy = semantic_reconstruction_energy(dae, decoder, rows, levels, noise=noise)
     return -energy.view(-1, draws).mean(dim=1)
 
 
 class ChunkScorer(torch.nn.Module):
     """``chunk_texture_scores`` as a module, so that the whole chunk (repeat, noise, forward,
-    squared norm, mean) can be traced as one graph (``model.pipeline.traced_chunk_scorer``)."""
+    squared norm, mean) can be traced as one graph (``model.pipeline.traced_chunk_scorer``).
+    With ``decoder`` it scores -U^h, the semantic reconstruction energy."""
 
-    def __init__(self, dae: DenoisingUNet):
+    def __init__(self, dae: DenoisingUNet, decoder: SemanticDecoder | None = None):
         super().__init__()
-        self.dae = dae
+        self.dae, self.decoder = dae, decoder
 
     def forward(self, chunk: torch.Tensor, noises: torch.Tensor,
                 sigma: torch.Tensor) -> torch.Tensor:
-        return chunk_texture_scores(self.dae, chunk, noises, sigma)
+        return chunk_texture_scores(self.dae, chunk, noises, sigma, self.decoder)
 
 
 # Rows (image x noise draw) per scoring forward, by device type.  A CPU is fastest per image
@@ -187,8 +213,10 @@ ChunkScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor
 @torch.no_grad()
 def texture_score(dae: DenoisingUNet, x: torch.Tensor, *, sigma: float, draws: int,
                   seed: int, batch_size: int | None = None,
-                  chunk_scorer: ChunkScoreFn | None = None) -> torch.Tensor:
-    """OOD score -U^c(x, sigma) averaged over ``draws`` noise draws (paper 5.2).
+                  chunk_scorer: ChunkScoreFn | None = None,
+                  decoder: SemanticDecoder | None = None) -> torch.Tensor:
+    """OOD score -U^c(x, sigma) averaged over ``draws`` noise draws (paper 5.2); with
+    ``decoder``, the semantic reconstruction score -U^h(x, sigma) the same way.
 
     The draws come from ``seed`` and are shared by every image (common random numbers), so an
     image's score does not depend on which other images share its request or batch, and
@@ -198,12 +226,13 @@ def texture_score(dae: DenoisingUNet, x: torch.Tensor, *, sigma: float, draws: i
     (SCORE_ROWS): on a CPU, forwards of 64 rows stay in cache and score an image ~25% faster
     than forwards of 256 (benchmarks/service_load.py runs, docs/PERFORMANCE.md).
 
-    ``chunk_scorer`` replaces the eager ``chunk_texture_scores(dae, ...)``, e.g. with its
-    trace; it must compute the same thing."""
+    ``chunk_scorer`` replaces the eager ``chunk_texture_scores(dae, ..., decoder)``, e.g. with
+    its trace; it must compute the same thing."""
     if batch_size is None:
         batch_size = SCORE_ROWS.get(x.device.type, SCORE_ROWS["cpu"])
     if chunk_scorer is None:
-        chunk_scorer = lambda chunk, noises, s: chunk_texture_scores(dae, chunk, noises, s)  # noqa: E731
+        chunk_scorer = lambda chunk, noises, s: chunk_texture_scores(  # noqa: E731
+            dae, chunk, noises, s, decoder)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     noises = torch.randn((draws, *x.shape[1:]), generator=generator, device=x.device,
                          dtype=x.dtype)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+import dataclasses
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -40,7 +41,7 @@ from .data import DatasetError, to_model_range
 from .formats.config import ConfigError
 from .metrics import auroc, ood_metrics
 from .ood_sets import OOD_SETS, blank_count, build_ood_set, dataset_ood_set
-from .pipeline import load_splits, resolve_device, score_images
+from .pipeline import fit_score_reference, load_splits, resolve_device, score_images
 
 ProgressFn = Callable[[str], None]
 
@@ -98,15 +99,29 @@ def resolve_baseline(checkpoint_dir: str | Path, metadata: dict[str, Any],
     return path, None
 
 
+def scored_like(baseline: LoadedCheckpoint, model: LoadedCheckpoint,
+                train_images: torch.Tensor) -> LoadedCheckpoint:
+    """The baseline with the evaluated model's scoring settings (score, sigmas, draws, seed),
+    so that a comparison isolates the weights; a texture+semantic score gets the baseline's
+    own standardisation on ``train_images`` (model range), as its calibration would."""
+    scored = dataclasses.replace(baseline, config=baseline.config.replace(
+        scoring=asdict(model.config.scoring)))
+    reference = fit_score_reference(scored, train_images)
+    return dataclasses.replace(scored, calibration={"reference": reference}) if reference \
+        else scored
+
+
 def model_and_baseline(checkpoint_dir: str | Path, *, device: str | torch.device = "cpu"
                        ) -> dict[str, LoadedCheckpoint]:
-    """{"model": the checkpoint, "dae_only": its recorded warm-up baseline, when there is one}:
-    the scorers that the benchmarks compare side by side."""
+    """{"model": the checkpoint, "dae_only": its recorded warm-up baseline, when there is one,
+    scored like the model}: the scorers that the benchmarks compare side by side."""
     loaded = load_checkpoint(checkpoint_dir, device=device)
     scorers = {"model": loaded}
     baseline, _ = resolve_baseline(checkpoint_dir, loaded.metadata, None)
     if baseline is not None:
-        scorers["dae_only"] = load_checkpoint(baseline, device=device)
+        train, _ = load_splits(loaded.config)
+        scorers["dae_only"] = scored_like(load_checkpoint(baseline, device=device), loaded,
+                                          to_model_range(train.images))
     return scorers
 
 
@@ -150,10 +165,7 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
     notes = [note] if note else []
 
     def texture_scorer(ckpt: LoadedCheckpoint) -> Callable[[torch.Tensor], torch.Tensor]:
-        # Baselines are scored with the evaluated checkpoint's sigma, draws and seed, so the
-        # comparison isolates the weights.
-        return lambda x: score_images(ckpt, x, sigma=scoring.sigma, draws=scoring.draws,
-                                      seed=scoring.seed)
+        return lambda x: score_images(ckpt, x)
 
     scorers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "model": texture_scorer(loaded)}
@@ -164,7 +176,8 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
             raise CheckpointError(f"{baseline_path}: baseline images are {b_net.channels}x"
                                   f"{b_net.image_size}^2, the checkpoint's "
                                   f"{net.channels}x{net.image_size}^2")
-        scorers["dae_only"] = texture_scorer(baseline)
+        scorers["dae_only"] = texture_scorer(
+            scored_like(baseline, loaded, to_model_range(train.images)))
     scorers["knn_pixel"] = lambda x: knn_pixel_scores(x.to(dev), train.images)
 
     x_in = to_model_range(holdout.images)

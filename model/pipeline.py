@@ -25,9 +25,11 @@ from .data import (ImageDataset, load_dataset, to_model_range,
                    train_holdout_split)
 from .distributed import SINGLE, DistContext, barrier
 from .energies import ChunkScorer, texture_score
-from .formats.config import ExperimentConfig, SamplerConfig
+from .formats.archives import DatasetError
+from .formats.config import ConfigError, ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
 from .latent_prior import fit_latent_prior
+from .scores import REFERENCE_IMAGES, combined_score, reference_statistics
 from .samplers import (CancelFn, ProgressFn, SampleResult, StateFn, sample,
                        with_overrides)
 from .training import StepCallback, StepMetrics, Trainer
@@ -167,8 +169,9 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
     calibration = None
     if len(holdout) > 0 and dist.is_main:
         trainer.model.eval()
-        calibration = calibrate_scores(trainer.model, to_model_range(holdout.images),
-                                       config=config)
+        calibration = calibrate_scores(
+            LoadedCheckpoint(model=trainer.model, config=config, step=trainer.step),
+            to_model_range(holdout.images), train_images=to_model_range(train_set.images))
     save(calibration)
     if config.sampler.latent_init == "prior" and dist.is_main:
         fit_prior(out_dir, model=trainer.model, config=config, train_images=train_set.images)
@@ -216,9 +219,10 @@ class InferenceOptions:
     trace_scoring: bool = True  # score through a traced chunk (see traced_chunk_scorer)
 
 
-def traced_chunk_scorer(dae, *, image_size: int, channels: int):
+def traced_chunk_scorer(dae, decoder=None, *, image_size: int, channels: int):
     """One scoring chunk (``model.energies.ChunkScorer``: repeat, add noise, DAE forward,
     squared norm, mean over draws) traced with TorchScript: one call runs it all in C++.
+    With ``decoder``, the chunk of the semantic reading (encoder, then h).
 
     Why: in the service the model shares its process with the API (embedded) or the job
     threads (distributed), and eager PyTorch re-acquires the GIL after every operator.  While
@@ -244,7 +248,7 @@ def traced_chunk_scorer(dae, *, image_size: int, channels: int):
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        return torch.jit.trace(ChunkScorer(dae), example, check_trace=False)
+        return torch.jit.trace(ChunkScorer(dae, decoder), example, check_trace=False)
 
 
 def prepare_for_inference(checkpoint: LoadedCheckpoint,
@@ -265,8 +269,11 @@ def prepare_for_inference(checkpoint: LoadedCheckpoint,
         model.dae = torch.compile(model.dae, dynamic=True)
     elif options.trace_scoring:
         net = checkpoint.config.network
-        checkpoint.scoring_chunk = traced_chunk_scorer(model.dae, image_size=net.image_size,
-                                                       channels=net.channels)
+        checkpoint.scoring_chunks = {"texture": traced_chunk_scorer(
+            model.dae, image_size=net.image_size, channels=net.channels)}
+        if checkpoint.config.scoring.score == "texture+semantic":
+            checkpoint.scoring_chunks["semantic"] = traced_chunk_scorer(
+                model.dae, model.decoder, image_size=net.image_size, channels=net.channels)
     checkpoint.inference = options if (cuda or not options.bf16) else \
         dataclasses.replace(options, bf16=False)
     return checkpoint
@@ -295,55 +302,122 @@ def generate(checkpoint: LoadedCheckpoint, *, n: int, seed: int, sampler: str = 
 
 # --- scoring and calibration ---------------------------------------------------------------
 
-def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
-                 sigma: float | None = None, draws: int | None = None,
-                 seed: int | None = None) -> torch.Tensor:
-    """-U^c(x, sigma) averaged over draws (paper 5.2), higher = more in-distribution.
+def score_readings(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
+                   sigma: float | None = None, draws: int | None = None,
+                   seed: int | None = None) -> dict[str, torch.Tensor]:
+    """The readings the checkpoint's score is made of: {"texture": -U^c(x, sigma)} (paper
+    5.2), and for ``score="texture+semantic"`` also {"semantic": -U^h(x, semantic_sigma)};
+    each averaged over the same ``draws`` seeded noise draws.
 
-    The draws are shared by every image (``texture_score``), so an image's score does not
+    The draws are shared by every image (``texture_score``), so an image's readings do not
     depend on the other images of its batch: requests can be merged into one forward batch."""
     scoring = checkpoint.config.scoring
     device = next(checkpoint.model.parameters()).device
+    draws = scoring.draws if draws is None else draws
+    seed = scoring.seed if seed is None else seed
+    levels = {"texture": scoring.sigma if sigma is None else sigma}
+    if scoring.score == "texture+semantic":
+        levels["semantic"] = scoring.semantic_sigma
+    chunks = checkpoint.scoring_chunks or {}
+    model = checkpoint.model
+    readings = {}
     with torch.inference_mode(), _autocast(checkpoint):
-        return texture_score(checkpoint.model.dae, images.to(device),
-                             chunk_scorer=checkpoint.scoring_chunk,
-                             sigma=scoring.sigma if sigma is None else sigma,
-                             draws=scoring.draws if draws is None else draws,
-                             seed=scoring.seed if seed is None else seed).float().cpu()
+        x = images.to(device)
+        for name, level in levels.items():
+            readings[name] = texture_score(
+                model.dae, x, sigma=level, draws=draws, seed=seed,
+                decoder=model.decoder if name == "semantic" else None,
+                chunk_scorer=chunks.get(name)).float().cpu()
+    return readings
 
 
-def calibrate_scores(model, holdout: torch.Tensor, *, config: ExperimentConfig
-                     ) -> dict[str, Any]:
-    """Quantiles of held-out in-distribution scores, for percentile and is_ood answers."""
-    scoring = config.scoring
-    device = next(model.parameters()).device
-    scores = texture_score(model.dae, holdout.to(device), sigma=scoring.sigma,
-                           draws=scoring.draws, seed=scoring.seed).cpu().double().numpy()
+def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
+                 sigma: float | None = None, draws: int | None = None,
+                 seed: int | None = None, reference: dict[str, Any] | None = None
+                 ) -> torch.Tensor:
+    """The checkpoint's OOD score (``ScoringConfig.score``), higher = more in-distribution:
+    -U^c(x, sigma) averaged over draws (paper 5.2), or the texture+semantic score of
+    model/scores.py, standardised by ``reference`` (default: the one the checkpoint's
+    calibration carries)."""
+    scoring = checkpoint.config.scoring
+    readings = score_readings(checkpoint, images, sigma=sigma, draws=draws, seed=seed)
+    if scoring.score == "texture":
+        return readings["texture"]
+    if reference is None:
+        reference = (checkpoint.calibration or {}).get("reference")
+    if not reference:
+        raise CheckpointError("this checkpoint's score is texture+semantic, which is "
+                              "standardised on training images, and it carries no reference; "
+                              "run `debm calibrate` on it")
+    asked = (scoring.sigma if sigma is None else sigma, scoring.semantic_sigma,
+             scoring.draws if draws is None else draws, scoring.seed if seed is None else seed)
+    made = tuple(reference.get(k) for k in ("sigma", "semantic_sigma", "draws", "seed"))
+    if asked != made:
+        raise ConfigError(f"the texture+semantic score was standardised at (sigma, "
+                          f"semantic_sigma, draws, seed) = {made}, not {asked}; score with "
+                          "the checkpoint's settings, or calibrate again with the new ones")
+    return combined_score(readings, reference)
+
+
+def fit_score_reference(checkpoint: LoadedCheckpoint, train_images: torch.Tensor
+                        ) -> dict[str, Any] | None:
+    """For ``score="texture+semantic"``: the mean and std of each reading over the first
+    REFERENCE_IMAGES training images (model range), with the settings they were read at.
+    None for the texture score, which needs none."""
+    scoring = checkpoint.config.scoring
+    if scoring.score == "texture":
+        return None
+    readings = score_readings(checkpoint, train_images[:REFERENCE_IMAGES])
+    return {**reference_statistics(readings), "sigma": scoring.sigma,
+            "semantic_sigma": scoring.semantic_sigma, "draws": scoring.draws,
+            "seed": scoring.seed, "split": "train"}
+
+
+def calibrate_scores(checkpoint: LoadedCheckpoint, holdout: torch.Tensor, *,
+                     train_images: torch.Tensor | None = None) -> dict[str, Any]:
+    """Quantiles of held-out in-distribution scores, for percentile and is_ood answers; for
+    the texture+semantic score, first its standardisation on ``train_images`` (model range)."""
+    scoring = checkpoint.config.scoring
+    reference = None
+    if scoring.score != "texture":
+        if train_images is None or len(train_images) < 2:
+            raise DatasetError("the texture+semantic score is standardised on training images; "
+                               "the calibration needs the training split")
+        reference = fit_score_reference(checkpoint, train_images)
+    scores = score_images(checkpoint, holdout, reference=reference).double().numpy()
     quantiles = np.quantile(scores, np.linspace(0, 1, CALIBRATION_QUANTILES))
     return {
-        "sigma": scoring.sigma, "draws": scoring.draws, "seed": scoring.seed,
-        "count": int(scores.size), "quantiles": [float(q) for q in quantiles],
+        "score": scoring.score, "sigma": scoring.sigma, "draws": scoring.draws,
+        "seed": scoring.seed, "count": int(scores.size),
+        "quantiles": [float(q) for q in quantiles],
         "threshold": float(np.quantile(scores, OOD_FALSE_REJECT_RATE)),
         "false_reject_rate": OOD_FALSE_REJECT_RATE,
+        **({"semantic_sigma": scoring.semantic_sigma, "reference": reference}
+           if reference else {}),
     }
 
 
-def calibrate_checkpoint(directory: str | Path, images: torch.Tensor) -> dict[str, Any]:
+def calibrate_checkpoint(directory: str | Path, holdout: torch.Tensor,
+                         train_images: torch.Tensor | None = None) -> dict[str, Any]:
+    """Calibrate the checkpoint in ``directory`` (model-range images) and store the result."""
     from .checkpoints import update_calibration
 
     loaded = load_checkpoint(directory)
-    calibration = calibrate_scores(loaded.model, images, config=loaded.config)
+    calibration = calibrate_scores(loaded, holdout, train_images=train_images)
     update_calibration(directory, calibration)
     return calibration
 
 
 def interpret_scores(calibration: dict[str, Any] | None, scores: torch.Tensor | list[float], *,
-                     sigma: float, draws: int, seed: int) -> list[dict[str, Any]]:
+                     sigma: float, draws: int, seed: int, score: str = "texture"
+                     ) -> list[dict[str, Any]]:
     """Percentile among held-out data and the is_ood decision, when the calibration was made
-    with the same sigma, draws and seed (otherwise the numbers are not comparable)."""
+    for the same score with the same sigma, draws and seed (otherwise the numbers are not
+    comparable)."""
     values = [float(s) for s in scores]
-    if not calibration or (calibration.get("sigma"), calibration.get("draws"),
-                           calibration.get("seed")) != (sigma, draws, seed):
+    if not calibration or (calibration.get("score", "texture"), calibration.get("sigma"),
+                           calibration.get("draws"), calibration.get("seed")
+                           ) != (score, sigma, draws, seed):
         return [{} for _ in values]
     quantiles = np.asarray(calibration["quantiles"], dtype=np.float64)
     levels = np.linspace(0.0, 100.0, quantiles.size)

@@ -54,7 +54,7 @@ from .distributed import (SINGLE, DistContext, all_reduce_grads, all_reduce_sum,
                           latent_moment_surrogate)
 from .energies import (as_sigma_batch, latent_moment_penalty, reconstruction_losses,
                        semantic_energy, sigma_grid, texture_energy)
-from .formats.config import ExperimentConfig
+from .formats.config import ConfigError, ExperimentConfig
 from .formats.errors import Cancelled, UserError
 from .networks import DenoisingEBM
 from .samplers import CancelFn, latent_chain, pixel_chain, precision_context
@@ -96,6 +96,8 @@ class Trainer:
         if dataset.images.shape[1:] != (net.channels, net.image_size, net.image_size):
             raise ValueError(f"dataset images have shape {tuple(dataset.images.shape[1:])}; the "
                              f"model expects {(net.channels, net.image_size, net.image_size)}")
+        if train.freeze_dae and dist.active:
+            raise ConfigError("freeze_dae (a decoder refit) runs in one process, not data-parallel")
         self.config = config
         self.dataset = dataset
         self.device = torch.device(device)
@@ -219,6 +221,8 @@ class Trainer:
         x = self._batch()
         sigma = self.dist.rows(self._random_sigmas(self.grid, n))
         self.recon_optimizer.zero_grad(set_to_none=True)
+        if train.freeze_dae:
+            return self._decoder_refit_step(x, sigma)
         if not self.dist.active:
             loss_dae, loss_dec, z = reconstruction_losses(
                 self.model.dae, self.model.decoder, x, sigma, generator=self.generator,
@@ -239,6 +243,21 @@ class Trainer:
         total.backward()
         self._clip_and_step(self.recon_optimizer, self.model.parameters())
         return {**report, "latent_moments": moments}
+
+    def _decoder_refit_step(self, x: torch.Tensor, sigma: torch.Tensor) -> dict[str, float]:
+        """Eq. 13 for gamma alone: the encoder's latents are inputs, not parameters, so the
+        DAE (and U^c) does not move.  Parameters without a gradient are skipped by Adam."""
+        noise = self._normal(tuple(x.shape))
+        with torch.no_grad():
+            loss_dae, _, z = reconstruction_losses(
+                self.model.dae, self.model.decoder, x, sigma, noise=noise,
+                weighting=self.config.training.dae_loss_weighting)
+        loss_dec = (self.model.decoder(z) - x).flatten(1).pow(2).mean()
+        report = self._report({"dae": loss_dae, "decoder": loss_dec})
+        self._check_energy("reconstruction loss", torch.tensor(report["decoder"]))
+        loss_dec.backward()
+        self._clip_and_step(self.recon_optimizer, self.model.decoder.parameters())
+        return {**report, "latent_moments": float(latent_moment_penalty(z))}
 
     # -- stage 2: negatives ------------------------------------------------------------------
     def negatives(self, should_cancel: CancelFn | None = None

@@ -114,7 +114,10 @@ class GenerateResult(BaseModel):
 
 class ScoreItem(BaseModel):
     filename: str
-    score: float | None = Field(description="-U^c(x, sigma), higher = more in-distribution")
+    score: float | None = Field(description="the model's OOD score, higher = more "
+                                "in-distribution: -U^c(x, sigma) for the texture score (paper "
+                                "5.2); for texture+semantic, the smaller of the standardised "
+                                "texture and semantic readings (docs/RESULTS.md)")
     percentile: float | None = Field(None, description="among held-out training data "
                                      "(present once the checkpoint is calibrated)")
     is_ood: bool | None = Field(None, description="score below the calibrated threshold")
@@ -125,6 +128,7 @@ class ScoreResult(BaseModel):
     status: JobStatus = "succeeded"
     model: str
     calibrated: bool
+    score: str | None = Field(None, description="which score: texture or texture+semantic")
     results: list[ScoreItem]
 
 
@@ -238,6 +242,7 @@ class Calibration(BaseModel):
     count: int = Field(description="held-out images scored")
     threshold: float = Field(description="scores below this are OOD")
     false_reject_rate: float | None = None
+    score: str | None = Field(None, description="texture or texture+semantic")
     sigma: float | None = None
     draws: int | None = None
     quantiles: list[float] = Field(description="0th..100th percentile of held-out scores")

@@ -184,11 +184,12 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
                 report({"stage": "score", "step": len(scores), "total": len(x),
                         "fraction": round(len(scores) / len(x), 4)})
         extra = interpret_scores(loaded.calibration, scores, sigma=scoring.sigma,
-                                 draws=scoring.draws, seed=scoring.seed)
+                                 draws=scoring.draws, seed=scoring.seed, score=scoring.score)
         results = [{"filename": name, "score": score, **info}
                    for name, score, info in zip(names, scores, extra)]
         return {"model": model_ref, "calibrated": loaded.calibration is not None,
-                "sigma": scoring.sigma, "draws": scoring.draws, "results": results}
+                "score": scoring.score, "sigma": scoring.sigma, "draws": scoring.draws,
+                "results": results}
     finally:
         job_now = runtime.store.get(job.id)
         if job_now is None or job_now.cancel_requested or not runtime.interrupt.is_set():

@@ -26,6 +26,11 @@ PRECISIONS = ("float32", "bfloat16")
 # from the checkpoint's latent prior, a mixture fitted to the encoder's latents after training
 # (model/latent_prior.py).
 LATENT_INITS = ("normal", "prior")
+# The OOD score: "texture" is -U^c(x, sigma) (paper 5.2); "texture+semantic" is the smaller of
+# two standardised scores, -U^c(x, sigma) and -U^h(x, semantic_sigma), the semantic
+# reconstruction energy (model.energies.semantic_reconstruction_energy): an image is as
+# in-distribution as its worse reading (model/scores.py).
+SCORES = ("texture", "texture+semantic")
 
 
 class ConfigError(UserError, ValueError):
@@ -180,6 +185,10 @@ class TrainingConfig:
     # a fast warm-up rate would otherwise wash out the smaller contrastive updates.
     lr_contrastive_phase: float | None = None
     flip: bool = False  # random horizontal flips (wrong for digits)
+    # Reconstruction steps train the semantic decoder alone (eq. 13 with f_alpha and the DAE
+    # frozen): a decoder refit on a trained model (`debm train --init-from DIR --iters 0`).
+    # The texture energy, and so every texture score, stays exactly as it was.
+    freeze_dae: bool = False
     # --- switches between the paper's Algorithm 1 and this project's stabilisers -----------
     # (the defaults are the stabilised behaviour the demo was trained with; model/formats/presets.py
     # turns each one to the paper's value in the `paper` preset)
@@ -223,6 +232,9 @@ class TrainingConfig:
             raise ConfigError(f"dae_loss_weighting must be one of {list(DAE_LOSS_WEIGHTINGS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {list(PRECISIONS)}")
+        if self.freeze_dae and self.iterations:
+            raise ConfigError("freeze_dae is a decoder refit: it needs iterations=0 (the "
+                              "contrastive phase updates the DAE)")
         if self.contrastive_sigma_min > self.contrastive_sigma_max:
             raise ConfigError("contrastive_sigma_min must be <= contrastive_sigma_max")
         for name in ("replay_prob", "noise_chain_fraction", "pixel_replay_fraction",
@@ -267,10 +279,16 @@ class ScoringConfig:
     sigma: float = 0.05  # paper 5.2: OOD score is -U^c(x, 0.05)
     draws: int = 8  # noise draws averaged per image; U^c is stochastic
     seed: int = 0
+    score: str = "texture"  # one of SCORES; "texture" is the paper's
+    semantic_sigma: float = 0.1  # the level U^h is read at ("texture+semantic" only)
 
     def validate(self) -> None:
         if not (math.isfinite(self.sigma) and self.sigma > 0) or self.draws < 1:
             raise ConfigError("scoring needs sigma > 0 and draws >= 1")
+        if self.score not in SCORES:
+            raise ConfigError(f"scoring.score must be one of {list(SCORES)}")
+        if not (math.isfinite(self.semantic_sigma) and self.semantic_sigma > 0):
+            raise ConfigError("scoring.semantic_sigma must be a positive finite number")
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,7 @@ def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreRes
                               grid_url=f"/jobs/{job.id}/result", images=images)
     if job.kind == "score":
         return ScoreResult(job_id=job.id, model=r["model"], calibrated=r["calibrated"],
-                           results=r["results"])
+                           score=r.get("score", "texture"), results=r["results"])
     return TrainResult(job_id=job.id, model=r["model"], name=r["name"], version=r["version"],
                        step=r.get("step"), calibrated=r.get("calibrated", False),
                        grids=r.get("grids") or [], history=_history(services, job),

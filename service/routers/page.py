@@ -81,6 +81,7 @@ def read_calibration(services, name: str, version: int | None) -> Calibration:
     return Calibration(model=f"{name}:{version}", count=int(calibration["count"]),
                        threshold=float(calibration["threshold"]),
                        false_reject_rate=calibration.get("false_reject_rate"),
+                       score=calibration.get("score", "texture"),
                        sigma=calibration.get("sigma"), draws=calibration.get("draws"),
                        quantiles=quantiles,
                        histogram=histogram(quantiles, int(calibration["count"])))

@@ -14,7 +14,7 @@ from model.pipeline import InferenceOptions, prepare_for_inference, score_images
 def test_traced_scores_equal_eager_scores_exactly(tiny_checkpoint, n):
     eager = load_checkpoint(tiny_checkpoint)
     traced = prepare_for_inference(load_checkpoint(tiny_checkpoint))
-    assert traced.scoring_chunk is not None
+    assert traced.scoring_chunks is not None
     size = eager.config.network.image_size
     images = torch.rand((n, 1, size, size), generator=torch.Generator().manual_seed(n)) * 2 - 1
     assert torch.equal(score_images(eager, images), score_images(traced, images))
@@ -23,9 +23,9 @@ def test_traced_scores_equal_eager_scores_exactly(tiny_checkpoint, n):
 def test_tracing_can_be_turned_off_and_sampling_stays_eager(tiny_checkpoint):
     off = prepare_for_inference(load_checkpoint(tiny_checkpoint),
                                 InferenceOptions(trace_scoring=False))
-    assert off.scoring_chunk is None
+    assert off.scoring_chunks is None
     on = prepare_for_inference(load_checkpoint(tiny_checkpoint))
-    assert isinstance(on.model.dae, torch.nn.Module) and on.scoring_chunk is not None
+    assert isinstance(on.model.dae, torch.nn.Module) and on.scoring_chunks is not None
 
 
 @pytest.mark.parametrize(("sigma", "draws"), [(0.05, 1), (0.3, 8), (1.0, 3)])
