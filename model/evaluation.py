@@ -205,7 +205,9 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
     report: dict[str, Any] = {
         "ood": metrics_for("model"),
         "baselines": {name: metrics_for(name) for name in scorers if name != "model"},
+        "score": scoring.score,
         "sigma": scoring.sigma,
+        **({"semantic_sigma": scoring.semantic_sigma} if scoring.score != "texture" else {}),
         "draws": scoring.draws,
         "scoring_seed": scoring.seed,
         "seed": seed,
@@ -238,9 +240,14 @@ def format_ood_table(report: dict[str, Any]) -> str:
     sets = list(report["ood"])
     width = max([len("set")] + [len(s) for s in sets] + [len("blank canvas")])
     cell = 20
+    if report.get("score", "texture") == "texture":
+        score = f"score -U^c at sigma={report['sigma']}"
+    else:
+        score = (f"score {report['score']} (U^c at sigma={report['sigma']}, U^h at "
+                 f"sigma={report.get('semantic_sigma')})")
     lines = [
         f"OOD detection: {report.get('checkpoint', '')} (step {report.get('step', '?')}); "
-        f"score -U^c at sigma={report['sigma']}, {report['draws']} draws; "
+        f"{score}, {report['draws']} draws; "
         f"in-distribution: {report.get('in_distribution_count', '?')} held-out images, "
         f"{report.get('per_set', '?')} per OOD set",
         " " * width + " | " + " | ".join(f"{name:^{cell}}" for name, _ in columns),

@@ -29,7 +29,7 @@ from .formats.archives import DatasetError
 from .formats.config import ConfigError, ExperimentConfig, SamplerConfig
 from .formats.errors import Cancelled
 from .latent_prior import fit_latent_prior
-from .scores import REFERENCE_IMAGES, combined_score, reference_statistics
+from .scores import FEATURE_FORM, REFERENCE_IMAGES, combined_score, reference_statistics
 from .samplers import (CancelFn, ProgressFn, SampleResult, StateFn, sample,
                        with_overrides)
 from .training import StepCallback, StepMetrics, Trainer
@@ -349,6 +349,10 @@ def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
         raise CheckpointError("this checkpoint's score is texture+semantic, which is "
                               "standardised on training images, and it carries no reference; "
                               "run `debm calibrate` on it")
+    if reference.get("form") != FEATURE_FORM:
+        raise CheckpointError("this checkpoint's texture+semantic reference describes other "
+                              f"features ({reference.get('form', 'the raw readings')}) than "
+                              f"this version's ({FEATURE_FORM}); run `debm calibrate` on it")
     asked = (scoring.sigma if sigma is None else sigma, scoring.semantic_sigma,
              scoring.draws if draws is None else draws, scoring.seed if seed is None else seed)
     made = tuple(reference.get(k) for k in ("sigma", "semantic_sigma", "draws", "seed"))

@@ -117,7 +117,7 @@ class ScoreItem(BaseModel):
     score: float | None = Field(description="the model's OOD score, higher = more "
                                 "in-distribution: -U^c(x, sigma) for the texture score (paper "
                                 "5.2); for texture+semantic, the smaller of the standardised "
-                                "texture and semantic readings (docs/RESULTS.md)")
+                                "texture and semantic features (model/scores.py)")
     percentile: float | None = Field(None, description="among held-out training data "
                                      "(present once the checkpoint is calibrated)")
     is_ood: bool | None = Field(None, description="score below the calibrated threshold")

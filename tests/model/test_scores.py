@@ -5,6 +5,7 @@ standardised as it was calibrated."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -16,15 +17,33 @@ from model.formats.config import ConfigError, ScoringConfig
 from model.formats.manifest import CheckpointError
 from model.pipeline import (interpret_scores, load_splits, prepare_for_inference,
                             score_images, score_readings)
-from model.scores import combined_score, reference_statistics
+from model.scores import FEATURE_FORM, combined_score, reference_statistics, score_features
 
 
-def test_combined_score_is_the_smaller_standardised_reading():
-    readings = {"texture": torch.tensor([1.0, 3.0, 5.0]), "semantic": torch.tensor([10.0, 0.0, 20.0])}
-    reference = {"texture": {"mean": 3.0, "std": 2.0}, "semantic": {"mean": 10.0, "std": 10.0}}
-    assert torch.allclose(combined_score(readings, reference), torch.tensor([-1.0, -1.0, 1.0]))
+def test_combined_score_is_the_smaller_standardised_feature():
+    e = math.e
+    # readings are -U^c and -U^h; features -log U^c and -log(U^h / U^c)
+    readings = {"texture": torch.tensor([-1.0, -e, -e ** 2]),
+                "semantic": torch.tensor([-e ** 3, -e, -e ** 2])}
+    features = score_features(readings)
+    assert torch.allclose(features["texture"], torch.tensor([0.0, -1.0, -2.0], dtype=torch.float64))
+    assert torch.allclose(features["semantic"], torch.tensor([-3.0, 0.0, 0.0], dtype=torch.float64))
+    reference = {"texture": {"mean": -1.0, "std": 1.0}, "semantic": {"mean": -1.0, "std": 2.0}}
+    # texture z: 1, 0, -1; semantic z: -1, 0.5, 0.5
+    assert torch.allclose(combined_score(readings, reference), torch.tensor([-1.0, 0.0, -1.0]),
+                          atol=1e-6)
     stats = reference_statistics(readings)
-    assert stats["count"] == 3 and stats["texture"]["mean"] == pytest.approx(3.0)
+    assert stats["count"] == 3 and stats["form"] == FEATURE_FORM
+    assert stats["texture"]["mean"] == pytest.approx(-1.0)
+    assert stats["semantic"]["mean"] == pytest.approx(-1.0)
+
+
+def test_a_semantic_error_that_grows_with_the_image_complexity_is_not_an_alarm():
+    """U^h twice as large on an image whose U^c is also twice as large reads the same: the
+    semantic feature is U^h relative to U^c."""
+    readings = {"texture": torch.tensor([-1.0, -2.0]), "semantic": torch.tensor([-3.0, -6.0])}
+    semantic = score_features(readings)["semantic"]
+    assert semantic[0].item() == pytest.approx(semantic[1].item())
 
 
 def test_unknown_score_is_refused():
@@ -64,7 +83,9 @@ def test_combined_scores_follow_the_stored_reference_and_batch_mates_do_not_matt
     assert set(readings) == {"texture", "semantic"}
     scores = score_images(loaded, x)
     assert torch.equal(scores, combined_score(readings, loaded.calibration["reference"]))
-    assert torch.equal(score_images(loaded, x[2:3]), scores[2:3])
+    # alone: equal up to float32 rounding of the differently shaped convolution, as for the
+    # texture score (tests/worker/test_batching.py)
+    torch.testing.assert_close(score_images(loaded, x[2:3]), scores[2:3], rtol=1e-6, atol=1e-5)
     info = interpret_scores(loaded.calibration, scores, sigma=0.05, draws=loaded.config.scoring.draws,
                             seed=loaded.config.scoring.seed, score="texture+semantic")
     assert all("percentile" in row for row in info)
@@ -94,4 +115,10 @@ def test_combined_score_refuses_other_settings_and_a_missing_reference(combined_
     manifest["calibration"] = None
     (target / "checkpoint.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="debm calibrate"):
+        score_images(load_checkpoint(target), x)
+    # a reference of other features (the raw readings, before FEATURE_FORM) is refused too
+    manifest["calibration"] = read_manifest(combined_checkpoint)["calibration"]
+    del manifest["calibration"]["reference"]["form"]
+    (target / "checkpoint.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="other features"):
         score_images(load_checkpoint(target), x)
