@@ -208,6 +208,9 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | N
 
     from service.app import create_app
 
+    from model.allocator import keep_freed_memory
+
+    keep_freed_memory()  # before any thread starts: one malloc arena (model/allocator.py)
     if data_dir is not None:
         os.environ["DEBM_DATA_DIR"] = str(data_dir)
     get_settings.cache_clear()

@@ -20,6 +20,7 @@ from celery import Celery, signals
 from core.metrics import WorkerLiveness, start_worker_exporter
 from core.queue import celery_config, send_job
 from core.settings import Settings, get_settings
+from model.allocator import keep_freed_memory
 
 from .lease import Heartbeat
 
@@ -80,6 +81,8 @@ def get_worker_app() -> WorkerApp:
     global _worker_app
     with _lock:
         if _worker_app is None:
+            # Before the pool starts its threads: one malloc arena for all (model/allocator.py).
+            keep_freed_memory()
             settings = get_settings()
             logging.getLogger("debm").setLevel(settings.log_level)
             _worker_app = WorkerApp(settings)
