@@ -1,6 +1,7 @@
 """OOD sets drawn with Pillow that no benchmark or training step targets: thin lines, capital
-letters (resized from 112 px, and drawn at 28 px), three-letter text, circles and smooth sky-like gradients, each scored by the
-checkpoint's texture reading alone (the paper's -U^c) and by its texture+semantic score.
+letters (resized from 112 px, and drawn at 28 px), three-letter text, circles and smooth
+sky-like gradients, each scored by the checkpoint's texture reading alone (the paper's -U^c)
+and by its texture+semantic score.
 
     .venv/bin/python benchmarks/drawn_shapes.py --checkpoint checkpoints/demo \
         --json docs/results/drawn_shapes.json
@@ -24,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from model.checkpoints import load_checkpoint
 from model.data import conform, to_model_range
 from model.metrics import auroc
-from model.pipeline import load_splits, prepare_for_inference, score_readings
+from model.pipeline import load_splits, prepare_for_inference, score_readings, score_reference
 from model.scores import combined_score
 
 CANVAS = 112  # drawn at 4x the demo size, then resized like an upload
@@ -97,9 +98,9 @@ def main() -> int:
     args = parser.parse_args()
 
     loaded = prepare_for_inference(load_checkpoint(args.checkpoint))
-    reference = (loaded.calibration or {}).get("reference")
-    if loaded.config.scoring.score != "texture+semantic" or not reference:
+    if loaded.config.scoring.score != "texture+semantic":
         raise SystemExit("calibrate the checkpoint with --score texture+semantic first")
+    reference = score_reference(loaded)
     net = loaded.config.network
     _, holdout = load_splits(loaded.config)
 

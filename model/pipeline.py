@@ -339,10 +339,21 @@ def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
     -U^c(x, sigma) averaged over draws (paper 5.2), or the texture+semantic score of
     model/scores.py, standardised by ``reference`` (default: the one the checkpoint's
     calibration carries)."""
-    scoring = checkpoint.config.scoring
+    if checkpoint.config.scoring.score == "texture":
+        return score_readings(checkpoint, images, sigma=sigma, draws=draws, seed=seed)["texture"]
+    # Checked before any forward pass: a checkpoint that cannot answer fails at once.
+    reference = score_reference(checkpoint, reference, sigma=sigma, draws=draws, seed=seed)
     readings = score_readings(checkpoint, images, sigma=sigma, draws=draws, seed=seed)
-    if scoring.score == "texture":
-        return readings["texture"]
+    return combined_score(readings, reference)
+
+
+def score_reference(checkpoint: LoadedCheckpoint, reference: dict[str, Any] | None = None, *,
+                    sigma: float | None = None, draws: int | None = None,
+                    seed: int | None = None) -> dict[str, Any]:
+    """The standardisation of a texture+semantic score (``reference``, or else the one the
+    checkpoint's calibration carries), refused unless it describes this version's features
+    read at the asked settings."""
+    scoring = checkpoint.config.scoring
     if reference is None:
         reference = (checkpoint.calibration or {}).get("reference")
     if not reference:
@@ -360,7 +371,7 @@ def score_images(checkpoint: LoadedCheckpoint, images: torch.Tensor, *,
         raise ConfigError(f"the texture+semantic score was standardised at (sigma, "
                           f"semantic_sigma, draws, seed) = {made}, not {asked}; score with "
                           "the checkpoint's settings, or calibrate again with the new ones")
-    return combined_score(readings, reference)
+    return reference
 
 
 def fit_score_reference(checkpoint: LoadedCheckpoint, train_images: torch.Tensor
