@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # forward does not wait on the GIL per operator while other threads run Python
     # (model.pipeline.traced_chunk_scorer).  Off: eager PyTorch.
     inference_trace: bool = True
+    # Serving processes run their short threads (HTTP, job records) under Linux's SCHED_BATCH
+    # and the model's work under the default policy, so the API's wake-ups do not preempt a
+    # forward (core.scheduling; measured in docs/PERFORMANCE.md round four).
+    short_threads_yield: bool = True
     # A worker process serves its Prometheus series on this port (0: off); see core.metrics.
     metrics_port: int = Field(0, ge=0, le=65535)
     # Seconds a generate / score / training task may run.  Enforced between steps in every

@@ -20,6 +20,7 @@ from core.jobs import JobStore, open_store
 from core.jobs.events import EventLog, open_event_log
 from core.metrics import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
 from core.registry import ModelRegistry
+from core.scheduling import model_work
 from core.settings import Settings
 
 from .batching import Batcher
@@ -126,8 +127,9 @@ def _score_batch(key, items):
     parts = [x for _, x in items]
     sizes = [len(x) for x in parts]
     _, _, sigma, draws, seed = key
-    scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
-                          sigma=sigma, draws=draws, seed=seed)
+    with model_work():  # not preempted by the API's wake-ups (core.scheduling)
+        scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
+                              sigma=sigma, draws=draws, seed=seed)
     return list(torch.split(scores, sizes))
 
 
