@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -86,8 +86,9 @@ def test_combined_scores_follow_the_stored_reference_and_batch_mates_do_not_matt
     # alone: equal up to float32 rounding of the differently shaped convolution, as for the
     # texture score (tests/worker/test_batching.py)
     torch.testing.assert_close(score_images(loaded, x[2:3]), scores[2:3], rtol=1e-6, atol=1e-5)
-    info = interpret_scores(loaded.calibration, scores, sigma=0.05, draws=loaded.config.scoring.draws,
-                            seed=loaded.config.scoring.seed, score="texture+semantic")
+    scoring = loaded.config.scoring
+    info = interpret_scores(loaded.calibration, scores, sigma=0.05, draws=scoring.draws,
+                            seed=scoring.seed, score="texture+semantic")
     assert all("percentile" in row for row in info)
     assert interpret_scores(loaded.calibration, scores, sigma=0.05,
                             draws=loaded.config.scoring.draws,
