@@ -163,7 +163,7 @@ def rate(marks: dict[int, float], returncode: int | None = 0) -> dict:
 
 class Services:
     def __init__(self, args, workdir: Path):
-        self.args, self.workdir, self.procs = args, workdir, []
+        self.args, self.workdir, self.procs, self.logs = args, workdir, [], []
         self.base = args.url
 
     def env(self, **extra) -> dict:
@@ -182,7 +182,8 @@ class Services:
         return env
 
     def spawn(self, name: str, cmd: list[str], env: dict) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")
+        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115  (closed in stop())
+        self.logs.append(log)
         self.procs.append((name, subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log,
                                                   stderr=subprocess.STDOUT,
                                                   start_new_session=True)))
@@ -238,6 +239,8 @@ class Services:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
+        for log in self.logs:
+            log.close()
 
 
 def worker_command(queue: str, args) -> list[str]:

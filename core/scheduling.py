@@ -11,8 +11,9 @@ idle, i.e. it was preempted by the API's bursts, not starved.
 So a serving process starts under ``SCHED_BATCH`` (``short_threads_yield``): threads it starts
 later inherit it, and a ``SCHED_BATCH`` thread that wakes up does not preempt the running one
 (sched(7)).  The model's work runs inside ``model_work()``, back under the default policy.
-With that, the batcher waited 0.7-1.1 ms per image, and 32 one-image clients were served
-faster by a median of 4% (embedded) and 6% (distributed) over three interleaved A/B rounds.
+With that, the batcher waited 0.7-1.1 ms per image, and 32 one-image clients were served 2-6%
+faster (two A/B runs per mode, benchmarks/settings_ab.py; medians +4% and +3% embedded, +6%
+and +2% distributed).
 Nothing changes when a CPU is idle (a waking thread takes the idle CPU), so one request's
 latency is the same.
 
