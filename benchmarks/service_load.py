@@ -458,13 +458,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.url and not args.key:
         parser.error("--url needs --key")
-    result = run(args)
-    result["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    print(table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    report(run(args), table, args.json, sys.argv[1:])
     return 0
+
+
+def report(result: dict, make_table, json_path: str | None, argv: list[str]) -> None:
+    """Record the command that produced ``result``, print its table, write its JSON."""
+    result["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *argv])
+    print(make_table(result))
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(result, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import sys
@@ -196,15 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if len(args.arm) < 2 or len({name for name, _ in args.arm}) != len(args.arm):
         parser.error("give two or more --arm, each with its own name")
-    args.url = args.key = None
-    args.env = []
-    result = run(args)
-    result["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(
-        argv if argv is not None else sys.argv[1:])])
-    print(table(result))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    service_load.report(run(args), table, args.json,
+                        argv if argv is not None else sys.argv[1:])
     return 0
 
 
