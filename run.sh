@@ -57,7 +57,7 @@ ensure_redis() {
   echo "run.sh: redis-server did not come up" >&2; exit 1
 }
 
-# The browser test (tests/people/test_browser.py) drives Debian's chromium through its
+# The browser test (tests/e2e/test_browser.py) drives Debian's chromium through its
 # chromedriver; install both when either is missing (as root, via apt-get), else say how.
 ensure_browser() {
   if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then return; fi

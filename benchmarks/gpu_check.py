@@ -16,7 +16,7 @@
 Every number must be finite, and the same seed must give the same samples and the same
 training steps (checked by running them twice).  It prints a table, writes one JSON file and
 exits 1 if a check fails.  ``--device cpu --small`` runs the same code at toy sizes in a
-minute (tests/model/test_gpu_check.py runs it in CI so that it cannot rot).
+minute (tests/benchmarks/test_gpu_check.py runs it in CI so that it cannot rot).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def run_scoring_check(trainer: Trainer, n: int, device: torch.device) -> dict:
 def _worker_api():
     """The worker's task bodies and runtime, before or after the worker/ reorganisation."""
     try:
-        from worker.bodies import run_generate, run_score  # type: ignore
+        from worker.handlers import run_generate, run_score  # type: ignore
     except ImportError:
         from worker.tasks import run_generate, run_score
     try:

@@ -50,10 +50,10 @@ def mem():
     return out
 try:
     from worker.lifecycle import execute
-    from worker.bodies import BODIES
+    from worker.handlers import BODIES
     from worker.runtime import TaskRuntime
     from core.settings import Settings
-except ImportError:  # the layout before core/ and worker/bodies.py
+except ImportError:  # the layout before core/ and worker/handlers.py
     from worker.tasks import BODIES, TaskRuntime, execute
     from service.settings import Settings
 import torch

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     # network's size, plus the estimate of parameters, optimiser state and activations
     # (core of service/trainmemory.py).
     worker_memory_bytes: int = Field(8 * 1024 * MiB, ge=64 * MiB)
-    # Quotas count queued + running *work* (core.work: one unit per image to score, one per
+    # Quotas count queued + running *work* (core.work_units: one unit per image to score, one per
     # sampler step of one chain), so many small requests pass where few big ones would not.
     max_queued_work: int = Field(32768, ge=1)  # in total (429)
     max_queued_work_per_key: int = Field(8192, ge=1)  # per API key (429)
@@ -109,7 +109,7 @@ class Settings(BaseSettings):
     # and the model's work under the default policy, so the API's wake-ups do not preempt a
     # forward (core.scheduling; measured in docs/PERFORMANCE.md round four).
     short_threads_yield: bool = True
-    # A worker process serves its Prometheus series on this port (0: off); see core.metrics.
+    # A worker process serves its Prometheus series on this port (0: off); see core.prometheus.
     metrics_port: int = Field(0, ge=0, le=65535)
     # Seconds a generate / score / training task may run.  Enforced between steps in every
     # mode (the job fails with "time limit ... exceeded"); prefork workers also kill the

@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 
 from core.jobs import RUNNING, SqliteJobStore
-from core.metrics import WorkerLiveness
+from core.prometheus import WorkerLiveness
 from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
 from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from core.metrics import CONTENT_TYPE, observe_request, render
+from core.prometheus import CONTENT_TYPE, observe_request, render
 
 router = APIRouter(tags=["health"])
 

@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from core.metrics import MODEL_LOAD_SECONDS
+from core.prometheus import MODEL_LOAD_SECONDS
 from core.registry import ModelRegistry
 
 

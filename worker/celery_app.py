@@ -17,7 +17,7 @@ import threading
 
 from celery import Celery, signals
 
-from core.metrics import WorkerLiveness, start_worker_exporter
+from core.prometheus import WorkerLiveness, start_worker_exporter
 from core.queue import celery_config, send_job
 from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
@@ -111,7 +111,7 @@ def _connect_heartbeat(app: WorkerApp) -> None:
         state["beat"] = Heartbeat(settings, sender.hostname, queues,
                                   send=app.send_job if settings.distributed else None).start()
         # This process's series (batch sizes, model loads, liveness) on DEBM_METRICS_PORT:
-        # a per-worker exporter (core.metrics says why).  Inference workers run their tasks
+        # a per-worker exporter (core.prometheus says why).  Inference workers run their tasks
         # on threads of this process (-P threads), so every series is here.
         state["live"] = [WorkerLiveness(q, sender.hostname) for q in queues]
         try:

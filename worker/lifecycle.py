@@ -37,7 +37,7 @@ from core.jobs import CANCELLED, FAILED, SUCCEEDED, JobRecord, StoreUnavailable
 from model.formats.errors import Cancelled, UserError, user_message
 
 from .lease import CancelCheck, LeaseKeeper
-from .live import LiveEvents
+from .progress_events import LiveEvents
 from .runtime import Reporter, TaskRuntime, configure_torch
 
 log = logging.getLogger("debm.worker")

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from core.names import QUEUE_FOR_KIND
 
-from .bodies import BODIES
+from .handlers import BODIES
 from .lifecycle import StoreDown, execute
 from .runtime import runtime_for
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from core.datadir import DataDir
 from core.jobs import JobStore, open_store
 from core.jobs.events import EventLog, open_event_log
-from core.metrics import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
+from core.prometheus import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
 from core.registry import ModelRegistry
 from core.scheduling import model_work
 from core.settings import Settings
 
 from .batching import Batcher
 from .cache import ModelCache
-from .live import LiveEvents
+from .progress_events import LiveEvents
 
 if TYPE_CHECKING:
     from .celery_app import WorkerApp

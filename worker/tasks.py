@@ -1,5 +1,5 @@
 """Task registration: the three Celery tasks, each a call of worker.lifecycle.execute with
-its body from worker.bodies.  A task message carries only ``job_id``; the parameters live in
+its body from worker.handlers.  A task message carries only ``job_id``; the parameters live in
 the job record the API wrote (broker messages stay small, and there is one source of truth).
 """
 
@@ -12,7 +12,7 @@ from celery.exceptions import Reject
 
 from core.names import GENERATE, SCORE, TRAIN
 
-from .bodies import BODIES
+from .handlers import BODIES
 from .lifecycle import StoreDown, execute
 from .runtime import runtime_for
 

@@ -59,7 +59,7 @@ class JobRecord:
     attempts: int = 0  # deliveries that reached a worker
     queued_at: float | None = None  # last time it became queued (created or requeued)
     worker: str | None = None  # lease holder of the current / last attempt
-    work: int = 0  # units of queued work the quotas count (core.work), fixed at creation
+    work: int = 0  # units of queued work the quotas count (core.work_units), fixed at creation
 
     def to_json(self) -> str:
         return json.dumps(clean_json(asdict(self)), separators=(",", ":"), allow_nan=False)

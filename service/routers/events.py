@@ -36,7 +36,7 @@ from .common import get_job
 router = APIRouter(tags=["jobs"])
 POLL_SECONDS = 0.25
 BATCH = 200
-VISUALS = "visuals"  # DATA/jobs/ID/visuals: training grids and history (worker.live)
+VISUALS = "visuals"  # DATA/jobs/ID/visuals: training grids and history (worker.progress_events)
 VISUAL_FILE = r"^(grid-\d{6}\.png|history\.json)$"
 
 

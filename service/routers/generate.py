@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.jobs import SUCCEEDED
-from core.work import generate_work, sampler_defaults
+from core.work_units import generate_work, sampler_defaults
 
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import GenerateRequest, GenerateResult, JobAccepted, errors

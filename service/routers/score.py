@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.jobs import SUCCEEDED
-from core.work import score_work
+from core.work_units import score_work
 from model.formats.files import atomic_write_bytes
 from model.formats.imagefile import ImageRejected, decode_image, read_header
 

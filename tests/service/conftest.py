@@ -44,7 +44,7 @@ def services(client):
 @pytest.fixture
 def run_job(services):
     """Run a queued job to completion with the real task code, in this process."""
-    from worker.bodies import BODIES
+    from worker.handlers import BODIES
     from worker.lifecycle import execute
     from worker.runtime import TaskRuntime
 

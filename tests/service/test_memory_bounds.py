@@ -66,7 +66,7 @@ def test_a_request_over_the_pixel_budget_is_413_before_any_decoding(make_client)
 
 
 def test_the_worker_rechecks_the_pixel_budget_of_a_changed_upload(client):
-    from worker.bodies import BODIES
+    from worker.handlers import BODIES
     from worker.lifecycle import execute
     from worker.runtime import TaskRuntime
 

@@ -163,7 +163,7 @@ def _score_job(runtime, pngs: list[bytes]) -> str:
 
 
 def _run_jobs(runtime, job_ids):
-    from worker.bodies import BODIES
+    from worker.handlers import BODIES
     from worker.lifecycle import execute
 
     return _concurrently([lambda j=j: execute(runtime, j, "score", BODIES["score"])

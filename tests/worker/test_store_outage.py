@@ -13,7 +13,7 @@ import pytest
 from core.jobs import JobRecord
 from core.settings import Settings
 from tests.support.redis_db import RedisServer
-from worker.bodies import BODIES
+from worker.handlers import BODIES
 from worker.lifecycle import StoreDown, execute
 from worker.runtime import TaskRuntime
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from model.formats.config import preset
 from tests.support import tiny_total_steps, wait_until
-from worker.bodies import BODIES
+from worker.handlers import BODIES
 from worker.lifecycle import execute
 
 
@@ -204,7 +204,7 @@ def test_the_time_limit_is_enforced_between_steps_in_process(runtime, submit):
 def test_a_refused_write_fails_the_job_with_a_clear_error(runtime, submit, monkeypatch):
     """A full or read-only data directory (an OSError with its errno, also as the cause of
     another error) fails the job with the reason; other OS errors stay internal errors."""
-    import worker.bodies
+    import worker.handlers
 
     def refuse(code: int, wrap: bool):
         def write(path, data, **_):
@@ -215,14 +215,14 @@ def test_a_refused_write_fails_the_job_with_a_clear_error(runtime, submit, monke
         return write
 
     for code, wrap in ((errno.ENOSPC, False), (errno.EROFS, True)):
-        monkeypatch.setattr(worker.bodies, "atomic_write_bytes", refuse(code, wrap))
+        monkeypatch.setattr(worker.handlers, "atomic_write_bytes", refuse(code, wrap))
         job_id = submit("generate", n=1)
         assert run(runtime, job_id)["status"] == "failed"
         job = runtime.store.get(job_id)
         assert job.error.startswith("could not write to the data directory (results/") and \
             os.strerror(code) in job.error, job.error
         assert not runtime.data.result_dir(job_id).exists()
-    monkeypatch.setattr(worker.bodies, "atomic_write_bytes", refuse(errno.ENOENT, False))
+    monkeypatch.setattr(worker.handlers, "atomic_write_bytes", refuse(errno.ENOENT, False))
     job_id = submit("generate", n=1)
     with pytest.raises(FileNotFoundError):
         run(runtime, job_id)

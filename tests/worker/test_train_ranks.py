@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from model.checkpoints import load_checkpoint
-from worker.bodies import BODIES
+from worker.handlers import BODIES
 from worker.lifecycle import execute
 
 

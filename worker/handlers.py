@@ -28,7 +28,7 @@ from model.formats.files import atomic_write_bytes
 
 from .lease import CancelCheck
 from .lifecycle import Body, JobInputError
-from .live import VISUALS, LiveEvents, TrainingVisuals
+from .progress_events import VISUALS, LiveEvents, TrainingVisuals
 from .runtime import Reporter, TaskRuntime
 
 log = logging.getLogger("debm.worker")

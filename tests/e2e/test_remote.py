@@ -67,7 +67,7 @@ def test_generate_and_train_with_progress_from_events(live, tmp_path):
     assert len(list((tmp_path / "samples").glob("sample-*.png"))) == 4
     previews = sorted(p.name for p in (tmp_path / "previews").glob("preview-*.png"))
     # at least each stage's last state (h(z_K) at step 40, the samples at 80); more when
-    # the chain is slower than one preview per worker.live.PREVIEW_MIN_SECONDS
+    # the chain is slower than one preview per worker.progress_events.PREVIEW_MIN_SECONDS
     assert {"preview-000040.png", "preview-000080.png"} <= set(previews), previews
     lines = run.stderr.splitlines()
     assert any(line.startswith("generate latent ") for line in lines), run.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from worker import live
+from worker import progress_events
 
 
 class Recorder:
@@ -18,9 +18,9 @@ class Recorder:
 
 def run_chain(monkeypatch, seconds_per_step: float, steps=(("latent", 20), ("pixel", 20))):
     clock = [100.0]
-    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(progress_events.time, "monotonic", lambda: clock[0])
     recorder, rendered = Recorder(), []
-    events = live.LiveEvents(recorder, "job")
+    events = progress_events.LiveEvents(recorder, "job")
     total = sum(n for _, n in steps)
     step = 0
 
@@ -40,7 +40,7 @@ def test_fast_steps_send_few_previews_but_every_stage_end(monkeypatch):
     sent, rendered = run_chain(monkeypatch, seconds_per_step=0.01)
     assert ("latent", 20) in sent and ("pixel", 40) in sent
     assert len(sent) <= 4  # 0.4 s of chain: the first, and each stage's last
-    assert set(rendered) == {live.PREVIEW_IMAGES}
+    assert set(rendered) == {progress_events.PREVIEW_IMAGES}
 
 
 def test_slow_steps_send_one_preview_per_tenth_of_the_chain(monkeypatch):
