@@ -49,7 +49,8 @@ def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
         pytest.fail("kubectl is not on PATH: tests/deploy renders deploy/ with `kubectl "
-                    "kustomize` (apt-get install kubectl, or any kubectl >= 1.27)")
+                    "kustomize`.  Install kubectl >= 1.27 (it bundles kustomize v5; Debian's "
+                    "kubernetes-client 1.20 is too old for kustomize components).")
     return path
 
 
