@@ -16,7 +16,7 @@ def load_compose(name: str = "docker-compose.yml") -> dict:
 
 def test_compose_services():
     services = load_compose()["services"]
-    assert set(services) == {"redis", "api", "worker-inference", "worker-training",
+    assert set(services) == {"redis", "minio", "api", "worker-inference", "worker-training",
                              "prometheus"}
     assert services["prometheus"]["profiles"] == ["metrics"]  # optional
 
@@ -56,14 +56,18 @@ def test_compose_services():
     assert set(gpu) == {"worker-inference", "worker-training"}
 
 
-def test_api_and_workers_share_one_data_volume():
+def test_api_and_workers_share_no_data_volume():
+    """Artifacts go through MinIO (tests/deploy/test_compose.py checks the S3 settings); each
+    service keeps only its own volume."""
     services = load_compose()["services"]
     mounts = {name: services[name]["volumes"] for name in
               ("api", "worker-inference", "worker-training")}
-    assert all(m == ["debm-data:/data"] for m in mounts.values()), mounts
+    assert mounts == {"api": ["api-data:/data"], "worker-inference": ["inference-cache:/data"],
+                      "worker-training": ["training-cache:/data"]}, mounts
     envs = [services[name]["environment"] for name in mounts]
     assert {e["DEBM_DATA_DIR"] for e in envs} == {"/data/debm"}
     assert {e["REDIS_URL"] for e in envs} == {"redis://redis:6379/0"}
+    assert {e["DEBM_ARTIFACTS"] for e in envs} == {"s3://debm/artifacts"}
 
 
 def test_api_image_has_no_torch_and_worker_image_is_cuda_pytorch():
