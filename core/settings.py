@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(20 * MiB, ge=1024)  # POST /ood-score body (413)
     max_dataset_bytes: int = Field(256 * MiB, ge=1024)  # POST /datasets body (413)
     max_json_bytes: int = Field(1 * MiB, ge=1024)  # any other request body (413)
+    # POST /models/{name}/versions: the archive's bytes and what it unpacks to (413).
+    max_checkpoint_bytes: int = Field(512 * MiB, ge=1024)
     max_images_per_request: int = Field(64, ge=1)  # images per /ood-score (413)
     max_image_pixels: int = Field(4096 * 4096, ge=64)  # width * height of one image (413)
     # Pixels of all the images of one /ood-score, summed from their headers before any is

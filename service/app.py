@@ -115,7 +115,9 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/ood-score": (settings.max_upload_bytes, "the upload"),
-                "/datasets": (settings.max_dataset_bytes, "the dataset upload")},
+                "/datasets": (settings.max_dataset_bytes, "the dataset upload"),
+                "/models/{}/versions": (settings.max_checkpoint_bytes,
+                                        "the checkpoint upload")},
         default=(settings.max_json_bytes, "the request body"),
         authenticate=lambda candidate: keys.authenticate(candidate) is not None)
     # The latency a client sees; inside CatchAllMiddleware, so a request that ends in an
