@@ -477,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .remote import add_parser as add_remote
 
     add_remote(sub, _positive_int, _non_negative_int)
+    __import__("debm.keys").keys.add_parser(sub)  # debm keys add|list|revoke
     return parser
 
 

@@ -38,7 +38,8 @@ from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
 from .event_tokens import TokenSigner, load_secret
 from .observe import LatencyMiddleware
-from .routers import datasets, events, generate, health, jobs, models, page, score, train
+from .routers import (datasets, events, generate, health, jobs, keys as keys_router,
+                      models, page, score, train)
 from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
 log = logging.getLogger("debm.api")
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     data = DataDir(settings.data_root).ensure()
     store = open_store(settings)
     registry = ModelRegistry(data.models)
-    keys = load_keys(settings)
+    keys = load_keys(settings, store=store)
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
     wakeups = JobWakeups()
     services = Services(settings=settings, data=data, store=store, registry=registry,
@@ -109,7 +110,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
                    datasets.router, jobs.router, events.router, models.router, page.router,
-                   observe.router):
+                   observe.router, keys_router.router):
         app.include_router(router)
     app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
