@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     # docs must render on machines without internet access.
     app = FastAPIOffline(title="Denoising-EBM service", version="0.1.0",
                          description=DESCRIPTION, lifespan=lifespan,
-                         static_url="/static/docs",
+                         static_url="/static/docs", redoc_url=None,  # /redoc: routers/page.py
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
