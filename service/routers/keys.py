@@ -49,7 +49,7 @@ def _admin(services):
 
 
 @router.post("/keys", status_code=201, response_model=NewKey,
-             responses=errors(401, 403, 409, 422, 503))
+             responses=errors(400, 401, 403, 409, 413, 415, 422, 503))
 async def add_key(body: NewKeyRequest, services: ServicesDep, principal: AdminPrincipal):
     """A new key with ``scope``; its secret is in this answer only."""
     try:
@@ -68,7 +68,8 @@ async def list_keys(services: ServicesDep, principal: AdminPrincipal):
                    + [KeyInfo(**k.public()) for k in stored])
 
 
-@router.delete("/keys/{key_id}", response_model=KeyInfo, responses=errors(401, 403, 404, 409))
+@router.delete("/keys/{key_id}", response_model=KeyInfo,
+               responses=errors(401, 403, 404, 409, 503))
 async def revoke_key(key_id: str, services: ServicesDep, principal: AdminPrincipal):
     """Revoke a stored key: refused from its next request on.  Its jobs stay, owned by its
     id; a key added later under the same name owns them again."""
