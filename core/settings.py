@@ -46,15 +46,21 @@ class Settings(BaseSettings):
     # --- access ---------------------------------------------------------------------------
     # Comma-separated keys, each "SECRET" or "NAME:SECRET" (NAME is the owner id of jobs).
     # api_keys hold the "use" scope (generate, score, their own jobs); admin_keys hold "use"
-    # and "admin" (train, datasets, model defaults, anyone's jobs).  Both empty: an admin key
-    # is generated on first start and stored (mode 0600) in the data dir.
+    # and "admin" (train, datasets, model defaults, anyone's jobs).  Merged with the generated
+    # key and the stored ones, never replacing them (service/auth.py, docs/OPERATIONS.md).
     api_keys: str = Field("", repr=False)
     admin_keys: str = Field("", repr=False)
+    # The generated admin key ``local`` (DATA/api-key) is active next to the keys above and the
+    # ones added with `debm keys add` / POST /keys; false: no generated key (deployments where
+    # only named keys may exist).
+    local_key: bool = True
 
     # --- limits (each one is enforced by the API; docs/OPERATIONS.md lists them) -----------
     max_upload_bytes: int = Field(20 * MiB, ge=1024)  # POST /ood-score body (413)
     max_dataset_bytes: int = Field(256 * MiB, ge=1024)  # POST /datasets body (413)
     max_json_bytes: int = Field(1 * MiB, ge=1024)  # any other request body (413)
+    # POST /models/{name}/versions: the archive's bytes and what it unpacks to (413).
+    max_checkpoint_bytes: int = Field(512 * MiB, ge=1024)
     max_images_per_request: int = Field(64, ge=1)  # images per /ood-score (413)
     max_image_pixels: int = Field(4096 * 4096, ge=64)  # width * height of one image (413)
     # Pixels of all the images of one /ood-score, summed from their headers before any is

@@ -187,26 +187,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_images(paths: Sequence[str], *, max_pixels: int):
-    from model.formats.imagefile import ImageRejected, read_image_file
+def _read_images(paths: Sequence[str], *, image_size: int, channels: int, max_pixels: int):
+    """The model's pixels of each file through ``model_pixels``: the decode, colour conversion
+    and resize the API's scoring task uses too, so both give the same score."""
+    from model.formats.imagefile import ImageRejected, model_pixels
 
-    images = []
+    pixels = []
     for path in paths:
         try:
-            images.append(read_image_file(path, max_pixels=max_pixels, allow_alpha=True).image)
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise CliError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+        try:
+            pixels.append(model_pixels(data, image_size=image_size, channels=channels,
+                                       max_pixels=max_pixels))
         except ImageRejected as exc:
             raise CliError(f"{path}: {exc}") from None
-    return images
+    return pixels
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from model.images import pil_to_model_tensor
+    from model.images import model_pixels_to_tensor
     from model.pipeline import interpret_scores, score_images
 
     loaded = _load(args.checkpoint, args.device)
     net, scoring = loaded.config.network, loaded.config.scoring
-    images = _read_images(args.images, max_pixels=args.max_pixels)
-    x = pil_to_model_tensor(images, image_size=net.image_size, channels=net.channels)
+    x = model_pixels_to_tensor(_read_images(args.images, image_size=net.image_size,
+                                            channels=net.channels, max_pixels=args.max_pixels))
     sigma = args.sigma if args.sigma is not None else scoring.sigma
     draws = args.draws if args.draws is not None else scoring.draws
     seed = args.seed if args.seed is not None else scoring.seed
@@ -470,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .remote import add_parser as add_remote
 
     add_remote(sub, _positive_int, _non_negative_int)
+    __import__("debm.keys").keys.add_parser(sub)  # debm keys add|list|revoke
     return parser
 
 

@@ -5,6 +5,7 @@
     debm remote train --dataset examples/digits.zip --preset tiny --name mine --out-dir runs/mine
     debm remote jobs [--kind train] [--all]
     debm remote models
+    debm remote models add mine exported/ [--default]   # a `debm export` folder, packed as tar
     debm remote default mine 2
     debm remote cancel JOB_ID
 
@@ -208,6 +209,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_add(args: argparse.Namespace) -> int:
+    """Pack the exported checkpoint folder as a tar and register it (admin key)."""
+    if not Path(args.directory).is_dir():
+        raise RemoteError(f"{args.directory}: no such folder (give the folder `debm export` "
+                          "wrote)")
+    with _client(args) as api:
+        version = api.add_model_version(args.name, args.directory, make_default=args.default)
+    _emit({"name": args.name, **version.__dict__})
+    return 0
+
+
 def cmd_default(args: argparse.Namespace) -> int:
     with _client(args) as api:
         model = api.set_default(args.name, args.version)
@@ -216,6 +228,10 @@ def cmd_default(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
+    from .client.flows import checked_job_id
+
+    for job_id in args.job_ids:  # every id checked before anything is cancelled
+        checked_job_id(job_id)
     with _client(args) as api:
         for job_id in args.job_ids:
             job = api.cancel(job_id)
@@ -277,9 +293,19 @@ def add_parser(sub, positive_int, non_negative_int) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
-    p = rsub.add_parser("models", parents=[common], help="models, versions and defaults")
+    p = rsub.add_parser("models", parents=[common], help="models, versions and defaults; "
+                                                         "`models add` registers a checkpoint")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+    msub = p.add_subparsers(dest="models_command")
+    add = msub.add_parser("add", parents=[common],
+                          help="register an exported checkpoint folder as the next version "
+                               "of NAME (admin key)")
+    add.add_argument("name", help="model name (letters, digits, _.-)")
+    add.add_argument("directory", help="the folder `debm export` wrote")
+    add.add_argument("--default", action="store_true",
+                     help="also make it the default version of NAME")
+    add.set_defaults(func=cmd_models_add)
 
     p = rsub.add_parser("default", parents=[common], help="set a model's default version "
                                                           "(admin)")

@@ -9,22 +9,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data import conform, to_model_range, to_uint8
+from .data import to_model_range, to_uint8
+from .formats.imagefile import fit_to_model
 
 
 def pil_to_model_tensor(images: list[Image.Image], *, image_size: int, channels: int
                         ) -> torch.Tensor:
-    """Decoded L/RGB images of any size -> float (N, C, H, W) in [-1, 1] at the model size."""
-    batch = []
-    for image in images:
-        # A writable copy: torch.as_tensor warns on (and must not alias) PIL's read-only buffer.
-        array = np.array(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.uint8)
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        batch.append(to_model_range(conform(array[None], image_size=image_size,
-                                            channels=channels)))
-    if not batch:
+    """Decoded L/RGB images of any size -> float (N, C, H, W) in [-1, 1] at the model size,
+    through the colour conversion and resize every scoring path shares
+    (``model.formats.imagefile.fit_to_model``)."""
+    if not images:
         return torch.zeros((0, channels, image_size, image_size))
-    return torch.cat(batch)
+    return model_pixels_to_tensor([fit_to_model(image, image_size=image_size, channels=channels)
+                                   for image in images])
+
+
+def model_pixels_to_tensor(pixels: list[np.ndarray]) -> torch.Tensor:
+    """uint8 (C, S, S) arrays from ``model.formats.imagefile.model_pixels`` -> float
+    (N, C, S, S) in [-1, 1]."""
+    return to_model_range(torch.from_numpy(np.stack(pixels)))
 
 
 def _to_pil(image: torch.Tensor) -> Image.Image:

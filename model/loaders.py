@@ -21,7 +21,7 @@ from .formats.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEY
                        MAX_ZIP_UNCOMPRESSED, DatasetError, check_zip_member,
                        is_metadata_member, pixel_value_scale)
 from .conform import conform
-from .formats.imagefile import ImageRejected, decode_image
+from .formats.imagefile import ImageRejected, decode_image, fit_to_model
 
 CHUNK_BYTES = 8 << 20  # raw .npz bytes converted at once
 
@@ -51,14 +51,16 @@ def _fill_from_files(items: Iterable[tuple[str, Callable[[], bytes]]], count: in
     n = 0
     for label, read in items:
         try:
-            image = decode_image(read(), max_pixels=max_pixels, shrink_to=image_size).image
+            image = decode_image(read(), max_pixels=max_pixels, shrink_to=image_size,
+                                 allow_alpha=False).image
         except ImageRejected as exc:
             raise DatasetError(f"{label}: {exc}") from None
-        array = np.array(image, dtype=np.uint8)  # writable: torch must not alias PIL memory
-        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        out[n] = conform(array[None], image_size=image_size, channels=channels)[0].numpy()
+        # The same colour conversion and resize as a scored file, so a threshold calibrated
+        # on a folder of images holds for the same images sent to the API.
+        out[n] = fit_to_model(image, image_size=image_size, channels=channels)
         n += 1
-        del image, array
+        image.close()
+        del image
     return out[:n] if n < count else out
 
 

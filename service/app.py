@@ -38,7 +38,8 @@ from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
 from .event_tokens import TokenSigner, load_secret
 from .observe import LatencyMiddleware
-from .routers import datasets, events, generate, health, jobs, models, page, score, train
+from .routers import (datasets, events, generate, health, jobs, keys as keys_router,
+                      models, page, score, train)
 from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
 log = logging.getLogger("debm.api")
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     data = DataDir(settings.data_root).ensure()
     store = open_store(settings)
     registry = ModelRegistry(data.models)
-    keys = load_keys(settings)
+    keys = load_keys(settings, store=store)
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
     wakeups = JobWakeups()
     services = Services(settings=settings, data=data, store=store, registry=registry,
@@ -104,18 +105,20 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     # docs must render on machines without internet access.
     app = FastAPIOffline(title="Denoising-EBM service", version="0.1.0",
                          description=DESCRIPTION, lifespan=lifespan,
-                         static_url="/static/docs",
+                         static_url="/static/docs", redoc_url=None,  # /redoc: routers/page.py
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
                    datasets.router, jobs.router, events.router, models.router, page.router,
-                   observe.router):
+                   observe.router, keys_router.router):
         app.include_router(router)
     app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/ood-score": (settings.max_upload_bytes, "the upload"),
-                "/datasets": (settings.max_dataset_bytes, "the dataset upload")},
+                "/datasets": (settings.max_dataset_bytes, "the dataset upload"),
+                "/models/{}/versions": (settings.max_checkpoint_bytes,
+                                        "the checkpoint upload")},
         default=(settings.max_json_bytes, "the request body"),
         authenticate=lambda candidate: keys.authenticate(candidate) is not None)
     # The latency a client sees; inside CatchAllMiddleware, so a request that ends in an

@@ -1,9 +1,17 @@
 """API keys.
 
-Keys come from ``DEBM_API_KEYS`` ("SECRET" or "NAME:SECRET", comma-separated).  With none
-configured the server generates one on first start, stores it with mode 0600 in the data
-directory and prints it once; later starts reuse the file silently.  The service never runs
-open by accident.
+Three sources, merged (never one replacing another):
+
+1. the generated admin key, id ``local``: created on first start in DATA/api-key (mode 0600)
+   and announced once, reused silently afterwards; always active unless ``DEBM_LOCAL_KEY=false``;
+2. ``DEBM_API_KEYS`` (use scope) and ``DEBM_ADMIN_KEYS`` (admin scope), "SECRET" or
+   "NAME:SECRET", comma-separated; read at start;
+3. keys added at run time (``debm keys add``, ``POST /keys``), kept hashed in the job store and
+   looked up on every request (core.keys), so adding or revoking one needs no restart.
+
+Ids are unique across the three: an environment key named ``local`` or one that repeats the
+generated secret is refused at start (``KeyConflict``), and a stored key may not take a
+configured id.  A secret therefore always maps to the same id, and that id owns its jobs.
 
 A request carries its key as ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``.  The
 candidate is compared with every configured key by ``secrets.compare_digest`` (no early exit),
@@ -30,6 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.keys import SCOPES as KEY_SCOPES
+from core.keys import KeyAdmin
 from core.settings import Settings, parse_api_keys
 
 log = logging.getLogger("debm.auth")
@@ -58,15 +68,30 @@ class _Key:
     digest: bytes  # sha256 of the secret: equal length for every key, compared in constant time
 
 
-class KeyRing:
-    """``keys``: (key id, secret) pairs with the ``use`` scope; ``admin``: pairs with both."""
+class KeyConflict(ValueError):
+    """Two configured keys would share an id or a secret (refused at start)."""
 
-    def __init__(self, keys: list[tuple[str, str]], admin: list[tuple[str, str]] = ()):
-        if not keys and not admin:
+
+class KeyRing:
+    """``keys``: (key id, secret) pairs with the ``use`` scope; ``admin``: pairs with both;
+    ``stored``: the run-time keys (core.keys.KeyAdmin), consulted when no configured key
+    matches; ``sources``: key id -> where it came from (generated, env), for listing."""
+
+    def __init__(self, keys: list[tuple[str, str]], admin: list[tuple[str, str]] = (), *,
+                 stored: KeyAdmin | None = None, sources: dict[str, str] | None = None):
+        if not keys and not admin and stored is None:
             raise ValueError("at least one API key is required")
         self._keys = [_Key(Principal(key_id, scopes), hashlib.sha256(secret.encode()).digest())
                       for pairs, scopes in ((keys, USE_SCOPES), (admin, SCOPES))
                       for key_id, secret in pairs]
+        ids = [k.principal.key_id for k in self._keys]
+        if len(set(ids)) != len(ids) or len({k.digest for k in self._keys}) != len(ids):
+            raise KeyConflict("two configured API keys share an id or a secret (the generated "
+                              f"key is {GENERATED_KEY_ID!r}; see docs/OPERATIONS.md, keys)")
+        self.stored = stored
+        self.sources = sources or {}
+        if stored is not None:
+            stored.reserved = frozenset(ids)
 
     def authenticate(self, candidate: str | None) -> Principal | None:
         if not candidate:
@@ -76,23 +101,43 @@ class KeyRing:
         for key in self._keys:  # no early exit
             if secrets.compare_digest(digest, key.digest):
                 found = key.principal
+        if found is None and self.stored is not None:
+            # Looked up by digest on every request: a key added or revoked anywhere counts
+            # at once (core.keys says why a plain SHA-256 is enough).
+            record = self.stored.lookup(candidate)
+            if record is not None and record.scope in KEY_SCOPES:
+                found = Principal(record.id, SCOPES if record.scope == ADMIN else USE_SCOPES)
         return found
 
     @property
     def key_ids(self) -> list[str]:
         return [k.principal.key_id for k in self._keys]
 
+    def configured(self) -> list[dict]:
+        """The configured keys as GET /keys lists them (no secret, no digest)."""
+        return [{"id": k.principal.key_id, "scope": ADMIN if k.principal.can(ADMIN) else USE,
+                 "created": None, "source": self.sources.get(k.principal.key_id, "env")}
+                for k in self._keys]
 
-def load_keys(settings: Settings, *, announce=None) -> KeyRing:
-    """The configured keys, or the generated admin key (created on first start)."""
+
+def load_keys(settings: Settings, *, store=None, announce=None) -> KeyRing:
+    """The merged keys (module docstring): the generated ``local`` admin key, then the
+    environment's, then (with ``store``) the ones added at run time."""
     use, admin = parse_api_keys(settings.api_keys), parse_api_keys(settings.admin_keys)
-    if use or admin:
-        if not admin:
-            log.warning("no DEBM_ADMIN_KEYS configured: training, dataset uploads and model "
-                        "defaults are refused (403) for every key")
-        return KeyRing(use, admin)
-    path = settings.data_root / "api-key"
-    return KeyRing([], [(GENERATED_KEY_ID, ensure_generated_key(path, announce=announce))])
+    sources = {key_id: "env" for key_id, _ in use + admin}
+    if settings.local_key:
+        if GENERATED_KEY_ID in sources:
+            raise KeyConflict(f"the key id {GENERATED_KEY_ID!r} belongs to the generated key "
+                              "in DATA/api-key; name the environment's key otherwise")
+        path = settings.data_root / "api-key"
+        admin = [(GENERATED_KEY_ID, ensure_generated_key(path, announce=announce)), *admin]
+        sources[GENERATED_KEY_ID] = "generated"
+    elif not admin:
+        log.warning("no admin key (DEBM_LOCAL_KEY=false and no DEBM_ADMIN_KEYS): training, "
+                    "dataset uploads, model and key administration are refused (403) unless "
+                    "`debm keys add NAME --scope admin` adds one")
+    return KeyRing(use, admin, stored=KeyAdmin(store) if store is not None else None,
+                   sources=sources)
 
 
 def ensure_generated_key(path: Path, *, announce=None) -> str:
@@ -124,10 +169,10 @@ def _announce(secret: str, path: Path, *, stream=None) -> None:
     stream = stream or sys.stderr
     interactive = getattr(stream, "isatty", lambda: False)()
     if interactive:
-        print(f"\nNo API keys configured: generated an admin API key (shown once, stored in "
+        print(f"\nGenerated the admin API key {GENERATED_KEY_ID!r} (shown once, stored in "
               f"{path} with mode 0600):\n\n    {secret}\n\nSend it as 'X-API-Key: <key>' or "
               "'Authorization: Bearer <key>'.\n", file=stream, flush=True)
     else:
-        print(f"\nNo API keys configured: generated an admin API key and stored it in {path} "
+        print(f"\nGenerated the admin API key {GENERATED_KEY_ID!r} and stored it in {path} "
               "(mode 0600).  Read it there (cat that file); it is not written to logs.\n",
               file=stream, flush=True)

@@ -112,7 +112,8 @@ def check_image_zip(path: Path, *, max_images: int, max_pixels: int,
             try:
                 header = read_header(data, max_pixels=max_pixels)
                 # decoded only to prove it whole: shrunk while decoding, dropped at once
-                image = decode_image(data, max_pixels=max_pixels, shrink_to=256).image
+                image = decode_image(data, max_pixels=max_pixels, shrink_to=256,
+                                     allow_alpha=False).image
             except ImageRejected as exc:
                 raise DatasetRejected(f"zip member {member.filename!r}: {exc}",
                                       kind=_kind_of(exc)) from None

@@ -58,8 +58,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in BODYLESS_METHODS:
             return await self.app(scope, receive, send)
         path = scope["path"].rstrip("/") or "/"
-        multipart_route = path in self.limits
-        limit, what = self.limits.get(path, self.default)
+        route = _route_of(path, self.limits)
+        multipart_route = route is not None
+        limit, what = self.limits[route] if route is not None else self.default
         declared = _content_length(scope)
         chunked = declared is None and _header(scope, b"transfer-encoding") is not None
         if not chunked and not declared:  # no body: the route answers as it would
@@ -163,6 +164,20 @@ class CatchAllMiddleware:
             if started:  # half a response went out: the connection cannot be saved
                 raise
             await _send_error(send, 500, "internal server error", close=False)
+
+
+def _route_of(path: str, limits: dict) -> str | None:
+    """The key of ``limits`` that ``path`` matches: equal, or segment by segment where a
+    ``{}`` segment matches any one segment ("/models/{}/versions")."""
+    if path in limits:
+        return path
+    parts = path.split("/")
+    for route in limits:
+        pattern = route.split("/")
+        if "{}" in pattern and len(pattern) == len(parts) and all(
+                want in ("{}", got) for want, got in zip(pattern, parts)):
+            return route
+    return None
 
 
 async def _drain_over(receive, limit: int) -> bool:

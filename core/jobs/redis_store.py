@@ -241,3 +241,40 @@ class RedisJobStore(JobStore):
 
     def close(self):
         self.client.close()
+
+    # --- API keys added at run time (core.keys): PREFIX:apikeys (id -> record) and
+    # PREFIX:apikey-digests (digest -> id), both written by one script ------------------------
+    _PUT_API_KEY = """
+    if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+    redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[1])
+    return 1"""
+    _DELETE_API_KEY = """
+    local doc = redis.call('HGET', KEYS[1], ARGV[1])
+    if not doc then return 0 end
+    redis.call('HDEL', KEYS[2], cjson.decode(doc)['digest'])
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    return 1"""
+
+    def _api_key_hashes(self) -> list[str]:
+        return [self._key("apikeys"), self._key("apikey-digests")]
+
+    def put_api_key(self, record):
+        script = self.client.register_script(self._PUT_API_KEY)
+        return bool(self._call(lambda: script(keys=self._api_key_hashes(), args=[
+            record["id"], record["digest"], json.dumps(record)])))
+
+    def list_api_keys(self):
+        docs = self._call(lambda: self.client.hvals(self._key("apikeys")))
+        return sorted((json.loads(d) for d in docs), key=lambda r: r["id"])
+
+    def delete_api_key(self, key_id):
+        script = self.client.register_script(self._DELETE_API_KEY)
+        return bool(self._call(lambda: script(keys=self._api_key_hashes(), args=[key_id])))
+
+    def api_key_by_digest(self, digest):
+        def run():
+            key_id = self.client.hget(self._key("apikey-digests"), digest)
+            return self.client.hget(self._key("apikeys"), key_id) if key_id else None
+        doc = self._call(run)
+        return json.loads(doc) if doc else None

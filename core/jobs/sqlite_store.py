@@ -230,6 +230,40 @@ class SqliteJobStore(JobStore):
             db.execute("DELETE FROM leases")
 
 
+    # --- API keys added at run time (core.keys) --------------------------------------------
+    def _api_keys(self) -> "_Reused":
+        """This thread's connection, the api_keys table created on first use."""
+        reused = self._connect()
+        if not getattr(self._local, "api_keys_table", False):
+            reused.db.execute("""CREATE TABLE IF NOT EXISTS api_keys (
+                id TEXT PRIMARY KEY, digest TEXT NOT NULL UNIQUE, doc TEXT NOT NULL)""")
+            self._local.api_keys_table = True
+        return reused
+
+    def put_api_key(self, record):
+        with self._api_keys() as db:
+            try:
+                db.execute("INSERT INTO api_keys (id, digest, doc) VALUES (?, ?, ?)",
+                           (record["id"], record["digest"], json.dumps(record)))
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+    def list_api_keys(self):
+        with self._api_keys() as db:
+            return [json.loads(doc) for (doc,) in
+                    db.execute("SELECT doc FROM api_keys ORDER BY id").fetchall()]
+
+    def delete_api_key(self, key_id):
+        with self._api_keys() as db:
+            return db.execute("DELETE FROM api_keys WHERE id = ?", (key_id,)).rowcount == 1
+
+    def api_key_by_digest(self, digest):
+        with self._api_keys() as db:
+            row = db.execute("SELECT doc FROM api_keys WHERE digest = ?", (digest,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+
 class _Reused:
     """``with`` over a kept connection: never closes it, and rolls back a transaction an
     error left open, so that the thread's next operation starts clean."""

@@ -152,3 +152,18 @@ class JobStore(ABC):
     def cancel_requested(self, job_id: str) -> bool:
         job = self.get(job_id)
         return job is None or job.cancel_requested or job.status == CANCELLED
+
+    # --- API keys added at run time (core.keys): one record per key, found by digest -------
+    def put_api_key(self, record: dict[str, Any]) -> bool:
+        """Insert ``record`` (id, scope, digest, created); False when its id is taken."""
+        raise NotImplementedError
+
+    def list_api_keys(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def delete_api_key(self, key_id: str) -> bool:
+        """False when no key has that id."""
+        raise NotImplementedError
+
+    def api_key_by_digest(self, digest: str) -> dict[str, Any] | None:
+        raise NotImplementedError

@@ -119,6 +119,11 @@ class AsyncClient:
     async def models(self):
         return await self._run(flows.models())
 
+    async def add_model_version(self, name: str, checkpoint: str | Path | bytes, *,
+                                make_default: bool = False):
+        return await self._run(flows.add_model_version(name, checkpoint,
+                                                       make_default=make_default))
+
     async def set_default(self, name: str, version: int):
         return await self._run(flows.set_default(name, version))
 
@@ -127,6 +132,7 @@ class AsyncClient:
 
     async def events(self, job_id: str, *, last_event_id: str | None = None,
                      reconnect: int = 5) -> AsyncIterator[Event]:
+        flows.checked_job_id(job_id)
         parser, failures = SSEParser(), 0
         parser.last_id = last_event_id
         while True:

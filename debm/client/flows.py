@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +18,8 @@ from typing import Any, Generator, Iterable, Union
 
 from PIL import Image
 
-from .types import (DebmError, Dataset, Generated, Job, Model, Models, Scores, Trained,
-                    png_image)
+from .types import (DebmError, Dataset, Generated, Job, Model, Models, ModelVersion, Scores,
+                    Trained, png_image)
 
 LONG_POLL = 20.0  # seconds per GET /jobs/{id}?wait= (below the server's DEBM_MAX_WAIT_SECONDS)
 
@@ -47,6 +49,19 @@ class Sleep:
 Flow = Generator[Union[Call, Sleep], Any, Any]
 
 
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def checked_job_id(job_id: Any) -> str:
+    """A job id as the service makes them (32 lowercase hex digits), or DebmError saying so:
+    an empty or malformed id would otherwise reach another route (``DELETE /jobs/`` answers a
+    redirect) and come back as a confusing status."""
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise DebmError(f"{job_id!r} is not a job id: job ids are 32 hex digits, as "
+                        "POST /generate, /ood-score and /train answer them (see jobs())")
+    return job_id
+
+
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -72,6 +87,7 @@ def image_part(item: ImageInput, index: int) -> tuple[str, tuple[str, bytes, str
 def wait(job_id: str, timeout: float | None) -> Flow:
     """Long-poll ``GET /jobs/{id}?wait=`` until the job is final; DebmError after
     ``timeout`` seconds (None: no limit)."""
+    checked_job_id(job_id)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         remaining = math.inf if deadline is None else deadline - time.monotonic()
@@ -102,6 +118,7 @@ def generated(job_id: str) -> Flow:
 
 def result(job_id: str) -> Flow:
     """The typed result of a succeeded job (Generated, Scores or Trained)."""
+    checked_job_id(job_id)
     job = _succeeded(Job.from_json((yield Call("GET", f"/jobs/{job_id}")).json()))
     if job.kind == "generate":
         return (yield from generated(job_id))
@@ -159,10 +176,12 @@ def jobs(**params: Any) -> Flow:
 
 
 def job(job_id: str) -> Flow:
+    checked_job_id(job_id)
     return Job.from_json((yield Call("GET", f"/jobs/{job_id}")).json())
 
 
 def cancel(job_id: str) -> Flow:
+    checked_job_id(job_id)
     return Job.from_json((yield Call("DELETE", f"/jobs/{job_id}", expect=(200, 202))).json())
 
 
@@ -185,3 +204,34 @@ def calibration(name: str | None, version: int | None) -> Flow:
     response = yield Call("GET", f"/models/{name}/calibration",
                           params=_drop_none({"version": version}))
     return response.json()
+
+
+def pack_checkpoint(directory: str | Path) -> bytes:
+    """A tar of the checkpoint `debm export` wrote in ``directory``: its top-level files
+    (checkpoint.json and the .safetensors it lists; the server checks every one)."""
+    directory = Path(directory)
+    if not (directory / "checkpoint.json").is_file():
+        raise DebmError(f"{directory}: not a checkpoint folder (no checkpoint.json); "
+                        "give the folder `debm export` wrote")
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as bundle:
+        for path in sorted(directory.iterdir()):
+            if path.is_file() and not path.is_symlink() and (
+                    path.name == "checkpoint.json" or path.suffix == ".safetensors"):
+                bundle.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def add_model_version(name: str, checkpoint: str | Path | bytes, *,
+                      make_default: bool) -> Flow:
+    """Register an exported checkpoint (a folder, packed here, or a .tar/.zip's bytes) as
+    the next version of ``name`` (admin key)."""
+    data = checkpoint if isinstance(checkpoint, (bytes, bytearray)) else (
+        pack_checkpoint(checkpoint) if Path(checkpoint).is_dir() else
+        Path(checkpoint).read_bytes())
+    response = yield Call("POST", f"/models/{name}/versions",
+                          params={"make_default": "true"} if make_default else None,
+                          files=[("file", (f"{name}.tar", bytes(data),
+                                           "application/octet-stream"))],
+                          expect=(201,), extra_time=60.0)
+    return ModelVersion.from_json(response.json())

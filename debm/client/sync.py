@@ -131,6 +131,12 @@ class Client:
     def models(self):
         return self._run(flows.models())
 
+    def add_model_version(self, name: str, checkpoint: str | Path | bytes, *,
+                          make_default: bool = False):
+        """Register an exported checkpoint folder (or .tar/.zip bytes or path) as the next
+        version of ``name``; the ModelVersion (admin key)."""
+        return self._run(flows.add_model_version(name, checkpoint, make_default=make_default))
+
     def set_default(self, name: str, version: int):
         return self._run(flows.set_default(name, version))
 
@@ -141,6 +147,7 @@ class Client:
                reconnect: int = 5) -> Iterator[Event]:
         """The job's progress events (``GET /jobs/{id}/events``) until its ``end`` event;
         a dropped connection is resumed with Last-Event-ID (``reconnect`` times)."""
+        flows.checked_job_id(job_id)
         parser, failures = SSEParser(), 0
         parser.last_id = last_event_id
         while True:

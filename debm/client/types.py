@@ -164,6 +164,10 @@ class ModelVersion:
     calibrated: bool = False
     note: str | None = None
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelVersion":
+        return _pick(cls, data)
+
 
 @dataclass
 class Model:

@@ -9,8 +9,8 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from core.registry import MODEL_NAME_RE, UnknownModel
@@ -29,6 +29,41 @@ async def page() -> FileResponse:
     # no-cache: a service upgrade must not leave browsers on an old page
     return FileResponse(STATIC / "index.html", media_type="text/html",
                         headers={"Cache-Control": "no-cache"})
+
+
+# ReDoc's bundle (from fastapi-offline) shows a logo it loads from cdn.redoc.ly, a request to
+# another site on every visit (and a console error offline).  The page is served with the same
+# bundle, the logo's address pointed at a file of ours; nothing else in it is changed.
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
+REDOC_LOCAL_LOGO = b"/static/app/redoc-logo.svg"
+REDOC_JS = "/static/redoc/redoc.standalone.js"
+_redoc_bundle: bytes | None = None
+
+
+def redoc_bundle() -> bytes:
+    global _redoc_bundle
+    if _redoc_bundle is None:
+        import fastapi_offline
+
+        source = Path(fastapi_offline.__file__).parent / "static" / "redoc.standalone.js"
+        _redoc_bundle = source.read_bytes().replace(REDOC_CDN_LOGO, REDOC_LOCAL_LOGO)
+    return _redoc_bundle
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    from fastapi.openapi.docs import get_redoc_html
+
+    return get_redoc_html(openapi_url=request.app.openapi_url,
+                          title=request.app.title + " - ReDoc", redoc_js_url=REDOC_JS,
+                          with_google_fonts=False,
+                          redoc_favicon_url="/static/docs/favicon.png")
+
+
+@router.get(REDOC_JS, include_in_schema=False)
+async def redoc_js() -> Response:
+    return Response(await run_in_threadpool(redoc_bundle), media_type="text/javascript",
+                    headers={"Cache-Control": "max-age=3600"})
 
 
 @router.get("/session", response_model=SessionInfo, tags=["session"],

@@ -1,7 +1,8 @@
 // The service's page: plain JavaScript, no build step, no outside resources.  Every API call
 // sends the key as X-API-Key; the key lives in sessionStorage (this tab only).  Live progress
 // comes from GET /jobs/{id}/events (Server-Sent Events) opened with a short-lived token, since
-// EventSource cannot send headers and a key must never appear in a URL.
+// EventSource cannot send headers and a key must never appear in a URL.  The last results
+// (job ids only, never the key) are kept in localStorage and fetched again after a reload.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -17,8 +18,8 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function api(method, path, { json, body, raw } = {}) {
-  const headers = { "X-API-Key": key };
+async function api(method, path, { json, body, raw, withKey } = {}) {
+  const headers = { "X-API-Key": withKey === undefined ? key : withKey };
   if (json !== undefined) {
     headers["content-type"] = "application/json";
     body = JSON.stringify(json);
@@ -48,6 +49,26 @@ function guard(fn) {
 }
 
 function pngData(base64) { return `data:image/png;base64,${base64}`; }
+
+function seconds(ms) { return `${(ms / 1000).toFixed(1)} s`; }
+
+// --- results kept across reloads: job ids by kind, newest first ----------------------------
+const RESULTS_SLOT = "debm-results";
+const KEEP = { generate: 1, score: 8 };
+
+function keptJobs(kind) {
+  try { return (JSON.parse(localStorage.getItem(RESULTS_SLOT)) || {})[kind] || []; }
+  catch (e) { return []; }
+}
+
+function keepJob(kind, jobId, { forget = false } = {}) {
+  let all = {};
+  try { all = JSON.parse(localStorage.getItem(RESULTS_SLOT)) || {}; } catch (e) { /* reset */ }
+  const ids = (all[kind] || []).filter((id) => id !== jobId);
+  if (!forget) ids.unshift(jobId);
+  all[kind] = ids.slice(0, KEEP[kind]);
+  localStorage.setItem(RESULTS_SLOT, JSON.stringify(all));
+}
 
 function eta(seconds) {
   if (typeof seconds !== "number") return "";
@@ -92,7 +113,18 @@ function follow(jobId, handlers) {
 }
 
 // --- key ----------------------------------------------------------------------------------
+// Everything that shows what a key may see is cleared when the key changes, so the menu and
+// the tables never show another key's models or results.
+function clearKeyViews() {
+  models = null;
+  $("models-table").querySelector("tbody").innerHTML = "";
+  const select = $("gen-model");
+  select.innerHTML = '<option value="">enter a key to list models</option>';
+  select.disabled = true;
+}
+
 async function useKey() {
+  clearKeyViews();
   if (!key) {
     session = null;
     $("who").textContent = "no key (kept in this tab only)";
@@ -105,25 +137,33 @@ async function useKey() {
   document.body.classList.add("has-key");
   document.body.classList.toggle("is-admin", session.scopes.includes("admin"));
   await loadModels();
+  await restoreResults();
 }
 
+// A new key replaces the current one only once the service accepted it: a mistyped key
+// leaves the working one in use, and says so.
 $("key-form").addEventListener("submit", guard(async (e) => {
   e.preventDefault();
-  key = $("key").value.trim();
-  $("key").value = "";
+  const candidate = $("key").value.trim();
+  if (!candidate) return;
   try {
-    await useKey();
+    await api("GET", "/session", { withKey: candidate });
   } catch (err) {
-    key = "";
-    sessionStorage.removeItem(KEY_SLOT);
-    await useKey();
-    throw err;
+    const still = session ? `; still using key "${session.key_id}"` : "";
+    throw new Error(`that key was not accepted (${err.message})${still}`);
   }
+  $("key").value = "";
+  if (candidate !== key) {
+    key = candidate;
+    clearResults();
+  }
+  await useKey();
 }));
 
 $("key-forget").addEventListener("click", guard(async () => {
   key = "";
   sessionStorage.removeItem(KEY_SLOT);
+  clearResults();
   await useKey();
 }));
 
@@ -144,10 +184,13 @@ $("gen-form").addEventListener("submit", guard(async (e) => {
   if ($("gen-model").value) body.model = $("gen-model").value;
   $("gen-go").disabled = true;
   $("gen-grid").hidden = $("gen-download").hidden = $("gen-preview").hidden = true;
+  $("gen-result").hidden = true;
   $("gen-progress").value = 0;
+  const started = performance.now();
   try {
     const job = await api("POST", "/generate", { json: body });
     generating = job.job_id;
+    keepJob("generate", job.job_id);
     $("gen-cancel").disabled = false;
     $("gen-stage").textContent = `job ${job.job_id.slice(0, 8)} ${job.status} (model ${job.model})`;
     const end = await follow(job.job_id, {
@@ -165,18 +208,24 @@ $("gen-form").addEventListener("submit", guard(async (e) => {
       },
     });
     if (end.status !== "succeeded") throw new Error(`job ${end.status}${end.error ? ": " + end.error : ""}`);
-    const url = await blobUrl(end.result_url);
-    $("gen-grid").src = url;
-    $("gen-download").href = url;
-    $("gen-grid").hidden = $("gen-download").hidden = false;
-    $("gen-progress").value = 1;
-    $("gen-stage").textContent = `done: ${end.result_url}`;
+    await showGrid(job.job_id);
+    $("gen-stage").textContent =
+      `done: ${body.n} sample${body.n === 1 ? "" : "s"} in ${seconds(performance.now() - started)}`;
   } finally {
     generating = null;
     $("gen-go").disabled = false;
     $("gen-cancel").disabled = true;
   }
 }));
+
+async function showGrid(jobId) {
+  const url = await blobUrl(`/jobs/${jobId}/result`);
+  $("gen-grid").src = url;
+  $("gen-download").href = url;
+  $("gen-grid").hidden = $("gen-download").hidden = false;
+  $("gen-result").hidden = false;
+  $("gen-progress").value = 1;
+}
 
 $("gen-cancel").addEventListener("click", guard(async () => {
   if (generating) await api("DELETE", `/jobs/${generating}`);
@@ -191,12 +240,23 @@ async function scoreFiles(files) {
   if (!files.length) return;
   const form = new FormData();
   files.forEach((f) => form.append("files", f, f.name));
+  const started = performance.now();
   let result = await api("POST", "/ood-score", { body: form });
+  keepJob("score", result.job_id);
   if (result.results === undefined) {  // 202: not done within the wait
     const end = await follow(result.job_id, {});
     if (end.status !== "succeeded") throw new Error(`scoring ${end.status}: ${end.error || ""}`);
     result = await api("GET", `/jobs/${result.job_id}/result?format=json`);
   }
+  await showScores(result, files);
+  $("score-status").textContent = `done: ${files.length} image${files.length === 1 ? "" : "s"} `
+    + `scored in ${seconds(performance.now() - started)}`;
+}
+
+// One table row per scored image; ``files`` (the uploads) give thumbnails, a result fetched
+// again after a reload has none (the service keeps no uploads).
+async function showScores(result, files) {
+  $("score-table").hidden = false;
   const tbody = $("score-table").querySelector("tbody");
   result.results.forEach((r, i) => {
     const index = scored.length + 1;
@@ -209,7 +269,8 @@ async function scoreFiles(files) {
       <td class="percentile">${r.percentile == null ? "-" : r.percentile.toFixed(1)}</td>
       <td class="verdict ${r.is_ood ? "verdict-ood" : "verdict-in"}">${verdict}</td>`;
     row.querySelector(".filename").textContent = r.filename;
-    row.querySelector("img").src = URL.createObjectURL(files[i]);
+    if (files) row.querySelector("img").src = URL.createObjectURL(files[i]);
+    else row.querySelector("img").replaceWith("-");
     tbody.appendChild(row);
   });
   const [name, version] = result.model.split(":");
@@ -218,41 +279,11 @@ async function scoreFiles(files) {
   $("histogram-caption").textContent = calibration
     ? `held-out scores of ${calibration.model} (${calibration.count} images); red: OOD threshold; blue: your images`
     : `${result.model} is not calibrated`;
+  $("histogram-figure").hidden = false;
   drawHistogram();
 }
 
-function drawHistogram() {
-  const canvas = $("histogram");
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  if (!calibration) return;
-  const { edges, counts } = calibration.histogram;
-  const finite = scored.filter((s) => typeof s === "number");
-  let lo = Math.min(edges[0], ...finite), hi = Math.max(edges[edges.length - 1], ...finite);
-  const pad = (hi - lo) * 0.03 || 1;
-  lo -= pad; hi += pad;
-  const W = canvas.width, H = canvas.height - 20;
-  const x = (v) => ((v - lo) / (hi - lo)) * W;
-  const top = Math.max(...counts) || 1;
-  ctx.fillStyle = "#9ab";
-  counts.forEach((c, i) => {
-    const x0 = x(edges[i]), x1 = x(edges[i + 1]);
-    const h = (c / top) * (H - 10);
-    ctx.fillRect(x0, H - h, Math.max(1, x1 - x0 - 1), h);
-  });
-  ctx.strokeStyle = "#c00"; ctx.lineWidth = 2;
-  ctx.beginPath(); ctx.moveTo(x(calibration.threshold), 0); ctx.lineTo(x(calibration.threshold), H); ctx.stroke();
-  ctx.strokeStyle = "#03c"; ctx.fillStyle = "#03c"; ctx.font = "11px sans-serif";
-  scored.forEach((s, i) => {
-    if (typeof s !== "number") return;
-    ctx.beginPath(); ctx.moveTo(x(s), 10); ctx.lineTo(x(s), H); ctx.stroke();
-    ctx.fillText(String(i + 1), x(s) + 2, 10 + (i % 4) * 11);
-  });
-  ctx.fillStyle = "#333";
-  ctx.fillText(lo.toFixed(0), 2, H + 14);
-  ctx.fillText(hi.toFixed(0), W - 30, H + 14);
-  ctx.fillText("score = -U(x)", W / 2 - 30, H + 14);
-}
+function drawHistogram() { drawHistogramOn($("histogram"), calibration, scored); }
 
 const drop = $("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -270,40 +301,7 @@ $("score-files").addEventListener("change", guard(async (e) => {
 // --- train --------------------------------------------------------------------------------
 let series = {};
 
-function drawCurves() {
-  const canvas = $("train-curves");
-  const ctx = canvas.getContext("2d");
-  ctx.clearRect(0, 0, canvas.width, canvas.height);
-  const panels = [
-    { title: "losses", keys: { dae: "#07a", decoder: "#a70" } },
-    { title: "energies per dimension", keys: { data_energy: "#080", negative_energy: "#c00" } },
-  ];
-  const W = canvas.width, PH = canvas.height / 2;
-  const steps = Object.values(series).flat().map((p) => p[0]);
-  const maxStep = Math.max(1, ...steps);
-  panels.forEach((panel, p) => {
-    const y0 = p * PH;
-    const values = Object.keys(panel.keys).flatMap((k) => (series[k] || []).map((q) => q[1]));
-    ctx.fillStyle = "#333"; ctx.font = "11px sans-serif";
-    ctx.fillText(panel.title, 4, y0 + 12);
-    if (!values.length) return;
-    let lo = Math.min(...values), hi = Math.max(...values);
-    if (hi === lo) { hi += 1; lo -= 1; }
-    const X = (s) => 40 + (s / maxStep) * (W - 50);
-    const Y = (v) => y0 + 18 + (1 - (v - lo) / (hi - lo)) * (PH - 30);
-    ctx.fillText(hi.toPrecision(3), 2, y0 + 24);
-    ctx.fillText(lo.toPrecision(3), 2, y0 + PH - 10);
-    let legend = 120;
-    for (const [k, colour] of Object.entries(panel.keys)) {
-      const points = series[k] || [];
-      ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.lineWidth = 1.5;
-      ctx.beginPath();
-      points.forEach(([s, v], i) => (i ? ctx.lineTo(X(s), Y(v)) : ctx.moveTo(X(s), Y(v))));
-      ctx.stroke();
-      if (points.length) { ctx.fillText(k, legend, y0 + 12); legend += 110; }
-    }
-  });
-}
+function drawCurves() { drawCurvesOn($("train-curves"), series); }
 
 function addMetrics(m) {
   const point = (k, v) => {
@@ -321,7 +319,8 @@ $("train-form").addEventListener("submit", guard(async (e) => {
   e.preventDefault();
   $("train-go").disabled = true;
   series = {};
-  drawCurves();
+  $("train-curves-figure").hidden = true;
+  $("train-grids-figure").hidden = true;
   $("train-grids").innerHTML = "";
   $("train-progress").value = 0;
   try {
@@ -345,11 +344,12 @@ $("train-form").addEventListener("submit", guard(async (e) => {
         $("train-progress").value = d.fraction || 0;
         $("train-status").textContent = `${d.stage}: step ${d.step}/${d.total}${eta(d.eta_seconds)}`;
       },
-      metrics: (m) => { addMetrics(m); drawCurves(); },
+      metrics: (m) => { addMetrics(m); $("train-curves-figure").hidden = false; drawCurves(); },
       grid: async (g) => {
         const figure = document.createElement("figure");
         figure.innerHTML = `<img class="train-grid" alt=""><figcaption>step ${g.step}</figcaption>`;
         $("train-grids").appendChild(figure);
+        $("train-grids-figure").hidden = false;
         figure.querySelector("img").src = await blobUrl(g.url);
       },
     });
@@ -359,6 +359,7 @@ $("train-form").addEventListener("submit", guard(async (e) => {
     if (result.history && result.history.length > live) {  // the saved history has more
       series = {};
       result.history.forEach(addMetrics);
+      $("train-curves-figure").hidden = false;
       drawCurves();
     }
     $("train-progress").value = 1;
@@ -376,6 +377,7 @@ async function loadModels() {
   tbody.innerHTML = "";
   const select = $("gen-model");
   const chosen = select.value;
+  select.disabled = false;
   select.innerHTML = `<option value="">default (${models.default_model || "none"})</option>`;
   const admin = session && session.scopes.includes("admin");
   for (const m of models.models) {
@@ -403,7 +405,41 @@ async function loadModels() {
       select.appendChild(option);
     }
   }
-  select.value = chosen;
+  select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "";
+}
+
+// --- results kept across reloads --------------------------------------------------------
+function clearResults() {
+  localStorage.removeItem(RESULTS_SLOT);
+  scored = [];
+  calibration = null;
+  $("score-table").querySelector("tbody").innerHTML = "";
+  $("score-table").hidden = $("histogram-figure").hidden = true;
+  $("gen-result").hidden = true;
+  $("score-status").textContent = "";
+}
+
+// The kept job ids fetched again (a job another key made, or one that expired, is dropped).
+async function restoreResults() {
+  const [grid] = keptJobs("generate");
+  if (grid && $("gen-grid").hidden) {
+    try {
+      const job = await api("GET", `/jobs/${grid}`);
+      if (job.status === "succeeded") {
+        await showGrid(grid);
+        const n = (job.params || {}).n;
+        const took = job.finished && job.created ? ` in ${seconds(1000 * (job.finished - job.created))}` : "";
+        $("gen-stage").textContent = `last result: ${n ? n + " samples" : "samples"}${took} (${job.model || "default model"})`;
+      }
+    } catch (err) { keepJob("generate", grid, { forget: true }); }
+  }
+  if (scored.length) return;
+  for (const jobId of keptJobs("score").slice().reverse()) {
+    try {
+      await showScores(await api("GET", `/jobs/${jobId}/result?format=json`), null);
+      $("score-status").textContent = "last results, fetched again (thumbnails are not kept)";
+    } catch (err) { keepJob("score", jobId, { forget: true }); }
+  }
 }
 
 $("models-refresh").addEventListener("click", guard(loadModels));

@@ -3,7 +3,12 @@ driven by Selenium against a live `debm serve`, the five things a user does:
 
   1. enter the key,  2. generate and watch live previews, then the grid,  3. score uploaded
   images and see the verdicts against the histogram,  4. submit a tiny training job and
-  watch it finish (curves, grids),  5. make its version the default.
+  watch it finish (curves, grids),  5. make its version the default;
+
+and, for every page the service serves (/, /docs, /redoc), that the browser makes no request
+to another origin and logs no console error (Chrome's performance and browser logs); that a
+mistyped key does not replace a working one, the menu and tables follow the active key, and
+the last results come back after a reload.
 
 Screenshots of each step go to var/test-screenshots/.  A browser that cannot start fails
 the test (it is part of what the project ships), it is never skipped.
@@ -11,13 +16,17 @@ the test (it is part of what the project ships), it is never skipped.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
+from urllib.parse import urlsplit
+
+import re
 
 import httpx
 import pytest
 
-from tests.support import API_KEY, REPO
+from tests.support import API_KEY, REPO, USE_KEY
 from tests.support.processes import dump_logs
 
 from .conftest import start_serve
@@ -39,8 +48,12 @@ def chromium_driver():
     options = webdriver.ChromeOptions()
     options.binary_location = binary
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1300,2400", "--disable-extensions", "--no-first-run"):
+                "--window-size=1300,2400", "--disable-extensions", "--no-first-run",
+                "--disable-component-update", "--disable-background-networking",
+                "--disable-sync", "--disable-default-apps", "--no-default-browser-check"):
         options.add_argument(arg)
+    # The performance log lists every request the page makes (Network.requestWillBeSent).
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     try:
         return webdriver.Chrome(service=Service(driver_path), options=options)
     except Exception as exc:  # selenium wraps every start failure differently
@@ -90,7 +103,7 @@ def test_the_page_in_chromium(server):
         by_id("key-save").click()
         wait_for(driver, lambda d: "tester" in by_id("who").text, 20, "the key to be accepted")
         assert driver.execute_script("return sessionStorage.getItem('debm-key')") == API_KEY
-        assert driver.execute_script("return localStorage.length") == 0
+        assert API_KEY not in driver.execute_script("return JSON.stringify(localStorage)")
         assert API_KEY not in driver.current_url
         driver.save_screenshot(str(SHOTS / "1-key.png"))
 
@@ -115,7 +128,8 @@ def test_the_page_in_chromium(server):
         assert by_id("gen-download").get_attribute("href").startswith("blob:")
         assert driver.execute_script("return document.getElementById('gen-grid').naturalWidth"
                                      ) > 8
-        assert by_id("gen-stage").text.startswith("done")
+        assert re.match(r"done: 4 samples in \d+\.\d s$", by_id("gen-stage").text), \
+            by_id("gen-stage").text
         driver.save_screenshot(str(SHOTS / "2b-generated.png"))
 
         # 3. score two images: a digit and a photo; verdicts and the histogram
@@ -163,6 +177,120 @@ def test_the_page_in_chromium(server):
         assert not logs, logs
     except BaseException:
         driver.save_screenshot(str(SHOTS / f"failed-{int(time.time())}.png"))
+        print(dump_logs(server.proc))
+        raise
+    finally:
+        driver.quit()
+
+
+def requests_made(driver) -> list[str]:
+    """URLs the page requested since the last call (Chrome's performance log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def outside(urls: list[str], base: str) -> list[str]:
+    origin = urlsplit(base)
+    return [u for u in urls if urlsplit(u).scheme in ("http", "https", "ws", "wss")
+            and urlsplit(u).netloc != origin.netloc]
+
+
+@pytest.mark.parametrize("path,ready", [
+    ("/", "#key-form"), ("/docs", ".swagger-ui .info"), ("/redoc", "[role=menuitem]")])
+def test_no_page_requests_another_site_or_logs_an_error(server, path, ready):
+    driver = chromium_driver()
+    try:
+        driver.get(server.base + path)
+        wait_for(driver, lambda d: d.find_elements("css selector", ready), 30,
+                 f"{path} to render")
+        time.sleep(1.0)  # late requests (images, fonts) of the rendered page
+        urls = requests_made(driver)
+        assert any(u.startswith(server.base) for u in urls), urls
+        assert outside(urls, server.base) == []
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+        driver.save_screenshot(str(SHOTS / f"page{path.replace('/', '-')}.png"))
+    finally:
+        driver.quit()
+
+
+def test_keys_switch_cleanly_and_results_survive_a_reload(server):
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    driver = chromium_driver()
+    by_id = lambda name: driver.find_element("id", name)  # noqa: E731
+
+    def enter(key: str):
+        by_id("key").clear()
+        by_id("key").send_keys(key)
+        by_id("key-save").click()
+
+    def model_rows():
+        return [r.get_attribute("data-model") for r in
+                driver.find_elements("css selector", "#models-table tbody tr")]
+
+    try:
+        driver.get(server.base + "/")
+        # No key: the menu says what it needs, no empty sliver, no table rows, no charts.
+        assert not by_id("gen-model").is_enabled()
+        assert "enter a key" in by_id("gen-model").text
+        assert model_rows() == []
+        for figure in ("histogram-figure", "train-curves-figure", "gen-result"):
+            assert not by_id(figure).is_displayed(), figure
+        enter(API_KEY)
+        wait_for(driver, lambda d: "tester" in by_id("who").text, 20, "the admin key")
+        wait_for(driver, lambda d: model_rows(), 20, "the models table")
+        # A mistyped key: refused, and the working key stays in use.
+        enter("not-a-key-0123456789")
+        wait_for(driver, lambda d: by_id("error").is_displayed(), 20, "the refusal")
+        assert "not accepted" in by_id("error").text and "tester" in by_id("error").text
+        assert "tester" in by_id("who").text and model_rows()
+        assert driver.execute_script("return sessionStorage.getItem('debm-key')") == API_KEY
+        driver.save_screenshot(str(SHOTS / "keys-1-mistyped.png"))
+
+        # Results, then a reload: the grid and the scores come back from their job ids.
+        for field, value in (("gen-n", "4"), ("gen-steps-latent", "2"), ("gen-steps-pixel", "2")):
+            by_id(field).clear()
+            by_id(field).send_keys(value)
+        by_id("gen-go").click()
+        wait_for(driver, lambda d: by_id("gen-grid").is_displayed(), 120, "the grid")
+        by_id("score-files").send_keys(str(REPO / "examples" / "digit-7.png"))
+        wait_for(driver, lambda d: d.find_elements("css selector", "tr.score-row"), 120,
+                 "a scored row")
+        wait_for(driver, lambda d: by_id("score-status").text.startswith("done"), 30,
+                 "the scoring caption")
+        assert re.match(r"done: 1 image scored in \d+\.\d s$", by_id("score-status").text)
+        wait_for(driver, lambda d: canvas_painted(d, "histogram"), 20, "the histogram")
+        driver.save_screenshot(str(SHOTS / "keys-2-results.png"))
+        score = driver.find_element("css selector", "tr.score-row .score").text
+        driver.refresh()
+        wait_for(driver, lambda d: by_id("gen-grid").is_displayed(), 30, "the grid again")
+        assert by_id("gen-stage").text.startswith("last result: 4 samples in ")
+        rows = wait_for(driver, lambda d: d.find_elements("css selector", "tr.score-row"), 30,
+                        "the scores again")
+        assert [r.find_element("css selector", ".score").text for r in rows] == [score]
+        assert rows[0].find_element("css selector", ".filename").text == "digit-7.png"
+        wait_for(driver, lambda d: canvas_painted(d, "histogram"), 20, "the histogram again")
+        driver.save_screenshot(str(SHOTS / "keys-3-reloaded.png"))
+
+        # Another (use) key: its own session, no admin section, no results of the other key.
+        enter(USE_KEY)
+        wait_for(driver, lambda d: '"user"' in by_id("who").text, 20, "the use key")
+        assert not by_id("train").is_displayed()
+        assert driver.find_elements("css selector", "tr.score-row") == []
+        assert not by_id("gen-grid").is_displayed()
+        # Forgetting the key empties what a key may see.
+        by_id("key-forget").click()
+        wait_for(driver, lambda d: "no key" in by_id("who").text, 20, "no key")
+        assert model_rows() == [] and not by_id("gen-model").is_enabled()
+        logs = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
+                and "status of 401" not in e["message"]]  # the mistyped key's answer
+        assert not logs, logs
+    except BaseException:
+        driver.save_screenshot(str(SHOTS / f"failed-keys-{int(time.time())}.png"))
         print(dump_logs(server.proc))
         raise
     finally:

@@ -3,6 +3,8 @@ GET /models/{name}/calibration."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 
@@ -28,7 +30,10 @@ def test_page_and_assets_are_local(live):
     page = httpx.get(live.base + "/")
     assert 'id="key" type="password"' in page.text
     script = httpx.get(live.base + "/static/app/app.js").text
-    assert "sessionStorage" in script and "localStorage" not in script
+    # The key is kept for the tab only; localStorage holds the last results' job ids, written
+    # in one place (the browser test checks the key never lands there).
+    assert "sessionStorage.setItem(KEY_SLOT, key)" in script
+    assert re.findall(r"localStorage\.setItem\((\w+)", script) == ["RESULTS_SLOT"]
 
 
 def test_session_and_calibration(live):

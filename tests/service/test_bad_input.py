@@ -112,13 +112,23 @@ IMAGES = {
     "anim.png": (animated_png, 422, "multi-frame"),
     "anim.webp": (lambda: frames("WEBP"), 422, "multi-frame"),
     "pages.tiff": (lambda: frames("TIFF"), 415, "accepted formats"),
-    "deep.png": (png_16bit, 422, "16-bit"),
     "float.tiff": (lambda: save(Image.new("F", (8, 8)), "TIFF"), 415, "accepted formats"),
-    "rgba.png": (lambda: image_bytes("PNG", mode="RGBA"), 422, "alpha"),
-    "grey-alpha.png": (lambda: image_bytes("PNG", mode="LA"), 422, "alpha"),
-    "palette-alpha.png": (palette_with_transparency, 422, "alpha"),
-    "rgba.webp": (lambda: image_bytes("WEBP", mode="RGBA"), 422, "alpha"),
 }
+
+
+# Scored, not refused (issue 25 item 3): transparency is composited onto black and 16-bit grey
+# PNG scaled to 8 bits, on every scoring path alike (tests/e2e/test_one_score.py).
+SCORED = {"deep.png": png_16bit, "rgba.png": lambda: image_bytes("PNG", mode="RGBA"),
+          "grey-alpha.png": lambda: image_bytes("PNG", mode="LA"),
+          "palette-alpha.png": palette_with_transparency,
+          "rgba.webp": lambda: image_bytes("WEBP", mode="RGBA")}
+
+
+@pytest.mark.parametrize("name", sorted(SCORED))
+def test_alpha_and_16_bit_images_are_accepted_for_scoring(client, name):
+    response = client.post("/ood-score", params={"wait": 0}, headers=H,
+                           files=[("files", (name, SCORED[name](), "image/png"))])
+    assert response.status_code == 202, response.text
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
@@ -167,7 +177,6 @@ DATASETS = {
     "cut.zip": (lambda: image_zip({"cut.png": digit_png()[:60]}), 422, "truncated"),
     "alpha.zip": (lambda: image_zip({"a.png": image_bytes("PNG", mode="RGBA")}), 422,
                   "alpha"),
-    "deep.zip": (lambda: image_zip({"a.png": png_16bit()}), 422, "16-bit"),
     "anim.zip": (lambda: image_zip({"a.webp": frames("WEBP")}), 422, "multi-frame"),
     "imgbomb.zip": (lambda: image_zip({"a.png": png_header_only(100_000, 100_000)}), 413,
                     "pixels"),
