@@ -47,6 +47,8 @@ class JobInputError(UserError):
     """A job record holds parameters this worker refuses (stale or tampered state)."""
 
 
+# A body may carry ``after_finish(runtime, job_id)``: clean-up that runs only once the job's
+# end is recorded (e.g. a scoring job's uploads), so a crash before that loses nothing.
 Body = Callable[[TaskRuntime, JobRecord, Reporter, CancelCheck], dict[str, Any]]
 
 
@@ -124,10 +126,25 @@ def execute(runtime: TaskRuntime, job_id: Any, kind: str, body: Body, *, task=No
             if not free:  # cancelled, finished elsewhere or shutting down while it waited
                 log.info("job %s: not run (gave up waiting for a slot)", job_id)
                 return {"job_id": job_id, "skipped": "not started"}
-            return _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
-                               time_limit=time_limit)
+            outcome = _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
+                                  time_limit=time_limit)
     finally:
         keeper.stop()  # after the final state is written
+    _after_finish(runtime, job_id, body, outcome)
+    return outcome
+
+
+def _after_finish(runtime: TaskRuntime, job_id: str, body: Body, outcome: dict) -> None:
+    """The body's clean-up, once the job's end is recorded (not when it was requeued, its
+    lease lost or it was not run): retried like a store call, and only logged when the store
+    stays down (the result is safe; the retention reaper removes leftovers)."""
+    after = getattr(body, "after_finish", None)
+    if after is None or outcome.get("status") not in (SUCCEEDED, FAILED, CANCELLED):
+        return
+    try:
+        _with_store(runtime, lambda: after(runtime, job_id))
+    except Exception as exc:
+        log.warning("job %s: clean-up after finish failed: %s", job_id, exc)
 
 
 def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder: str,
@@ -158,7 +175,11 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
     report = Reporter(store, job_id, task, interval=runtime.report_interval,
                       live=LiveEvents(runtime.events, job_id))
     try:
-        result = body(runtime, job, report, cancel)
+        # The artifact store (or Redis) unreachable inside the body: the job waits and runs
+        # again with backoff, as for every store call, then goes back to the broker.
+        result = _with_store(runtime, lambda: body(runtime, job, report, cancel))
+    except StoreDown:
+        raise
     except Cancelled:
         if cancel.lease_lost:
             # Our lease expired (the store was unreachable for longer than the lease) and the

@@ -67,11 +67,10 @@ class ArtifactsMisconfigured(ArtifactError):
 def check_key(key: str) -> str:
     """Keys come from job records and requests: refuse anything that is not a plain
     relative path (no '..', no absolute path, no backslash, no empty segment)."""
-    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key:
-        raise ValueError(f"invalid artifact key {key!r}")
-    for segment in key.split("/"):
-        if segment in ("", ".", "..") or not _SEGMENT_RE.match(segment):
-            raise ValueError(f"invalid artifact key {key!r}")
+    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key or \
+            any(s in ("", ".", "..") or not _SEGMENT_RE.match(s) for s in key.split("/")):
+        raise ValueError(f"invalid artifact key {key!r}: a key is a plain relative path "
+                         "(no '..', no leading '/') and never leaves the store")
     return key
 
 
