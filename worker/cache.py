@@ -72,16 +72,17 @@ class CheckpointFiles:
     def _download(self, name: str, version: int, prefix: str, folder: Path) -> None:
         staging = folder.with_name(f".{folder.name}.incoming")
         shutil.rmtree(staging, ignore_errors=True)
+        where = f"model {name}:{version} cannot be loaded from {self.registry.store.describe()}"
         try:
             self.registry.store.fetch_tree(prefix, staging, marker="checkpoint.json")
             verify_checkpoint(staging)
         except ArtifactMissing as exc:
             shutil.rmtree(staging, ignore_errors=True)
-            raise CorruptCheckpoint(f"model {name}:{version} cannot be loaded: its files are "
-                                    f"missing from the store ({exc})") from None
-        except RegistryError as exc:
+            raise CorruptCheckpoint(f"{where}: {exc}") from None
+        except RegistryError as exc:  # a file missing or failing its checksum
             shutil.rmtree(staging, ignore_errors=True)
-            raise CorruptCheckpoint(f"model {name}:{version} cannot be loaded: {exc}") from None
+            detail = str(exc).replace(f"{staging}: ", "")
+            raise CorruptCheckpoint(f"{where}: {detail}") from None
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
