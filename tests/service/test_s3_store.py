@@ -181,3 +181,93 @@ def test_store_down_is_503_naming_the_store_and_a_missing_bucket_stops_start(
     assert response.headers["retry-after"] == "5"
     response = client.get("/models", headers=H)
     assert response.status_code == 503 and "S3 artifact store" in response.json()["detail"]
+
+
+def test_a_store_outage_makes_accepted_jobs_wait_and_retry_not_fail(
+        make_client, s3_settings, worker_runtime, s3_env):
+    """The worker reaches S3 through a proxy that goes down while the job runs: the job waits
+    and retries with backoff (as for a Redis outage) and succeeds once the store is back; a
+    store down for longer than DEBM_STORE_RETRY_SECONDS gives the job back, unfailed."""
+    import threading
+    import time
+
+    from tests.support.tcp_proxy import TcpProxy
+    from worker.lifecycle import StoreDown
+
+    client = make_client(**s3_settings)
+    services = client.app.state.services
+    proxy = TcpProxy(int(s3_env.url.rsplit(":", 1)[1]))
+    worker = worker_runtime(services.settings.model_copy(update={
+        "s3_endpoint_url": proxy.url, "store_retry_seconds": 30.0}))
+    job_id = client.post("/ood-score?wait=0", files={"files": ("d.png", digit_png())},
+                         headers=H).json()["job_id"]
+    proxy.down()
+    threading.Timer(3.0, proxy.up).start()
+    started = time.monotonic()
+    outcome = _run(services, worker, job_id)
+    assert outcome["status"] == "succeeded" and time.monotonic() - started >= 3.0
+    assert services.store.get(job_id).attempts == 1
+    assert services.artifacts.list(f"uploads/{job_id}") == []  # cleaned after finish
+
+    impatient = worker_runtime(services.settings.model_copy(update={
+        "s3_endpoint_url": proxy.url, "store_retry_seconds": 1.0}), "impatient")
+    job_id = client.post("/ood-score?wait=0", files={"files": ("d.png", digit_png())},
+                         headers=H).json()["job_id"]
+    proxy.down()
+    try:
+        with pytest.raises(StoreDown, match="S3 artifact store"):
+            _run(services, impatient, job_id)
+    finally:
+        proxy.up()
+    job = services.store.get(job_id)
+    assert not job.final and job.error is None  # given back to the broker, not failed
+    assert services.artifacts.list(f"uploads/{job_id}")  # its images are still there
+    proxy.down()
+
+
+def test_uploads_stay_until_finish_is_recorded(make_client, s3_settings, worker_runtime):
+    """Issue 23, error path 4: the scoring body leaves its uploads alone (a crash before
+    ``finish`` would otherwise leave the redelivered job without its images); ``execute``
+    removes them once the end is recorded."""
+    from worker.handlers import BODIES
+    from worker.lease import CancelCheck
+    from worker.runtime import Reporter
+
+    client = make_client(**s3_settings)
+    services = client.app.state.services
+    worker = worker_runtime(services.settings)
+    job_id = client.post("/ood-score?wait=0", files={"files": ("d.png", digit_png())},
+                         headers=H).json()["job_id"]
+    job = services.store.get(job_id)
+    result = BODIES["score"](worker, job, Reporter(worker.store, job_id),
+                             CancelCheck(worker.store, job_id))
+    assert result["results"][0]["filename"] == "d.png"
+    assert services.artifacts.list(f"uploads/{job_id}")  # the body did not remove them
+    assert _run(services, worker, job_id)["status"] == "succeeded"  # a redelivery works
+    assert services.artifacts.list(f"uploads/{job_id}") == []
+
+
+def test_registrations_from_many_hosts_lose_no_version(s3_settings, tiny_checkpoint):
+    """The registry index on S3, changed by several processes at once under the Redis lock:
+    every registration gets its own version and the index lists them all."""
+    import threading
+
+    from core.artifacts import open_artifacts
+    from core.registry import open_registry
+
+    settings = Settings(**s3_settings, seed_checkpoint=None)
+    open_artifacts(settings).check(create=True)
+    registries = [open_registry(settings, open_artifacts(settings)) for _ in range(3)]
+    versions: list[int] = []
+
+    def register(registry):
+        for _ in range(2):
+            versions.append(registry.register("many", tiny_checkpoint))
+    threads = [threading.Thread(target=register, args=(r,)) for r in registries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(versions) == [1, 2, 3, 4, 5, 6]
+    listed = registries[0].read()["models"]["many"]["versions"]
+    assert sorted(int(v) for v in listed) == [1, 2, 3, 4, 5, 6]
