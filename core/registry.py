@@ -48,6 +48,10 @@ from .artifacts.local import LocalStore
 from .names import MODEL_NAME_RE
 
 
+# Seconds a remote store's index (and a version seen complete there) is reused by reads.
+INDEX_TTL = 2.0
+
+
 class RegistryError(UserError, ValueError):
     """Unknown model or version, bad name, or a directory that is not a checkpoint."""
 
@@ -151,12 +155,27 @@ class ModelRegistry:
         self.index_key = f"{self.prefix}/registry.json"
         self._lock = lock or _flock_in(self._local_root() or Path(".").resolve())
         self._manifests: dict[tuple[str, int], dict[str, Any]] = {}
+        # On a remote store, the index read by a request is reused for INDEX_TTL seconds
+        # (a new version or default made on another host shows within that time); changes
+        # always read it fresh under the lock.  A local read is cheap: never cached.
+        self.index_ttl = 0.0 if self._local_root() is not None else INDEX_TTL
+        self._index: tuple[float, dict[str, Any]] | None = None
+        self._present: dict[tuple[str, int], float] = {}  # remote versions seen complete
 
     def _local_root(self) -> Path | None:
         return self.store.local_path(self.prefix)
 
     # -- reading ---------------------------------------------------------------------------
-    def read(self) -> dict[str, Any]:
+    def read(self, *, fresh: bool = False) -> dict[str, Any]:
+        cached = self._index
+        if not fresh and cached is not None and time.monotonic() < cached[0]:
+            return json.loads(json.dumps(cached[1]))  # a copy: callers may change theirs
+        document = self._read_index()
+        if self.index_ttl:
+            self._index = (time.monotonic() + self.index_ttl, json.loads(json.dumps(document)))
+        return document
+
+    def _read_index(self) -> dict[str, Any]:
         try:
             document = json.loads(self.store.get_bytes(self.index_key))
         except ArtifactMissing:
@@ -184,6 +203,8 @@ class ModelRegistry:
             if local is not None:
                 verify_checkpoint(local)
                 return
+            if time.monotonic() < self._present.get((name, version), 0.0):
+                return
             document = self.manifest(name, version)
             listed = {key.rsplit("/", 1)[1] for key, _ in
                       self.store.list(self.prefix_of(name, version))}
@@ -193,6 +214,7 @@ class ModelRegistry:
             missing = sorted(set(files) - listed)
             if missing:
                 raise RegistryError(f"{', '.join(missing)} missing from the store")
+            self._present[(name, int(version))] = time.monotonic() + INDEX_TTL
         except RegistryError as exc:
             raise CorruptCheckpoint(f"model {name}:{version} cannot be served: {exc}") from None
 
@@ -233,8 +255,19 @@ class ModelRegistry:
 
     def resolve(self, spec: str | None, *, default_model: str) -> tuple[str, int]:
         """A request's ``model`` ("name", "name:version" or None) -> a registered
-        (name, version).  None means ``default_model`` if registered, else the first name."""
-        models = self.read()["models"]
+        (name, version).  None means ``default_model`` if registered, else the first name.
+        A name or version the reused index lacks is looked up again in a fresh one (it may
+        have been registered on another host a moment ago)."""
+        try:
+            return self._resolve_in(self.read()["models"], spec, default_model)
+        except UnknownModel:
+            if not self.index_ttl:
+                raise
+            return self._resolve_in(self.read(fresh=True)["models"], spec, default_model)
+
+    @staticmethod
+    def _resolve_in(models: dict[str, Any], spec: str | None,
+                    default_model: str) -> tuple[str, int]:
         if spec is None:
             if not models:
                 raise UnknownModel("no model is registered yet")
@@ -267,7 +300,7 @@ class ModelRegistry:
         except CorruptCheckpoint as exc:
             raise CorruptCheckpoint(f"not registered: {exc}") from None
         with self._lock():
-            document = self.read()
+            document = self.read(fresh=True)
             entry = document["models"].setdefault(name, {"default": None, "versions": {}})
             if job_id is not None:
                 for version, info in entry["versions"].items():
@@ -300,10 +333,11 @@ class ModelRegistry:
     def _write(self, document: dict[str, Any]) -> None:
         self.store.put_bytes(self.index_key,
                              json.dumps(document, indent=2, sort_keys=True).encode())
+        self._index = None
 
     def set_default(self, name: str, version: int) -> dict[str, Any]:
         with self._lock():
-            document = self.read()
+            document = self.read(fresh=True)
             entry = document["models"].get(name)
             if entry is None:
                 raise UnknownModel(f"unknown model {name!r}")
@@ -325,7 +359,7 @@ class ModelRegistry:
         if name in self.read()["models"]:
             return None
         with self._lock():
-            if name in self.read()["models"]:
+            if name in self.read(fresh=True)["models"]:
                 return None
         return self.register(name, Path(source), note=f"seeded from {source}")
 

@@ -161,7 +161,10 @@ def test_a_checkpoint_deleted_behind_our_back_fails_the_job_naming_it(
 
 def test_store_down_is_503_naming_the_store_and_a_missing_bucket_stops_start(
         make_client, tmp_path, monkeypatch, tiny_checkpoint):
+    import time
+
     from core.artifacts import ArtifactsMisconfigured
+    from core.registry import INDEX_TTL
     from tests.support.s3_server import S3_ENV
 
     for name, value in S3_ENV.items():
@@ -175,6 +178,7 @@ def test_store_down_is_503_naming_the_store_and_a_missing_bucket_stops_start(
                              s3_create_bucket=True)
     finally:
         server.stop()
+    time.sleep(INDEX_TTL)  # the registry index the API read at start is no longer reused
     response = client.post("/ood-score", files={"files": ("d.png", digit_png())}, headers=H)
     assert response.status_code == 503, response.text
     assert f"S3 artifact store s3://{bucket} at {server.url}" in response.json()["detail"]
