@@ -42,10 +42,10 @@ def start_moto(workdir: Path) -> tuple[subprocess.Popen, str]:
     import httpx
 
     port = free_port()
-    log = open(workdir / "moto.log", "wb")  # noqa: SIM115  (lives as long as the server)
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **S3_ENV}, start_new_session=True)
+    with open(workdir / "moto.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                                 "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **S3_ENV}, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
