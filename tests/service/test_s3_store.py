@@ -185,6 +185,9 @@ def test_store_down_is_503_naming_the_store_and_a_missing_bucket_stops_start(
     assert response.headers["retry-after"] == "5"
     response = client.get("/models", headers=H)
     assert response.status_code == 503 and "S3 artifact store" in response.json()["detail"]
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "S3 artifact store" in ready.json()["checks"]["model"]["detail"]
 
 
 def test_a_store_outage_makes_accepted_jobs_wait_and_retry_not_fail(
