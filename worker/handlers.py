@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 from core.artifacts import ArtifactMissing, check_key
 from core.artifacts.keys import (DATASET_MARKER, RESULT_MARKER, dataset_prefix, result_prefix,
@@ -117,22 +117,10 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
             "grid": f"{prefix}/{RESULT_MARKER}", "samples": samples}
 
 
-def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
-              should_cancel: CancelCheck) -> dict[str, Any]:
-    import torch
-
-    from model.formats.imagefile import ImageRejected, decode_image, read_header
-    from model.images import pil_to_model_tensor
-    from model.pipeline import interpret_scores
-
-    settings, params = runtime.settings, job.params
-    files = params.get("files")
-    if not isinstance(files, list) or not 1 <= len(files) <= settings.max_images_per_request:
-        raise JobInputError("a scoring job needs 1 to "
-                            f"{settings.max_images_per_request} images")
-    uploads = upload_prefix(job.id) + "/"
-    # The uploads are removed by remove_uploads once the job's end is recorded (not here:
-    # a crash before that would leave a redelivered job without its images).
+def _upload_keys(job_id: str, files: list) -> tuple[list[str], list[str]]:
+    """The store keys and file names of a scoring job's uploads, each checked to be one of
+    this job's own (the record is shared state)."""
+    uploads = upload_prefix(job_id) + "/"
     keys, names = [], []
     for entry in files:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
@@ -145,6 +133,41 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
             raise JobInputError(f"file {entry['path']!r} is not one of this job's uploads")
         keys.append(key)
         names.append(str(entry.get("filename") or key.rsplit("/", 1)[1])[:255])
+    return keys, names
+
+
+def _check_request_pixels(settings, uploads: Iterable[tuple[bytes, str]]) -> None:
+    """The API checked the same bytes; a file changed since is refused here too.  The
+    request's pixels are summed from the headers before any file is decoded."""
+    from model.formats.imagefile import ImageRejected, read_header
+
+    total = 0
+    for data, name in uploads:
+        try:
+            total += read_header(data, max_pixels=settings.max_image_pixels).pixels
+        except ImageRejected as exc:
+            raise ImageRejected(f"{name}: {exc}", kind=exc.kind) from None
+    if total > settings.max_request_pixels:
+        raise JobInputError(f"the images hold {total} pixels in all; the limit is "
+                            f"{settings.max_request_pixels} per request")
+
+
+def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
+              should_cancel: CancelCheck) -> dict[str, Any]:
+    import torch
+
+    from model.formats.imagefile import ImageRejected, decode_image
+    from model.images import pil_to_model_tensor
+    from model.pipeline import interpret_scores
+
+    settings, params = runtime.settings, job.params
+    files = params.get("files")
+    if not isinstance(files, list) or not 1 <= len(files) <= settings.max_images_per_request:
+        raise JobInputError("a scoring job needs 1 to "
+                            f"{settings.max_images_per_request} images")
+    # The uploads are removed by remove_uploads once the job's end is recorded (not here:
+    # a crash before that would leave a redelivered job without its images).
+    keys, names = _upload_keys(job.id, files)
 
     def read(key) -> bytes:
         try:
@@ -152,17 +175,7 @@ def run_score(runtime: TaskRuntime, job: JobRecord, report: Reporter,
         except ArtifactMissing as exc:
             raise JobInputError(f"upload {key} is unreadable: {exc}") from None
 
-    # The API checked the same bytes; a file changed since is refused here too.  The
-    # request's pixels are summed from the headers before any file is decoded.
-    total = 0
-    for path, name in zip(keys, names):
-        try:
-            total += read_header(read(path), max_pixels=settings.max_image_pixels).pixels
-        except ImageRejected as exc:
-            raise ImageRejected(f"{name}: {exc}", kind=exc.kind) from None
-    if total > settings.max_request_pixels:
-        raise JobInputError(f"the images hold {total} pixels in all; the limit is "
-                            f"{settings.max_request_pixels} per request")
+    _check_request_pixels(settings, ((read(k), name) for k, name in zip(keys, names)))
     model_ref, loaded = _model_of(runtime, params)
     net, scoring = loaded.config.network, loaded.config.scoring
     # One file at a time: decoded shrunk towards the model's size, made a model-size

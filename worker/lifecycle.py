@@ -17,7 +17,9 @@ Each task:
      lease.
 
 Job-store calls are retried for ``store_retry_seconds`` (a Redis restart fails no job); a
-store that stays down gives the message back to the broker.  A write the data directory
+store that stays down gives the message back to the broker.  The same holds for a body that
+meets an unreachable store (Redis, or the artifact store: ``ArtifactsUnavailable`` is a
+``StoreUnavailable``): the body runs again with backoff, then the message goes back.  A write the data directory
 refuses (disk full, read-only) fails the job with a message saying so.
 """
 
@@ -174,9 +176,7 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
                          lost=keeper.lost)
     report = Reporter(store, job_id, task, interval=runtime.report_interval,
                       live=LiveEvents(runtime.events, job_id))
-    try:
-        # The artifact store (or Redis) unreachable inside the body: the job waits and runs
-        # again with backoff, as for every store call, then goes back to the broker.
+    try:  # a store unreachable inside the body: waits and runs again (module docstring)
         result = _with_store(runtime, lambda: body(runtime, job, report, cancel))
     except StoreDown:
         raise

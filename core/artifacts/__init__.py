@@ -44,7 +44,8 @@ from core.prometheus import ARTIFACT_BYTES, ARTIFACT_OPS, ARTIFACT_SECONDS
 if TYPE_CHECKING:
     from core.settings import Settings
 
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}$|^\.[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}$")
+# One path segment: letters, digits and _.+- (a leading dot allowed: hidden markers).
+_SEGMENT_RE = re.compile(r"^\.?[A-Za-z0-9_][A-Za-z0-9_.+-]{0,200}$")
 
 
 class ArtifactError(RuntimeError):
