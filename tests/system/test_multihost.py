@@ -138,3 +138,17 @@ def _serve_the_new_model(client, job_id, total):
     assert [r["filename"] for r in scored["results"]] == ["d0.png", "d1.png", "d2.png"]
     again = client.get(f"/jobs/{scored['job_id']}/result", headers=H).json()
     assert again["results"] == scored["results"]
+
+
+def test_a_worker_with_a_missing_bucket_stops_at_start_naming_it(tmp_path, redis_url,
+                                                                 redis_prefix, s3_server):
+    bucket = new_bucket_name()
+    env = service_env(tmp_path / "w", redis_url=redis_url, DEBM_REDIS_PREFIX=redis_prefix,
+                      **s3_server.env(bucket, create=False))
+    worker = celery_worker("no-bucket", "inference", env, tmp_path)
+    try:
+        assert worker.popen.wait(120) != 0
+    finally:
+        worker.kill()
+    assert f"bucket '{bucket}' does not exist" in worker.output()
+    assert "DEBM_S3_CREATE_BUCKET" in worker.output()
