@@ -50,8 +50,9 @@ class S3Store(ArtifactStore):
         self.endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or \
             os.environ.get("AWS_ENDPOINT_URL")
         # Short connect timeout and few retries: an API request must get its 503 in seconds;
-        # workers retry whole jobs with backoff (worker.lifecycle).
-        config = Config(connect_timeout=3, read_timeout=30,
+        # workers retry whole jobs with backoff (worker.lifecycle).  A pool as large as the
+        # threads that share the client (an inference worker runs 32 jobs at once).
+        config = Config(connect_timeout=3, read_timeout=30, max_pool_connections=64,
                         retries={"max_attempts": 3, "mode": "standard"},
                         s3={"addressing_style": "path"})
         self.client = boto3.session.Session().client("s3", endpoint_url=endpoint_url,
