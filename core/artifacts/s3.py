@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import boto3
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from . import (ArtifactMissing, ArtifactsMisconfigured, ArtifactStore, ArtifactsUnavailable,
                check_key, check_prefix)
@@ -85,6 +85,10 @@ class S3Store(ArtifactStore):
                                             "does not exist")
             return ArtifactsUnavailable(f"{self.describe()} refused {what}: {code} "
                                         f"({exc.response.get('Error', {}).get('Message', '')})")
+        if isinstance(exc, NoCredentialsError):
+            return ArtifactsUnavailable(
+                f"{self.describe()}: no credentials for {what} (set AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or give the host a role)")
         return ArtifactsUnavailable(f"{self.describe()} is unreachable ({what}): {exc}")
 
     def _call(self, what: str, fn, *args, **kwargs):

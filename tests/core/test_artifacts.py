@@ -152,15 +152,16 @@ def test_unreachable_endpoint_is_unavailable_and_names_the_store(s3_env):
                    outcome="error") == before + 1
 
 
-def test_refused_credentials_are_unavailable(s3_server, monkeypatch):
-    """moto accepts any key pair; an unsigned, credential-less request is refused instead."""
+def test_missing_credentials_are_unavailable(s3_server, monkeypatch):
+    """moto accepts any key pair, so the refusal tried here is the client finding no
+    credentials in the chain at all."""
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     store = S3Store("debm-creds", endpoint_url=s3_server.url)
-    with pytest.raises(ArtifactsUnavailable, match="S3 artifact store"):
+    with pytest.raises(ArtifactsUnavailable, match="S3 artifact store.*no credentials"):
         store.put_bytes("uploads/x/0000.img", b"x")
 
 
@@ -174,3 +175,19 @@ def test_missing_bucket_is_a_start_error_unless_creation_is_allowed(s3_env):
     store.check(create=False)  # now there
     store.put_bytes("a/b", b"c")
     assert store.get_bytes("a/b") == b"c"
+
+
+def test_refused_credentials_are_unavailable_and_named(s3_env, tmp_path):
+    """A server that checks keys refuses ours (403): unavailable, with the refusal named."""
+    from tests.support.s3_server import S3Server
+
+    server = S3Server(tmp_path, authenticate=True)
+    try:
+        store = S3Store("debm-refused", endpoint_url=server.url)
+        with pytest.raises(ArtifactsUnavailable, match="S3 artifact store .* refused .*"
+                                                        "InvalidAccessKeyId"):
+            store.put_bytes("uploads/x/0000.img", b"x")
+        with pytest.raises(ArtifactsUnavailable, match="refused"):
+            store.check(create=True)
+    finally:
+        server.stop()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -20,11 +21,15 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
 
 
 class S3Server:
-    def __init__(self, log_dir: Path | None = None):
+    def __init__(self, log_dir: Path | None = None, *, authenticate: bool = False):
+        """``authenticate``: the server checks every request's key against its (empty) IAM
+        users, so it refuses ours as a real S3 refuses a wrong key (403)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         log_dir = Path(log_dir or tempfile.mkdtemp(prefix="debm-moto-"))
         env = {**os.environ, **S3_ENV}
+        if authenticate:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
         self.proc = Proc("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
                                   "-p", str(self.port)], env, log_dir)
         wait_until(self._up, timeout=60, what=f"moto S3 server on {self.url}")
@@ -34,6 +39,8 @@ class S3Server:
             raise RuntimeError(f"moto server exited:\n{self.proc.output()[-2000:]}")
         try:
             urllib.request.urlopen(self.url + "/", timeout=1).read()
+            return True
+        except urllib.error.HTTPError:  # an answer (403 when it checks keys): it is up
             return True
         except Exception:
             return False
