@@ -112,8 +112,11 @@ class S3Store(ArtifactStore):
             raise ArtifactsMisconfigured(
                 f"{self.describe()}: bucket {self.bucket!r} does not exist; create it, or set "
                 "DEBM_S3_CREATE_BUCKET=true to have the service create it at start")
+        region = self.client.meta.region_name
+        extra = {} if region in (None, "us-east-1", "aws-global") else {
+            "CreateBucketConfiguration": {"LocationConstraint": region}}
         try:
-            self.client.create_bucket(Bucket=self.bucket)
+            self.client.create_bucket(Bucket=self.bucket, **extra)
         except ClientError as exc:  # another replica created it meanwhile
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
