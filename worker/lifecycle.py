@@ -19,8 +19,8 @@ Each task:
 Job-store calls are retried for ``store_retry_seconds`` (a Redis restart fails no job); a
 store that stays down gives the message back to the broker.  The same holds for a body that
 meets an unreachable store (Redis, or the artifact store: ``ArtifactsUnavailable`` is a
-``StoreUnavailable``): the body runs again with backoff, then the message goes back.  A write the data directory
-refuses (disk full, read-only) fails the job with a message saying so.
+``StoreUnavailable``): the body runs again with backoff, then the message goes back.  A write
+the data directory refuses (disk full, read-only) fails the job with a message saying so.
 """
 
 from __future__ import annotations

@@ -146,7 +146,8 @@ def test_unreachable_endpoint_is_unavailable_and_names_the_store(s3_env):
     store = S3Store("debm-nowhere", endpoint_url=dead)
     before = _sample("debm_artifact_operations_total", backend="s3", operation="get",
                      outcome="error")
-    with pytest.raises(ArtifactsUnavailable, match=f"S3 artifact store s3://debm-nowhere at {dead}"):
+    with pytest.raises(ArtifactsUnavailable,
+                       match=f"S3 artifact store s3://debm-nowhere at {dead}"):
         store.get_bytes("models/registry.json")
     assert _sample("debm_artifact_operations_total", backend="s3", operation="get",
                    outcome="error") == before + 1
