@@ -1,4 +1,10 @@
-"""Layout of the shared data directory (a volume shared by the API and every worker).
+"""Layout of the data directory.
+
+With the local artifact backend (``DEBM_ARTIFACTS`` empty, core.artifacts.local) this
+directory *is* the artifact store, shared by the API and every worker (one host, or one
+volume).  With the S3 backend each process has a data directory of its own: scratch space
+(a training job's working folder, staging) and the worker's cache (``DEBM_CACHE_DIR``,
+default DATA/cache); the same relative paths are then keys in the bucket.
 
     DATA/
       api-key                     generated API key (mode 0600) when DEBM_API_KEYS is empty

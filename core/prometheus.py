@@ -34,8 +34,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram,
-                               generate_latest)
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge,
+                               Histogram, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger("debm.metrics")
@@ -62,6 +62,28 @@ BATCH_SECONDS = Histogram(
 MODEL_LOAD_SECONDS = Histogram(
     "debm_model_load_seconds", "time to load a checkpoint into a worker", ["model"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
+# The artifact store (core.artifacts): every operation by backend (local, s3) and operation
+# (put, get, list, delete, ...), its outcome (ok, missing, error), bytes moved and latency.
+ARTIFACT_OPS = Counter(
+    "debm_artifact_operations", "artifact store operations", ["backend", "operation", "outcome"],
+    registry=REGISTRY)
+ARTIFACT_BYTES = Counter(
+    "debm_artifact_bytes", "bytes written to / read from the artifact store",
+    ["backend", "operation"], registry=REGISTRY)
+ARTIFACT_SECONDS = Histogram(
+    "debm_artifact_operation_seconds", "latency of one artifact store operation",
+    ["backend", "operation"], buckets=LATENCY_BUCKETS, registry=REGISTRY)
+# The workers' checkpoint files cache (worker.cache.CheckpointFiles): a hit serves a version
+# from local disk; a miss downloads it from the store.
+CHECKPOINT_CACHE_HITS = Counter(
+    "debm_checkpoint_cache_hits", "checkpoint versions served from the local cache",
+    registry=REGISTRY)
+CHECKPOINT_CACHE_MISSES = Counter(
+    "debm_checkpoint_cache_misses", "checkpoint versions downloaded from the store",
+    registry=REGISTRY)
+CHECKPOINT_CACHE_BYTES = Gauge(
+    "debm_checkpoint_cache_bytes", "bytes of checkpoint files in the local cache",
+    registry=REGISTRY)
 WORKER_UP = Gauge(
     "debm_worker_up", "1 while this process's worker for the queue consumes it",
     ["queue", "worker"], registry=REGISTRY)

@@ -145,6 +145,20 @@ class Settings(BaseSettings):
     # message back to the broker; the job is never failed because Redis blinked.
     store_retry_seconds: float = Field(30.0, ge=0)
 
+    # --- artifact store (core.artifacts; docs/OPERATIONS.md "Artifact store") -------------
+    # Where uploads, datasets, checkpoints, training snapshots and results live.  Empty: the
+    # data directory (backend "local", the embedded default).  "s3://bucket/prefix": any
+    # S3-compatible store; credentials come from the standard AWS chain, never from here.
+    artifacts: str = ""
+    # The S3 endpoint (MinIO, Ceph, R2...); unset: boto3's AWS_ENDPOINT_URL_S3 /
+    # AWS_ENDPOINT_URL, else AWS itself.
+    s3_endpoint_url: str | None = None
+    s3_create_bucket: bool = False  # create a missing bucket at start (else: start-up error)
+    # Worker-local files: the checkpoint cache and downloaded datasets (default DATA/cache).
+    cache_dir: Path | None = None
+    # Bound of the workers' checkpoint files cache (least recently used versions go first).
+    checkpoint_cache_bytes: int = Field(10 * 1024 * MiB, ge=1 * MiB)
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("redis_url")
@@ -177,6 +191,21 @@ class Settings(BaseSettings):
     def _keys(cls, value: str) -> str:
         parse_api_keys(value)  # raises ValueError with the reason (never the keys)
         return value
+
+    @field_validator("artifacts")
+    @classmethod
+    def _artifacts_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9_.\-/]*)?$",
+                                  value):
+            raise ValueError("DEBM_ARTIFACTS must be empty (the data directory) or "
+                             "s3://BUCKET[/PREFIX] with a valid bucket name")
+        return value
+
+    @field_validator("s3_endpoint_url", "cache_dir", mode="before")
+    @classmethod
+    def _empty_optional(cls, value):
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("seed_checkpoint", mode="before")
     @classmethod
@@ -216,6 +245,13 @@ class Settings(BaseSettings):
     @property
     def data_root(self) -> Path:
         return self.data_dir.expanduser().resolve()
+
+    @property
+    def cache_root(self) -> Path:
+        """Worker-local cache (checkpoint files, downloaded datasets)."""
+        if self.cache_dir is not None:
+            return self.cache_dir.expanduser().resolve()
+        return self.data_root / "cache"
 
     def broker_url(self) -> str:
         if self.redis_url:

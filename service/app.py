@@ -20,13 +20,14 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from core.artifacts import ArtifactMissing, ArtifactsUnavailable, open_artifacts
 from core.datadir import DataDir, DataDirError
 from core.jobs import SqliteJobStore, StoreUnavailable, clean_json, open_store
 from core.jobs.events import open_event_log
 from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
-from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
-                           UnknownModel)
+from core.registry import (CorruptCheckpoint, RegistryError, UnknownModel,
+                           open_registry)
 from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
 from model.formats.errors import UserError
@@ -60,8 +61,12 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     settings = settings or get_settings()
     logging.getLogger("debm").setLevel(settings.log_level)
     data = DataDir(settings.data_root).ensure()
+    artifacts = open_artifacts(settings)
+    # Fail fast: a missing bucket (unless DEBM_S3_CREATE_BUCKET) or refused credentials stop
+    # the API here with the store named, not at the first request.
+    artifacts.check(create=settings.s3_create_bucket)
     store = open_store(settings)
-    registry = ModelRegistry(data.models)
+    registry = open_registry(settings, artifacts)
     keys = load_keys(settings, store=store)
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
     wakeups = JobWakeups()
@@ -70,13 +75,14 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                         celery=celery, embedded=embedded, events=open_event_log(settings),
                         event_tokens=TokenSigner(load_secret(settings.data_root),
                                                  settings.event_token_seconds),
-                        wakeups=wakeups)
+                        wakeups=wakeups, artifacts=artifacts)
+    services.dispatcher.artifacts = artifacts
     try:
         seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
         if seeded:
             log.info("registered %s as %s:%d", settings.seed_checkpoint,
                      settings.seed_model_name, seeded)
-    except (RegistryError, OSError) as exc:
+    except (RegistryError, OSError, StoreUnavailable) as exc:
         log.error("could not register the seed checkpoint %s: %s", settings.seed_checkpoint, exc)
 
     @asynccontextmanager
@@ -145,6 +151,9 @@ class ErrorAnswer:
 # QueueFull and DatasetRejected carry their own Retry-After and status.
 ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
     QueueFull: ErrorAnswer(429),
+    # Before StoreUnavailable (its base): the message names the artifact store itself.
+    ArtifactsUnavailable: ErrorAnswer(503, "5"),
+    ArtifactMissing: ErrorAnswer(404),
     StoreUnavailable: ErrorAnswer(503, "5", "job store unavailable: "),
     BrokerUnavailable: ErrorAnswer(503, "5"),
     DataDirError: ErrorAnswer(503),

@@ -15,6 +15,7 @@ from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import (APIKeyHeader, HTTPAuthorizationCredentials,
                               HTTPBearer)
 
+from core.artifacts import ArtifactStore
 from core.datadir import DataDir
 from core.jobs import JobStore
 from core.registry import ModelRegistry
@@ -39,6 +40,8 @@ class Services:
     events: Any = None  # core.jobs.events.EventLog: GET /jobs/{id}/events reads it
     event_tokens: Any = None  # service.event_tokens.TokenSigner
     wakeups: Any = None  # core.jobs.wakeups.JobWakeups: final-job wake-ups for ?wait=
+    # core.artifacts: uploads, datasets, checkpoints, results (the data directory or S3)
+    artifacts: ArtifactStore | None = None
 
     @property
     def mode(self) -> str:

@@ -8,9 +8,9 @@ task without its record, and the Celery task id is the job id (so ``revoke`` can
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import Any, Callable
 
+from core.artifacts.keys import upload_prefix
 from core.datadir import DataDir, new_job_id
 from core.jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
 from core.queue import send_job
@@ -37,6 +37,7 @@ class Dispatcher:
     def __init__(self, settings: Settings, store: JobStore, celery_app, data: DataDir):
         self.settings, self.store, self.celery, self.data = settings, store, celery_app, data
         self.local: Callable[[str, str], bool] | None = None
+        self.artifacts = None  # core.artifacts store of the uploads (set by create_app)
 
     def _full(self, scope: str) -> QueueFull:
         s = self.settings
@@ -110,6 +111,9 @@ class Dispatcher:
                     self.celery.control.revoke(job_id)
                 except Exception as exc:  # best effort; the record is what counts
                     log.warning("revoke %s failed: %s", job_id, exc)
-            if job.kind == "score":
-                shutil.rmtree(self.data.upload_dir(job_id), ignore_errors=True)
+            if job.kind == "score" and self.artifacts is not None:
+                try:
+                    self.artifacts.delete_prefix(upload_prefix(job_id))
+                except Exception as exc:  # the reaper removes upload leftovers
+                    log.warning("uploads of %s not removed: %s", job_id, exc)
         return job

@@ -52,3 +52,25 @@ def store(request, tmp_path):
         yield s
         for key in s.client.scan_iter(match=f"{s.prefix}:*"):
             s.client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's standalone S3 server on a free loopback port (tests/support/s3_server.py)."""
+    from tests.support.s3_server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The AWS credential chain of this process pointed at the test server's fake keys."""
+    from tests.support.s3_server import S3_ENV
+
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    return s3_server

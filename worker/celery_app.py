@@ -85,6 +85,11 @@ def get_worker_app() -> WorkerApp:
             # Before the pool starts its threads: one malloc arena for all (model/allocator.py).
             keep_freed_memory()
             settings = get_settings()
+            # A missing bucket (unless DEBM_S3_CREATE_BUCKET) or an unreachable store stops
+            # the worker here, at start, naming it (core.artifacts).
+            from core.artifacts import open_artifacts
+
+            open_artifacts(settings).check(create=settings.s3_create_bucket)
             # The pool's threads inherit it; the model's work leaves it (core.scheduling).
             short_threads_yield(settings.short_threads_yield)
             logging.getLogger("debm").setLevel(settings.log_level)

@@ -17,8 +17,10 @@ Each task:
      lease.
 
 Job-store calls are retried for ``store_retry_seconds`` (a Redis restart fails no job); a
-store that stays down gives the message back to the broker.  A write the data directory
-refuses (disk full, read-only) fails the job with a message saying so.
+store that stays down gives the message back to the broker.  The same holds for a body that
+meets an unreachable store (Redis, or the artifact store: ``ArtifactsUnavailable`` is a
+``StoreUnavailable``): the body runs again with backoff, then the message goes back.  A write
+the data directory refuses (disk full, read-only) fails the job with a message saying so.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class JobInputError(UserError):
     """A job record holds parameters this worker refuses (stale or tampered state)."""
 
 
+# A body may carry ``after_finish(runtime, job_id)``: clean-up that runs only once the job's
+# end is recorded (e.g. a scoring job's uploads), so a crash before that loses nothing.
 Body = Callable[[TaskRuntime, JobRecord, Reporter, CancelCheck], dict[str, Any]]
 
 
@@ -124,10 +128,25 @@ def execute(runtime: TaskRuntime, job_id: Any, kind: str, body: Body, *, task=No
             if not free:  # cancelled, finished elsewhere or shutting down while it waited
                 log.info("job %s: not run (gave up waiting for a slot)", job_id)
                 return {"job_id": job_id, "skipped": "not started"}
-            return _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
-                               time_limit=time_limit)
+            outcome = _run_leased(runtime, job_id, kind, body, holder, keeper, task=task,
+                                  time_limit=time_limit)
     finally:
         keeper.stop()  # after the final state is written
+    _after_finish(runtime, job_id, body, outcome)
+    return outcome
+
+
+def _after_finish(runtime: TaskRuntime, job_id: str, body: Body, outcome: dict) -> None:
+    """The body's clean-up, once the job's end is recorded (not when it was requeued, its
+    lease lost or it was not run): retried like a store call, and only logged when the store
+    stays down (the result is safe; the retention reaper removes leftovers)."""
+    after = getattr(body, "after_finish", None)
+    if after is None or outcome.get("status") not in (SUCCEEDED, FAILED, CANCELLED):
+        return
+    try:
+        _with_store(runtime, lambda: after(runtime, job_id))
+    except Exception as exc:
+        log.warning("job %s: clean-up after finish failed: %s", job_id, exc)
 
 
 def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder: str,
@@ -157,8 +176,10 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
                          lost=keeper.lost)
     report = Reporter(store, job_id, task, interval=runtime.report_interval,
                       live=LiveEvents(runtime.events, job_id))
-    try:
-        result = body(runtime, job, report, cancel)
+    try:  # a store unreachable inside the body: waits and runs again (module docstring)
+        result = _with_store(runtime, lambda: body(runtime, job, report, cancel))
+    except StoreDown:
+        raise
     except Cancelled:
         if cancel.lease_lost:
             # Our lease expired (the store was unreachable for longer than the lease) and the

@@ -1,5 +1,6 @@
-"""What a task needs in the process that runs it: settings, job store, data directory,
-registry and model cache (``TaskRuntime``, one per app and process), and progress reporting.
+"""What a task needs in the process that runs it: settings, job store, data directory (this
+host's scratch space, and the store itself with the local backend), artifact store, registry
+and model cache (``TaskRuntime``, one per app and process), and progress reporting.
 
 model/ is imported inside functions so that the worker's parent process stays light; torch and
 CUDA are first touched in the process that runs tasks (after the prefork pool forked).
@@ -15,16 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core.artifacts import ArtifactStore, open_artifacts
 from core.datadir import DataDir
 from core.jobs import JobStore, open_store
 from core.jobs.events import EventLog, open_event_log
 from core.prometheus import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
-from core.registry import ModelRegistry
+from core.registry import ModelRegistry, open_registry
 from core.scheduling import model_work
 from core.settings import Settings
 
 from .batching import Batcher
-from .cache import ModelCache
+from .cache import CheckpointFiles, ModelCache
 from .progress_events import LiveEvents
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ class TaskRuntime:
     data: DataDir
     registry: ModelRegistry
     models: ModelCache
+    artifacts: ArtifactStore | None = None  # None: the data directory (tests build it so)
     # Set by the embedded server when it shuts down: running tasks stop at the next step and
     # their jobs are requeued (not cancelled).
     interrupt: threading.Event = field(default_factory=threading.Event)
@@ -49,17 +52,25 @@ class TaskRuntime:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _generate_slots: threading.Semaphore | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.artifacts is None:
+            self.artifacts = self.registry.store
+
     @classmethod
     def create(cls, settings: Settings, *, interrupt: threading.Event | None = None
                ) -> "TaskRuntime":
         data = DataDir(settings.data_root).ensure()
-        registry = ModelRegistry(data.models)
+        artifacts = open_artifacts(settings)
+        artifacts.check(create=settings.s3_create_bucket)
+        registry = open_registry(settings, artifacts)
+        files = CheckpointFiles(registry, settings.cache_root,
+                                max_bytes=settings.checkpoint_cache_bytes)
         runtime = cls(settings=settings, store=open_store(settings), data=data,
                       registry=registry,
                       models=ModelCache(registry, device=settings.device,
                                         capacity=settings.model_cache_size,
-                                        options=inference_options(settings)),
-                      events=open_event_log(settings))
+                                        options=inference_options(settings), files=files),
+                      artifacts=artifacts, events=open_event_log(settings))
         if interrupt is not None:
             runtime.interrupt = interrupt
         runtime._generate_slots = threading.Semaphore(settings.generate_concurrency)

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from core.artifacts import ArtifactMissing
+from core.artifacts.keys import visuals_prefix
 from core.datadir import JOB_ID_RE
 from core.jobs import SUCCEEDED, JobRecord
 from core.jobs.wakeups import SAFETY_SECONDS
@@ -113,10 +115,10 @@ def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreRes
         images = []
         for i, rel in enumerate(r["samples"]):
             try:
-                data = services.data.inside(rel).read_bytes()
-            except (OSError, ValueError):
-                raise HTTPException(410, f"the images of job {job.id} are gone from the data "
-                                         "directory") from None
+                data = services.artifacts.get_bytes(rel)
+            except (ArtifactMissing, ValueError):
+                raise HTTPException(410, f"the images of job {job.id} are gone from "
+                                         f"{services.artifacts.describe()}") from None
             images.append({"index": i, "png_base64": base64.b64encode(data).decode()})
         return GenerateResult(job_id=job.id, model=r["model"], n=r["n"], seed=r["seed"],
                               sampler=r["sampler"], steps=r["steps"],
@@ -132,9 +134,9 @@ def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreRes
 
 
 def _history(services: Services, job: JobRecord) -> list[dict[str, Any]]:
-    path = services.data.job_dir(job.id) / "visuals" / "history.json"
     try:
-        history = json.loads(path.read_text())
-    except (OSError, ValueError):
+        history = json.loads(services.artifacts.get_bytes(
+            f"{visuals_prefix(job.id)}/history.json"))
+    except (ArtifactMissing, ValueError):
         return []
     return history if isinstance(history, list) else []

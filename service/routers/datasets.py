@@ -12,6 +12,8 @@ from fastapi import APIRouter, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from core.artifacts import ArtifactMissing
+from core.artifacts.keys import DATASET_MARKER, dataset_prefix
 from core.datadir import DATASET_ID_RE, new_dataset_id
 from model.formats.files import atomic_write_bytes
 
@@ -48,45 +50,34 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
         upload = uploads[0]
         filename = _clean_filename(upload.filename, "upload")
         dataset_id = new_dataset_id()
+        # Checked in a local staging folder (the checks need a seekable file), then
+        # published to the artifact store: the data file first, meta.json (the marker) last.
         staging = services.data.datasets / f".incoming-{dataset_id}"
 
         def store_and_check() -> DatasetInfo:
             staging.mkdir(parents=True)
             try:
-                raw = staging / "upload.bin"
-                digest, size = hashlib.sha256(), 0
-                upload.file.seek(0)
-                with open(raw, "wb") as out:
-                    for chunk in iter(lambda: upload.file.read(1 << 20), b""):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        size += len(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
+                raw, size, digest = _receive(upload.file, staging / "upload.bin")
                 with open(raw, "rb") as handle:
                     fmt = detect_format(handle.read(4), filename)
-                if fmt == "zip":
-                    summary = check_image_zip(raw, max_images=settings.max_dataset_images,
-                                              max_pixels=settings.max_image_pixels,
-                                              max_uncompressed=4 * settings.max_dataset_bytes)
-                else:
-                    summary = check_npz(raw, max_images=settings.max_dataset_images,
-                                        max_pixels=settings.max_image_pixels,
-                                        max_uncompressed=4 * settings.max_dataset_bytes)
+                check = check_image_zip if fmt == "zip" else check_npz
+                summary = check(raw, max_images=settings.max_dataset_images,
+                                max_pixels=settings.max_image_pixels,
+                                max_uncompressed=4 * settings.max_dataset_bytes)
                 file = f"data.{fmt}"
                 os.rename(raw, staging / file)
                 info = DatasetInfo(dataset_id=dataset_id, format=fmt, count=summary.count,
                                    channels=summary.channels, height=summary.height,
                                    width=summary.width, bytes=size, filename=filename,
                                    created=time.time())
-                meta = {**info.model_dump(), "file": file, "sha256": digest.hexdigest(),
+                meta = {**info.model_dump(), "file": file, "sha256": digest,
                         "owner": principal.key_id}
-                atomic_write_bytes(staging / "meta.json", json.dumps(meta, indent=2).encode())
-                os.rename(staging, services.data.dataset_dir(dataset_id))
+                atomic_write_bytes(staging / DATASET_MARKER, json.dumps(meta, indent=2).encode())
+                services.artifacts.put_tree(dataset_prefix(dataset_id), staging,
+                                            marker=DATASET_MARKER, move=True)
                 return info
-            except BaseException:
+            finally:
                 shutil.rmtree(staging, ignore_errors=True)
-                raise
 
         try:
             return await run_in_threadpool(store_and_check)
@@ -101,14 +92,30 @@ async def list_datasets(services: ServicesDep, principal: AdminPrincipal):
     """Uploaded datasets (admin keys: datasets are training material)."""
     def read() -> list[DatasetInfo]:
         out = []
-        for path in sorted(services.data.datasets.iterdir()):
-            if not DATASET_ID_RE.match(path.name):
-                continue
+        for key, _ in services.artifacts.list("datasets"):
+            parts = key.split("/")
+            if len(parts) != 3 or parts[2] != DATASET_MARKER or \
+                    not DATASET_ID_RE.match(parts[1]):
+                continue  # a dataset without its marker is not there yet
             try:
-                meta = json.loads((path / "meta.json").read_text())
+                meta = json.loads(services.artifacts.get_bytes(key))
                 out.append(DatasetInfo(**{k: meta[k] for k in DatasetInfo.model_fields}))
-            except (OSError, ValueError, KeyError):
+            except (ArtifactMissing, ValueError, KeyError):
                 continue
         return sorted(out, key=lambda d: d.created, reverse=True)
 
     return DatasetList(datasets=await run_in_threadpool(read))
+
+
+def _receive(source, target):
+    """Stream an upload to a local file: (path, bytes, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    source.seek(0)
+    with open(target, "wb") as out:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            out.write(chunk)
+            digest.update(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return target, size, digest.hexdigest()

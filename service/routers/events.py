@@ -23,10 +23,12 @@ import asyncio
 import json
 from typing import Annotated, AsyncIterator
 
-from fastapi import APIRouter, Header, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, Response
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
+
+from core.artifacts import ArtifactMissing
+from core.artifacts.keys import visuals_prefix
 
 from ..deps import ServicesDep, UsePrincipal
 from ..event_tokens import TokenError
@@ -148,8 +150,10 @@ async def job_file(job_id: str, name: Annotated[str, Path(pattern=VISUAL_FILE)],
     ``grid`` events): ``grid-STEP.png`` sample grids and ``history.json``, the metric
     history."""
     job = await get_job(services, job_id, principal)
-    path = services.data.job_dir(job.id) / VISUALS / name
-    if not path.is_file():
-        raise HTTPException(404, f"job {job.id} has no file {name!r} (yet)")
+    try:  # the artifact store: the worker that trains may be on another host
+        data = await run_in_threadpool(services.artifacts.get_bytes,
+                                       f"{visuals_prefix(job.id)}/{name}")
+    except ArtifactMissing:
+        raise HTTPException(404, f"job {job.id} has no file {name!r} (yet)") from None
     media = "image/png" if name.endswith(".png") else "application/json"
-    return FileResponse(path, media_type=media, headers={"Cache-Control": "no-cache"})
+    return Response(data, media_type=media, headers={"Cache-Control": "no-cache"})

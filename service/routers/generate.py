@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.jobs import SUCCEEDED
-from core.work_units import generate_work, sampler_defaults
+from core.work_units import generate_work
 
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import GenerateRequest, GenerateResult, JobAccepted, errors
@@ -41,8 +41,8 @@ async def generate(body: GenerateRequest, services: ServicesDep, principal: UseP
         services.registry.resolve_servable, body.model, default_model=settings.default_model)
     params = body.model_dump(exclude={"model"})
     params.update(model_name=model_name, model_version=version)
-    defaults = await run_in_threadpool(sampler_defaults,
-                                       services.registry.path(model_name, version))
+    manifest = await run_in_threadpool(services.registry.manifest, model_name, version)
+    defaults = (manifest.get("config") or {}).get("sampler") or {}
     job = await run_in_threadpool(services.dispatcher.submit, "generate", principal.key_id,
                                   params, work=generate_work(params, defaults))
     if seconds > 0:

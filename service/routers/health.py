@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.jobs import StoreUnavailable
 from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
 from core.registry import RegistryError
 
@@ -54,6 +55,8 @@ def _model(services: Services) -> Check:
         return Check(ok=True, detail=f"serving {name}:{version}")
     except RegistryError as exc:
         return Check(ok=False, detail=f"no servable model: {exc}")
+    except StoreUnavailable as exc:  # the artifact store (registry index) is unreachable
+        return Check(ok=False, detail=str(exc))
 
 
 @router.get("/readyz", response_model=Readiness,

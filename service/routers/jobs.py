@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Response
-from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.artifacts import ArtifactMissing
 from core.jobs import CANCELLED, SUCCEEDED
 
 from ..deps import ServicesDep, UsePrincipal
@@ -64,14 +64,14 @@ async def get_job_result(job_id: str, services: ServicesDep, principal: UsePrinc
         raise not_ready(job)
     if job.kind == "generate" and format in (None, "png"):
         try:
-            path = services.data.inside(job.result["grid"])
+            grid = await run_in_threadpool(services.artifacts.get_bytes, job.result["grid"])
         except (KeyError, TypeError, ValueError):
             raise HTTPException(410, f"job {job.id} has no image grid") from None
-        if not path.is_file():
-            raise HTTPException(410, f"the images of job {job.id} are gone from the data "
-                                     "directory")
-        return FileResponse(path, media_type="image/png",
-                            filename=f"debm-{job.id[:8]}.png")
+        except ArtifactMissing:
+            raise HTTPException(410, f"the images of job {job.id} are gone from "
+                                     f"{services.artifacts.describe()}") from None
+        return Response(grid, media_type="image/png", headers={
+            "Content-Disposition": f'attachment; filename="debm-{job.id[:8]}.png"'})
     if format == "png":
         raise HTTPException(422, f"a {job.kind} job has no PNG result; use format=json")
     return await run_in_threadpool(result_json, services, job)

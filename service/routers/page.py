@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from core.registry import MODEL_NAME_RE, UnknownModel
+from core.registry import MODEL_NAME_RE, RegistryError, UnknownModel
 
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import Calibration, SessionInfo, errors
@@ -104,10 +104,9 @@ def read_calibration(services, name: str, version: int | None) -> Calibration:
     spec = name if version is None else f"{name}:{version}"
     name, version = services.registry.resolve(spec, default_model=name)
     try:
-        manifest = json.loads((services.registry.path(name, version) /
-                               "checkpoint.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HTTPException(409, f"model {name}:{version}: unreadable manifest ({exc})")
+        manifest = services.registry.manifest(name, version)
+    except RegistryError as exc:
+        raise HTTPException(409, str(exc)) from None
     calibration: dict[str, Any] | None = manifest.get("calibration")
     if not calibration or len(calibration.get("quantiles") or []) < 2:
         raise HTTPException(409, f"model {name}:{version} is not calibrated; run "

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import shutil
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from core.artifacts.keys import upload_prefix
 from core.jobs import SUCCEEDED
 from core.work_units import score_work
-from model.formats.files import atomic_write_bytes
 from model.formats.imagefile import ImageRejected, decode_image, read_header
 
 from ..deps import ServicesDep, UsePrincipal
 from ..schemas import MODEL_SPEC, JobAccepted, ScoreResult, errors
 from ..uploads import UploadedFile, read_files, read_form
 from .common import check_wait, result_json, wait_for
+
+log = logging.getLogger("debm.api")
 
 router = APIRouter(tags=["score"])
 
@@ -96,14 +98,16 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
                             settings.max_request_pixels)
 
     job_id = services.dispatcher.new_id()
-    upload_dir = services.data.upload_dir(job_id)
+    uploads = upload_prefix(job_id)
 
     def store_files() -> list[dict]:
+        # Into the artifact store (the data directory, or S3 for workers on other hosts);
+        # the job record names the keys, never the bytes.
         entries = []
         for i, upload in enumerate(files):
-            path = upload_dir / f"{i:04d}.img"
-            atomic_write_bytes(path, upload.data)
-            entries.append({"filename": upload.filename, "path": services.data.relative(path)})
+            key = f"{uploads}/{i:04d}.img"
+            services.artifacts.put_bytes(key, upload.data)
+            entries.append({"filename": upload.filename, "path": key})
         return entries
 
     try:
@@ -112,7 +116,10 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
         job = await run_in_threadpool(services.dispatcher.submit, "score", principal.key_id,
                                       params, job_id=job_id, work=score_work(len(files)))
     except BaseException:
-        shutil.rmtree(upload_dir, ignore_errors=True)
+        try:
+            await run_in_threadpool(services.artifacts.delete_prefix, uploads)
+        except Exception as exc:  # the store is down: the reaper removes leftovers later
+            log.warning("uploads of %s not removed: %s", job_id, exc)
         raise
     done = await wait_for(services, job.id, seconds) if seconds > 0 else job
     if done is not None and done.status == SUCCEEDED:

@@ -7,6 +7,8 @@ import json
 from fastapi import APIRouter, HTTPException
 from starlette.concurrency import run_in_threadpool
 
+from core.artifacts import ArtifactMissing
+from core.artifacts.keys import DATASET_MARKER, dataset_prefix
 from core.datadir import DATASET_ID_RE
 from core.trainconfig import (TrainingRequestError, build_training_config,
                               training_limits)
@@ -26,9 +28,10 @@ def dataset_images(services, dataset: str) -> int:
         return BUILTIN_DATASET_SIZES[dataset][0]
     if DATASET_ID_RE.match(dataset):
         try:
-            meta = json.loads((services.data.dataset_dir(dataset) / "meta.json").read_text())
+            meta = json.loads(services.artifacts.get_bytes(
+                f"{dataset_prefix(dataset)}/{DATASET_MARKER}"))
             return int(meta["count"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ArtifactMissing, ValueError, KeyError, TypeError):
             pass
     raise HTTPException(404, f"unknown dataset {dataset!r}: use "
                              f"{' or '.join(BUILTIN_DATASETS)}, or an id returned by "

@@ -48,3 +48,41 @@ def test_env_errors_fail_fast(monkeypatch):
     monkeypatch.setenv("DEBM_MAX_UPLOAD_BYTES", "lots")
     with pytest.raises(ValidationError, match="max_upload_bytes"):
         Settings()
+
+
+def test_artifact_store_settings(monkeypatch, tmp_path):
+    """DEBM_ARTIFACTS and its companions (core.artifacts): names read from the environment,
+    the local backend by default, a bad URL refused at start naming the variable."""
+    from core.artifacts import open_artifacts
+    from core.artifacts.local import LocalStore
+    from core.artifacts.s3 import S3Store
+
+    for name in ("DEBM_ARTIFACTS", "DEBM_S3_ENDPOINT_URL", "DEBM_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DEBM_DATA_DIR", str(tmp_path))
+    s = Settings()
+    assert s.artifacts == "" and s.s3_endpoint_url is None and not s.s3_create_bucket
+    assert s.cache_root == tmp_path.resolve() / "cache"
+    assert s.checkpoint_cache_bytes == 10 * 1024 ** 3
+    assert isinstance(open_artifacts(s), LocalStore)
+    monkeypatch.setenv("DEBM_ARTIFACTS", "s3://debm-models/prod/v1")
+    monkeypatch.setenv("DEBM_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("DEBM_S3_CREATE_BUCKET", "true")
+    monkeypatch.setenv("DEBM_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("DEBM_CHECKPOINT_CACHE_BYTES", str(64 << 20))
+    s = Settings()
+    store = open_artifacts(s)  # no network at construction
+    assert isinstance(store, S3Store) and (store.bucket, store.prefix) == ("debm-models",
+                                                                           "prod/v1")
+    assert store.describe() == "the S3 artifact store s3://debm-models/prod/v1 at " \
+                               "http://minio:9000"
+    assert s.s3_create_bucket and s.cache_root == tmp_path / "c"
+    assert s.checkpoint_cache_bytes == 64 << 20
+    for bad in ("http://bucket/x", "s3://", "s3://Upper_Case", "/data/debm"):
+        monkeypatch.setenv("DEBM_ARTIFACTS", bad)
+        with pytest.raises(ValidationError, match="DEBM_ARTIFACTS"):
+            Settings()
+    monkeypatch.setenv("DEBM_ARTIFACTS", "")
+    monkeypatch.setenv("DEBM_CHECKPOINT_CACHE_BYTES", "1000")
+    with pytest.raises(ValidationError, match="checkpoint_cache_bytes"):
+        Settings()
