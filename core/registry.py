@@ -34,6 +34,7 @@ from __future__ import annotations
 import fcntl
 import json
 import threading
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,7 +154,10 @@ class ModelRegistry:
             self.prefix = "models"
         self.store = store
         self.index_key = f"{self.prefix}/registry.json"
-        self._lock = lock or _flock_in(self._local_root() or Path(".").resolve())
+        # No lock given on a remote store (tests, one-host tools): a flock in the temp folder
+        # guards this host only; services pass registry_lock(settings, store) (Redis).
+        self._lock = lock or _flock_in(self._local_root()
+                                       or Path(tempfile.gettempdir()) / "debm-registry")
         self._manifests: dict[tuple[str, int], dict[str, Any]] = {}
         # On a remote store, the index read by a request is reused for INDEX_TTL seconds
         # (a new version or default made on another host shows within that time); changes
