@@ -226,13 +226,15 @@ class Trainer:
         if not self.dist.active:
             loss_dae, loss_dec, z = reconstruction_losses(
                 self.model.dae, self.model.decoder, x, sigma, generator=self.generator,
-                weighting=train.dae_loss_weighting)
+                weighting=train.dae_loss_weighting,
+                decoder_trains_encoder=train.decoder_trains_encoder)
             moments = latent_moment_penalty(z)
             moment_term = moments
         else:
             per_dae, per_dec, z = reconstruction_losses(
                 self.model.dae, self.model.decoder, x, sigma, noise=self._normal(
-                    (n, *x.shape[1:])), weighting=train.dae_loss_weighting, per_sample=True)
+                    (n, *x.shape[1:])), weighting=train.dae_loss_weighting, per_sample=True,
+                decoder_trains_encoder=train.decoder_trains_encoder)
             loss_dae, loss_dec = per_dae.sum() / n, per_dec.sum() / n
             moments, moment_term = latent_moment_surrogate(self.dist, z, n)
         total = loss_dae + loss_dec + train.latent_moment_weight * moment_term
