@@ -21,18 +21,18 @@ Choices the paper leaves open, and why (measured in docs/RESULTS.md, "What was t
     [contrastive_sigma_min, contrastive_sigma_max], bracketing the OOD-scoring sigma (0.05):
     each negative is compared at the sigma its chain ran at.  The latent chain uses
     sigma_latent.
-  - Energies enter the contrastive loss per dimension (U / d).  With the preconditioned DAE,
-    U^c is O(1) per dimension at every sigma (networks.DenoisingUNet), so levels mix without
-    one sigma dominating, and alpha has the same meaning for any image size.
+  - Energies enter the contrastive loss per dimension (U / d).  With the EDM-preconditioned
+    DAE (network.preconditioning "edm"), U^c is O(1) per dimension at every sigma
+    (networks.DenoisingUNet), so levels mix without one sigma dominating, and alpha has the
+    same meaning for any image size.
   - The reconstruction steps switch to lr_contrastive_phase once the contrastive phase starts,
     so a fast warm-up rate does not wash out the contrastive updates.
   - Blow-ups stop training with EnergyExplosion instead of writing a NaN checkpoint.
 
-Why this module is over 400 lines: the Trainer is one iteration of Algorithm 1 plus its
-resumable state, and the order of its random draws is a contract (a resumed run equals an
-uninterrupted one, and data-parallel ranks draw the global batch's numbers and keep their own
-rows, model/distributed.py).  Splitting the stages into other files would scatter that order;
-the shared pieces already live apart (energies, samplers, augment, distributed).
+The order of the Trainer's random draws is a contract (a resumed run equals an uninterrupted
+one, and data-parallel ranks draw the global batch's numbers and keep their own rows,
+model/distributed.py), so the stages stay together here; the shared pieces live apart
+(energies, samplers, augment, distributed, and the resumable state in trainer_state.py).
 
 Progress goes through ``on_step_end(StepMetrics)`` so that a Celery task can report it without
 this module knowing about Celery (minGPT's callback habit).
@@ -58,6 +58,7 @@ from .formats.config import ConfigError, ExperimentConfig
 from .formats.errors import Cancelled, UserError
 from .networks import DenoisingEBM
 from .samplers import CancelFn, latent_chain, pixel_chain, precision_context
+from .trainer_state import restore_trainer_state, trainer_state
 
 
 class EnergyExplosion(UserError):
@@ -111,7 +112,7 @@ class Trainer:
                                               lr=train.contrastive_lr,
                                               betas=train.contrastive_betas)
         self.gamma_optimizer = torch.optim.Adam(self.model.decoder.parameters(),
-                                                lr=self._semantic_lr,
+                                                lr=self.semantic_lr,
                                                 betas=train.contrastive_betas)
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
         self.data_generator = torch.Generator().manual_seed(train.seed + 1)
@@ -136,7 +137,7 @@ class Trainer:
         return self.config.training.warmup_steps + self.config.training.iterations
 
     @property
-    def _semantic_lr(self) -> float:
+    def semantic_lr(self) -> float:
         train = self.config.training
         return train.contrastive_lr if train.semantic_contrastive_lr is None \
             else train.semantic_contrastive_lr
@@ -146,7 +147,8 @@ class Trainer:
         net = self.config.network
         return net.channels * net.image_size ** 2
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The three Adam optimizers by the name a checkpoint stores them under."""
         return {"recon": self.recon_optimizer, "phi": self.phi_optimizer,
                 "gamma": self.gamma_optimizer}
 
@@ -281,8 +283,42 @@ class Trainer:
                           n - n_noise - n_replay)
         n_latent = n - n_noise - n_replay - n_augmented
         image_shape = (net.channels, net.image_size, net.image_size)
-        clip = train.chain_grad_clip or None
         self.model.eval()  # no dropout/BN here, but keep the convention explicit
+        z_k, sigma = self._latent_chains(n_latent, n, should_cancel)
+        with torch.no_grad():
+            x_latent = self.model.decoder(z_k)
+            if train.clamp_chains:
+                x_latent = x_latent.clamp(-1, 1)
+        pixel_slots = torch.randint(max(train.pixel_replay_size, 1), (n_replay,),
+                                    generator=self.generator, device=self.device)
+        x_replay = self.pixel_buffer[pixel_slots] if n_replay else x_latent[:0]
+        augmented = negative_augment(
+            sample_batch(self.dataset, n_augmented, generator=self.data_generator,
+                         flip=train.flip), train.negative_augmentations,
+            generator=self.data_generator).to(self.device) if n_augmented else x_latent[:0]
+        noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
+                                 device=self.device) * 2 - 1
+        x0 = torch.cat([x_latent, x_replay, augmented, noise_start])
+        if sigma is None:
+            sigma = self._random_sigmas(self.contrastive_grid, n)
+        x_t = pixel_chain(self.model, self.dist.rows(x0), steps=train.steps_pixel,
+                          step_size=train.step_size_pixel, sigma=self.dist.rows(sigma),
+                          temperature=train.temperature_pixel,
+                          grad_clip=train.chain_grad_clip or None, clamp=train.clamp_chains,
+                          generator=self.generator, should_cancel=should_cancel,
+                          noise_fn=self._chain_noise(n))
+        if train.pixel_replay_size > 0:
+            self._refill_pixel_buffer(gather_rows(self.dist, x_t, n), n_latent, n_replay,
+                                      pixel_slots)
+        self.model.train()
+        return x_t.detach(), z_k.detach(), sigma
+
+    def _latent_chains(self, n_latent: int, n: int, should_cancel: CancelFn | None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage 2's first half: z_K of ``n_latent`` latent chains (eq. 15) from the latent
+        replay buffer or N(0, I), written back to the buffer, and the n chains' shared
+        sigma_i when shared_sigma (None otherwise: the pixel chains draw theirs later)."""
+        train, net = self.config.training, self.config.network
         z0 = torch.randn((n_latent, net.latent_dim), generator=self.generator,
                          device=self.device)
         slots = None
@@ -305,45 +341,24 @@ class Trainer:
             z_local = z0
         z_k = latent_chain(self.model, z_local, steps=train.steps_latent,
                            step_size=train.step_size_latent, sigma=sigma_latent,
-                           temperature=train.temperature_latent, grad_clip=clip,
-                           generator=self.generator, should_cancel=should_cancel,
-                           noise_fn=self._chain_noise(n_latent))
+                           temperature=train.temperature_latent,
+                           grad_clip=train.chain_grad_clip or None, generator=self.generator,
+                           should_cancel=should_cancel, noise_fn=self._chain_noise(n_latent))
         z_k = gather_rows(self.dist, z_k, n_latent)
         if slots is not None:
             self.buffer[slots] = z_k
-        with torch.no_grad():
-            x_latent = self.model.decoder(z_k)
-            if train.clamp_chains:
-                x_latent = x_latent.clamp(-1, 1)
-        pixel_slots = torch.randint(max(train.pixel_replay_size, 1), (n_replay,),
+        return z_k, sigma
+
+    def _refill_pixel_buffer(self, x_all: torch.Tensor, n_latent: int, n_replay: int,
+                             pixel_slots: torch.Tensor) -> None:
+        """Replayed chains go back to their slots; new chains replace random slots, which is
+        the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage)."""
+        fresh = torch.cat([x_all[:n_latent], x_all[n_latent + n_replay:]])
+        fresh_slots = torch.randint(self.config.training.pixel_replay_size, (fresh.shape[0],),
                                     generator=self.generator, device=self.device)
-        x_replay = self.pixel_buffer[pixel_slots] if n_replay else x_latent[:0]
-        augmented = negative_augment(
-            sample_batch(self.dataset, n_augmented, generator=self.data_generator,
-                         flip=train.flip), train.negative_augmentations,
-            generator=self.data_generator).to(self.device) if n_augmented else x_latent[:0]
-        noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
-                                 device=self.device) * 2 - 1
-        x0 = torch.cat([x_latent, x_replay, augmented, noise_start])
-        if sigma is None:
-            sigma = self._random_sigmas(self.contrastive_grid, n)
-        x_t = pixel_chain(self.model, self.dist.rows(x0), steps=train.steps_pixel,
-                          step_size=train.step_size_pixel, sigma=self.dist.rows(sigma),
-                          temperature=train.temperature_pixel, grad_clip=clip,
-                          clamp=train.clamp_chains, generator=self.generator,
-                          should_cancel=should_cancel, noise_fn=self._chain_noise(n))
-        if train.pixel_replay_size > 0:
-            # Replayed chains go back to their slots; new chains replace random slots, which
-            # is the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage).
-            x_all = gather_rows(self.dist, x_t, n)
-            fresh = torch.cat([x_all[:n_latent], x_all[n_latent + n_replay:]])
-            fresh_slots = torch.randint(train.pixel_replay_size, (fresh.shape[0],),
-                                        generator=self.generator, device=self.device)
-            self.pixel_buffer[fresh_slots] = fresh
-            if n_replay:
-                self.pixel_buffer[pixel_slots] = x_all[n_latent:n_latent + n_replay]
-        self.model.train()
-        return x_t.detach(), z_k.detach(), sigma
+        self.pixel_buffer[fresh_slots] = fresh
+        if n_replay:
+            self.pixel_buffer[pixel_slots] = x_all[n_latent:n_latent + n_replay]
 
     # -- stage 3: contrastive updates --------------------------------------------------------
     def contrastive_step(self, x_neg: torch.Tensor, z_neg: torch.Tensor,
@@ -355,8 +370,7 @@ class Trainer:
         at the current parameters and then both Adam steps run; otherwise phi steps first and
         the gamma gradient sees the updated DAE."""
         train = self.config.training
-        alpha, d = train.energy_penalty, self.pixel_dims
-        n = sigma_neg.shape[0]
+        alpha, n = train.energy_penalty, sigma_neg.shape[0]
         n_from_latent = z_neg.shape[0]
         start, stop = self.dist.bounds(n)
         x_data = self._batch(n)
@@ -366,12 +380,8 @@ class Trainer:
 
         # phi: lower U^c on data, raise it on negatives (gamma untouched: x_neg is detached).
         self.phi_optimizer.zero_grad(set_to_none=True)
-        e_data = texture_energy(self.model.dae, x_data, sigma_data, generator=self.generator,
-                                noise=self._normal((n, *x_data.shape[1:]))
-                                if self.dist.active else None) / d
-        e_neg = texture_energy(self.model.dae, x_neg, sigma_local, generator=self.generator,
-                               noise=self._normal((n, *x_neg.shape[1:]))
-                               if self.dist.active else None) / d
+        e_data = self._texture_energy_per_dim(x_data, sigma_data, n)
+        e_neg = self._texture_energy_per_dim(x_neg, sigma_local, n)
         loss_phi = train.contrastive_weight * (self._mean(e_data, n) - self._mean(e_neg, n))
         penalty_phi = alpha * (self._mean(e_data.pow(2), n) + self._mean(e_neg.pow(2), n))
         local_latent = max(0, min(stop, n_from_latent) - start)
@@ -408,6 +418,14 @@ class Trainer:
         if n_from_latent < n:
             losses["negative_energy_other_chains"] = report["other"]
         return losses
+
+    def _texture_energy_per_dim(self, x: torch.Tensor, sigma: torch.Tensor, n: int
+                                ) -> torch.Tensor:
+        """U^c(x, sigma) / d (eq. 7) of this rank's rows; a data-parallel run draws the noise
+        at the global size n and keeps its rows."""
+        noise = self._normal((n, *x.shape[1:])) if self.dist.active else None
+        return texture_energy(self.model.dae, x, sigma, generator=self.generator,
+                              noise=noise) / self.pixel_dims
 
     def _semantic_contrastive(self, x_data: torch.Tensor, z_neg: torch.Tensor,
                               sigma_neg: torch.Tensor, sigma_data: torch.Tensor
@@ -502,57 +520,10 @@ class Trainer:
             if on_step_end is not None:
                 on_step_end(metrics)
 
-    # -- exact resume ------------------------------------------------------------------------
+    # -- exact resume (model/trainer_state.py) --------------------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything needed to resume, split into tensors and JSON-able metadata."""
-        tensors: dict[str, torch.Tensor] = {
-            "rng.generator": self.generator.get_state(),
-            "rng.data_generator": self.data_generator.get_state(),
-            "replay.buffer": self.buffer.detach().cpu(),
-            "replay.pixel_buffer": self.pixel_buffer.detach().cpu(),
-        }
-        meta: dict = {"step": self.step, "optimizers": {}}
-        for name, optimizer in self._optimizers().items():
-            state = optimizer.state_dict()
-            meta["optimizers"][name] = {"param_groups": state["param_groups"], "state": {}}
-            for pid, values in state["state"].items():
-                keys = []
-                for key, value in values.items():
-                    if isinstance(value, torch.Tensor):
-                        tensors[f"optim.{name}.{pid}.{key}"] = value.detach().cpu()
-                        keys.append(key)
-                meta["optimizers"][name]["state"][str(pid)] = keys
-        return tensors, meta
+        return trainer_state(self)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict, *,
                            strict_buffers: bool = True) -> None:
-        """Restore optimizer, RNG, buffers and step.  With ``strict_buffers=False`` (starting a
-        new config from another run) a replay buffer whose size changed starts afresh."""
-        self.generator.set_state(tensors["rng.generator"])
-        self.data_generator.set_state(tensors["rng.data_generator"])
-        for key, attribute in (("replay.buffer", "buffer"),
-                               ("replay.pixel_buffer", "pixel_buffer")):
-            current = getattr(self, attribute)
-            saved = tensors.get(key)
-            if saved is not None and saved.shape == current.shape:
-                setattr(self, attribute, saved.to(self.device))
-            elif strict_buffers:
-                raise ValueError(f"{key} in the checkpoint is missing or has the wrong shape")
-        for name, optimizer in self._optimizers().items():
-            saved = meta["optimizers"][name]
-            # load_state_dict moves moments to the parameters' device and keeps "step" where
-            # Adam wants it.
-            state = {int(pid): {key: tensors[f"optim.{name}.{pid}.{key}"] for key in keys}
-                     for pid, keys in saved["state"].items()}
-            optimizer.load_state_dict({"param_groups": saved["param_groups"], "state": state})
-        # Saved param_groups carry the saving run's lr and betas; this run's config wins (equal
-        # on an exact resume, different when a new config starts from another run's state).
-        train = self.config.training
-        for optimizer, lr, betas in ((self.recon_optimizer, train.lr, train.betas),
-                                     (self.phi_optimizer, train.contrastive_lr,
-                                      train.contrastive_betas),
-                                     (self.gamma_optimizer, self._semantic_lr,
-                                      train.contrastive_betas)):
-            for group in optimizer.param_groups:
-                group["lr"], group["betas"] = lr, tuple(betas)
-        self.step = int(meta["step"])
+        restore_trainer_state(self, tensors, meta, strict_buffers=strict_buffers)
