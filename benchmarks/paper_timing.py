@@ -106,41 +106,8 @@ def time_two_stage_vs_annealed(model: DenoisingEBM, config: ExperimentConfig, *,
             out[f"{key}_seconds"], finite = round(seconds, 3), finite and ok
         out["measured"] = "full runs"
     else:
-        k = measure_steps
-        finite = True
-        for sampler in ("two_stage", "annealed"):  # one warm-up per sampler, one step each
-            warm = stage_settings(config, latent=1, pixel=1, levels=1, per_level=1,
-                                  precision=precision)
-            _timed_sample(model, sampler, warm, config.noise, n, device)
-        seconds: dict[tuple[str, int], float] = {}
-        for stage, sampler in (("latent", "two_stage"), ("pixel", "two_stage"),
-                               ("annealed", "annealed")):
-            # At 0 steps a call still pays its start, decode and final steps; the difference
-            # to k steps is the time of k chain steps alone.
-            for steps in (0, k):
-                if (stage, steps) == ("pixel", 0):
-                    seconds[stage, 0] = seconds["latent", 0]  # the same call
-                    continue
-                settings = stage_settings(
-                    config, latent=steps if stage == "latent" else 0,
-                    pixel=steps if stage == "pixel" else 0, levels=1, per_level=steps,
-                    precision=precision)
-                seconds[stage, steps], ok = _timed_sample(model, sampler, settings,
-                                                          config.noise, n, device)
-                finite = finite and ok
-        per_step = {stage: max(seconds[stage, k] - seconds[stage, 0], 0.0) / k
-                    for stage in ("latent", "pixel", "annealed")}
-        out["seconds_per_step"] = {key: round(v, 4) for key, v in per_step.items()}
-        # Start, decode and final steps outside the chains, paid once per call.
-        out["seconds_per_call_outside_steps"] = {"two_stage": round(seconds["latent", 0], 4),
-                                                 "annealed": round(seconds["annealed", 0], 4)}
-        out["two_stage_seconds"] = round(latent_steps * per_step["latent"]
-                                         + pixel_steps * per_step["pixel"]
-                                         + seconds["latent", 0], 2)
-        out["annealed_seconds"] = round(levels * steps_per_level * per_step["annealed"]
-                                        + seconds["annealed", 0], 2)
-        out["measured"] = (f"EXTRAPOLATED from {k} timed steps per stage to "
-                           f"{latent_steps}+{pixel_steps} and {levels}x{steps_per_level} steps")
+        finite = extrapolate_from_steps(model, config, out, n=n, device=device,
+                                        k=measure_steps, precision=precision)
     out["finite"] = finite
     out["ratio_annealed_over_two_stage"] = round(out["annealed_seconds"]
                                                  / out["two_stage_seconds"], 2)
@@ -148,6 +115,49 @@ def time_two_stage_vs_annealed(model: DenoisingEBM, config: ExperimentConfig, *,
     out["paper_seconds"] = {"two_stage": PAPER_TWO_STAGE_SECONDS_64,
                             "ncsn": PAPER_NCSN_SECONDS_64, "n": 64}
     return out
+
+
+def extrapolate_from_steps(model: DenoisingEBM, config: ExperimentConfig, out: dict, *,
+                           n: int, device: torch.device, k: int, precision: str) -> bool:
+    """Time each stage at 0 and k steps, write per-step seconds and the full step counts'
+    extrapolated seconds into ``out``; return whether every output was finite."""
+    finite = True
+    for sampler in ("two_stage", "annealed"):  # one warm-up per sampler, one step each
+        warm = stage_settings(config, latent=1, pixel=1, levels=1, per_level=1,
+                              precision=precision)
+        _timed_sample(model, sampler, warm, config.noise, n, device)
+    seconds: dict[tuple[str, int], float] = {}
+    for stage, sampler in (("latent", "two_stage"), ("pixel", "two_stage"),
+                           ("annealed", "annealed")):
+        # At 0 steps a call still pays its start, decode and final steps; the difference
+        # to k steps is the time of k chain steps alone.
+        for steps in (0, k):
+            if (stage, steps) == ("pixel", 0):
+                seconds[stage, 0] = seconds["latent", 0]  # the same call
+                continue
+            settings = stage_settings(
+                config, latent=steps if stage == "latent" else 0,
+                pixel=steps if stage == "pixel" else 0, levels=1, per_level=steps,
+                precision=precision)
+            seconds[stage, steps], ok = _timed_sample(model, sampler, settings,
+                                                      config.noise, n, device)
+            finite = finite and ok
+    per_step = {stage: max(seconds[stage, k] - seconds[stage, 0], 0.0) / k
+                for stage in ("latent", "pixel", "annealed")}
+    out["seconds_per_step"] = {key: round(v, 4) for key, v in per_step.items()}
+    # Start, decode and final steps outside the chains, paid once per call.
+    out["seconds_per_call_outside_steps"] = {"two_stage": round(seconds["latent", 0], 4),
+                                             "annealed": round(seconds["annealed", 0], 4)}
+    out["two_stage_seconds"] = round(out["latent_steps"] * per_step["latent"]
+                                     + out["pixel_steps"] * per_step["pixel"]
+                                     + seconds["latent", 0], 2)
+    annealed_steps = out["annealed_levels"] * out["annealed_steps_per_level"]
+    out["annealed_seconds"] = round(annealed_steps * per_step["annealed"]
+                                    + seconds["annealed", 0], 2)
+    out["measured"] = (f"EXTRAPOLATED from {k} timed steps per stage to "
+                       f"{out['latent_steps']}+{out['pixel_steps']} and "
+                       f"{out['annealed_levels']}x{out['annealed_steps_per_level']} steps")
+    return finite
 
 
 def timing_network(small: bool) -> ExperimentConfig:

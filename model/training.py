@@ -1,7 +1,8 @@
 """Algorithm 1 of the paper as a flat loop of numbered stages.
 
 One contrastive iteration:
-    1. L reconstruction steps: Adam on the DAE loss (eq. 1, phi) and decoder loss (eq. 13).
+    1. L reconstruction steps: Adam on the DAE loss (eq. 1, phi) and decoder loss (eq. 13;
+       gamma only unless training.decoder_trains_encoder, Algorithm 1 line 4).
     2. Negatives: K latent Langevin steps on U^s (eq. 15) from a persistent buffer or N(0, I),
        decode x0 = h(z_K), T pixel Langevin steps on U^c (eq. 16).  Optional shares of the
        pixel chains start elsewhere: a pixel replay buffer, negative augmentations of data
@@ -34,8 +35,8 @@ one, and data-parallel ranks draw the global batch's numbers and keep their own 
 model/distributed.py), so the stages stay together here; the shared pieces live apart
 (energies, samplers, augment, distributed, and the resumable state in trainer_state.py).
 
-Progress goes through ``on_step_end(StepMetrics)`` so that a Celery task can report it without
-this module knowing about Celery (minGPT's callback habit).
+Progress goes through ``on_step_end(StepMetrics)``, so a Celery task reports it without this
+module knowing Celery (minGPT's callback habit).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from torch import nn
 
 from .augment import negative_augment
 from .data import ImageDataset, sample_batch, to_model_range
-from .distributed import (SINGLE, DistContext, all_reduce_grads, all_reduce_sum, gather_rows,
+from .distributed import (SINGLE, DistContext, RankDraws, all_reduce_grads, gather_rows,
                           latent_moment_surrogate)
 from .energies import (as_sigma_batch, latent_moment_penalty, reconstruction_losses,
                        semantic_energy, sigma_grid, texture_energy)
@@ -115,6 +116,7 @@ class Trainer:
                                                 lr=self.semantic_lr,
                                                 betas=train.contrastive_betas)
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
+        self.draws = RankDraws(dist, self.generator, self.device)
         self.data_generator = torch.Generator().manual_seed(train.seed + 1)
         self.grid = sigma_grid(config.noise, device=self.device)
         low, high = train.contrastive_sigma_min, train.contrastive_sigma_max
@@ -169,26 +171,6 @@ class Trainer:
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         return x
 
-    def _random_sigmas(self, grid: torch.Tensor, n: int) -> torch.Tensor:
-        """Global (n,) sigmas from the grid; every rank holds all of them."""
-        index = torch.randint(grid.numel(), (n,), generator=self.generator, device=self.device)
-        return grid[index]
-
-    def _normal(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """This rank's rows of a standard-normal tensor drawn at the global size."""
-        noise = torch.randn(shape, generator=self.generator, device=self.device)
-        return self.dist.rows(noise) if self.dist.active else noise
-
-    def _chain_noise(self, n_global: int):
-        """The chains' noise source in a data-parallel run: global draws, local rows."""
-        if not self.dist.active:
-            return None
-        return lambda shape: self._normal((n_global, *shape[1:]))
-
-    def _mean(self, values: torch.Tensor, n: int) -> torch.Tensor:
-        """Mean over n global rows of which ``values`` are this rank's (plain mean alone)."""
-        return values.sum() / n if self.dist.active else values.mean()
-
     def _clip_and_step(self, optimizer: torch.optim.Optimizer, params) -> None:
         params = list(params)
         all_reduce_grads(self.dist, params)
@@ -198,21 +180,11 @@ class Trainer:
         optimizer.step()
 
     def _check_energy(self, name: str, value: torch.Tensor) -> None:
-        limit = self.config.training.max_energy
-        v = float(value)
+        limit, v = self.config.training.max_energy, float(value)
         if not math.isfinite(v) or abs(v) > limit:
             raise EnergyExplosion(
                 f"step {self.step}: {name} = {v:.4g} per dimension (limit {limit:g}); training "
                 "diverged. Lower contrastive_lr, raise energy_penalty or shorten chains.")
-
-    def _report(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Detached scalars as floats, summed over ranks (each is a rank's share of a global
-        mean), in one transfer."""
-        if not values:
-            return {}
-        stacked = torch.stack([v.detach().float() for v in values.values()])
-        stacked = all_reduce_sum(self.dist, stacked).tolist()
-        return dict(zip(values, stacked))
 
     # -- stage 1: reconstruction -------------------------------------------------------------
     def reconstruction_step(self) -> dict[str, float]:
@@ -221,7 +193,7 @@ class Trainer:
         train = self.config.training
         n = train.batch_size
         x = self._batch()
-        sigma = self.dist.rows(self._random_sigmas(self.grid, n))
+        sigma = self.dist.rows(self.draws.sigmas(self.grid, n))
         self.recon_optimizer.zero_grad(set_to_none=True)
         if train.freeze_dae:
             return self._decoder_refit_step(x, sigma)
@@ -234,13 +206,13 @@ class Trainer:
             moment_term = moments
         else:
             per_dae, per_dec, z = reconstruction_losses(
-                self.model.dae, self.model.decoder, x, sigma, noise=self._normal(
+                self.model.dae, self.model.decoder, x, sigma, noise=self.draws.normal(
                     (n, *x.shape[1:])), weighting=train.dae_loss_weighting, per_sample=True,
                 decoder_trains_encoder=train.decoder_trains_encoder)
             loss_dae, loss_dec = per_dae.sum() / n, per_dec.sum() / n
             moments, moment_term = latent_moment_surrogate(self.dist, z, n)
         total = loss_dae + loss_dec + train.latent_moment_weight * moment_term
-        report = self._report({"dae": loss_dae, "decoder": loss_dec})
+        report = self.draws.report({"dae": loss_dae, "decoder": loss_dec})
         moments = float(moments.detach())
         self._check_energy("reconstruction loss", torch.tensor(
             report["dae"] + report["decoder"] + train.latent_moment_weight * moments))
@@ -251,13 +223,13 @@ class Trainer:
     def _decoder_refit_step(self, x: torch.Tensor, sigma: torch.Tensor) -> dict[str, float]:
         """Eq. 13 for gamma alone: the encoder's latents are inputs, not parameters, so the
         DAE (and U^c) does not move.  Parameters without a gradient are skipped by Adam."""
-        noise = self._normal(tuple(x.shape))
+        noise = self.draws.normal(tuple(x.shape))
         with torch.no_grad():
             loss_dae, _, z = reconstruction_losses(
                 self.model.dae, self.model.decoder, x, sigma, noise=noise,
                 weighting=self.config.training.dae_loss_weighting)
         loss_dec = (self.model.decoder(z) - x).flatten(1).pow(2).mean()
-        report = self._report({"dae": loss_dae, "decoder": loss_dec})
+        report = self.draws.report({"dae": loss_dae, "decoder": loss_dec})
         self._check_energy("reconstruction loss", torch.tensor(report["decoder"]))
         loss_dec.backward()
         self._clip_and_step(self.recon_optimizer, self.model.decoder.parameters())
@@ -275,14 +247,13 @@ class Trainer:
         latent and pixel chains both run at sigma_i.
 
         In a data-parallel run x_T holds this rank's rows only; z_K and sigma are global."""
-        train, net = self.config.training, self.config.network
+        train = self.config.training
         n = train.chain_batch_size
         n_noise = int(round(n * train.noise_chain_fraction))
         n_replay = min(int(round(n * train.pixel_replay_fraction)), n - n_noise)
         n_augmented = min(int(round(n * train.augmented_chain_fraction)),
                           n - n_noise - n_replay)
         n_latent = n - n_noise - n_replay - n_augmented
-        image_shape = (net.channels, net.image_size, net.image_size)
         self.model.eval()  # no dropout/BN here, but keep the convention explicit
         z_k, sigma = self._latent_chains(n_latent, n, should_cancel)
         with torch.no_grad():
@@ -296,17 +267,17 @@ class Trainer:
             sample_batch(self.dataset, n_augmented, generator=self.data_generator,
                          flip=train.flip), train.negative_augmentations,
             generator=self.data_generator).to(self.device) if n_augmented else x_latent[:0]
-        noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
+        noise_start = torch.rand((n_noise, *x_latent.shape[1:]), generator=self.generator,
                                  device=self.device) * 2 - 1
         x0 = torch.cat([x_latent, x_replay, augmented, noise_start])
         if sigma is None:
-            sigma = self._random_sigmas(self.contrastive_grid, n)
+            sigma = self.draws.sigmas(self.contrastive_grid, n)
         x_t = pixel_chain(self.model, self.dist.rows(x0), steps=train.steps_pixel,
                           step_size=train.step_size_pixel, sigma=self.dist.rows(sigma),
                           temperature=train.temperature_pixel,
                           grad_clip=train.chain_grad_clip or None, clamp=train.clamp_chains,
                           generator=self.generator, should_cancel=should_cancel,
-                          noise_fn=self._chain_noise(n))
+                          noise_fn=self.draws.chain_noise(n))
         if train.pixel_replay_size > 0:
             self._refill_pixel_buffer(gather_rows(self.dist, x_t, n), n_latent, n_replay,
                                       pixel_slots)
@@ -330,7 +301,7 @@ class Trainer:
             z0 = torch.where(reuse[:, None], self.buffer[slots], z0)
         # The paper's per-sample sigma_i is drawn before the chains (it sets their energy);
         # the stabilised path draws the pixel chains' sigma after them, as it always has.
-        sigma = self._random_sigmas(self.contrastive_grid, n) if train.shared_sigma else None
+        sigma = self.draws.sigmas(self.contrastive_grid, n) if train.shared_sigma else None
         sigma_latent = sigma[:n_latent] if sigma is not None else train.sigma_latent
         if self.dist.active:
             start, stop = self.dist.bounds(n_latent)
@@ -343,7 +314,7 @@ class Trainer:
                            step_size=train.step_size_latent, sigma=sigma_latent,
                            temperature=train.temperature_latent,
                            grad_clip=train.chain_grad_clip or None, generator=self.generator,
-                           should_cancel=should_cancel, noise_fn=self._chain_noise(n_latent))
+                           should_cancel=should_cancel, noise_fn=self.draws.chain_noise(n_latent))
         z_k = gather_rows(self.dist, z_k, n_latent)
         if slots is not None:
             self.buffer[slots] = z_k
@@ -370,30 +341,30 @@ class Trainer:
         at the current parameters and then both Adam steps run; otherwise phi steps first and
         the gamma gradient sees the updated DAE."""
         train = self.config.training
-        alpha, n = train.energy_penalty, sigma_neg.shape[0]
-        n_from_latent = z_neg.shape[0]
+        alpha, n, n_from_latent = train.energy_penalty, sigma_neg.shape[0], z_neg.shape[0]
         start, stop = self.dist.bounds(n)
         x_data = self._batch(n)
         sigma_local = sigma_neg[start:stop]
         sigma_data = sigma_local if train.shared_sigma else \
-            self.dist.rows(self._random_sigmas(self.contrastive_grid, n))
+            self.dist.rows(self.draws.sigmas(self.contrastive_grid, n))
 
         # phi: lower U^c on data, raise it on negatives (gamma untouched: x_neg is detached).
         self.phi_optimizer.zero_grad(set_to_none=True)
         e_data = self._texture_energy_per_dim(x_data, sigma_data, n)
         e_neg = self._texture_energy_per_dim(x_neg, sigma_local, n)
-        loss_phi = train.contrastive_weight * (self._mean(e_data, n) - self._mean(e_neg, n))
-        penalty_phi = alpha * (self._mean(e_data.pow(2), n) + self._mean(e_neg.pow(2), n))
+        mean = self.draws.mean
+        loss_phi = train.contrastive_weight * (mean(e_data, n) - mean(e_neg, n))
+        penalty_phi = alpha * (mean(e_data.pow(2), n) + mean(e_neg.pow(2), n))
         local_latent = max(0, min(stop, n_from_latent) - start)
-        stats = {"data_energy": self._mean(e_data, n), "negative_energy": self._mean(e_neg, n),
+        stats = {"data_energy": mean(e_data, n), "negative_energy": mean(e_neg, n),
                  "contrastive_phi": loss_phi, "penalty": penalty_phi,
-                 "two_stage": self._mean(e_neg[:local_latent], n_from_latent),
-                 "other": self._mean(e_neg[local_latent:], n - n_from_latent)}
+                 "two_stage": mean(e_neg[:local_latent], n_from_latent),
+                 "other": mean(e_neg[local_latent:], n - n_from_latent)}
         if not n_from_latent:
             del stats["two_stage"]
         if n_from_latent == n:
             del stats["other"]
-        report = self._report(stats)
+        report = self.draws.report(stats)
         self._check_energy("data energy", torch.tensor(report["data_energy"]))
         self._check_energy("negative energy", torch.tensor(report["negative_energy"]))
         (loss_phi + penalty_phi).backward()
@@ -423,7 +394,7 @@ class Trainer:
                                 ) -> torch.Tensor:
         """U^c(x, sigma) / d (eq. 7) of this rank's rows; a data-parallel run draws the noise
         at the global size n and keeps its rows."""
-        noise = self._normal((n, *x.shape[1:])) if self.dist.active else None
+        noise = self.draws.normal((n, *x.shape[1:])) if self.dist.active else None
         return texture_energy(self.model.dae, x, sigma, generator=self.generator,
                               noise=noise) / self.pixel_dims
 
@@ -446,29 +417,29 @@ class Trainer:
                 s_data = s_neg = s_data4 = train.sigma_latent
             image = (net.channels, net.image_size, net.image_size)
             with torch.no_grad():
-                noisy = x_data + s_data4 * self._normal((n, *image))
+                noisy = x_data + s_data4 * self.draws.normal((n, *image))
                 z_data = self.model.dae.latent(noisy, as_sigma_batch(s_data, x_data.shape[0],
                                                                      x_data))
             z_local = self.dist.rows(z_neg)
             es_data = semantic_energy(self.model.dae, self.model.decoder, z_data, s_data,
                                       generator=self.generator,
-                                      noise=self._normal((n, *image))
+                                      noise=self.draws.normal((n, *image))
                                       if self.dist.active else None) / d
             if n_latent > 0:
                 es_neg = semantic_energy(self.model.dae, self.model.decoder, z_local, s_neg,
                                          generator=self.generator,
-                                         noise=self._normal((n_latent, *image))
+                                         noise=self.draws.normal((n_latent, *image))
                                          if self.dist.active else None) / d
             else:
                 es_neg = torch.zeros(1, device=self.device)
             m = max(n_latent, 1)
-            loss = train.semantic_contrastive_weight * (self._mean(es_data, n)
-                                                        - self._mean(es_neg, m))
-            penalty = alpha * (self._mean(es_data.pow(2), n) + self._mean(es_neg.pow(2), m))
+            mean = self.draws.mean
+            loss = train.semantic_contrastive_weight * (mean(es_data, n) - mean(es_neg, m))
+            penalty = alpha * (mean(es_data.pow(2), n) + mean(es_neg.pow(2), m))
             (loss + penalty).backward()
-            report = self._report({"contrastive_gamma": loss, "semantic_penalty": penalty,
-                                   "semantic_data_energy": self._mean(es_data, n),
-                                   "semantic_negative_energy": self._mean(es_neg, m)})
+            report = self.draws.report({"contrastive_gamma": loss, "semantic_penalty": penalty,
+                                   "semantic_data_energy": self.draws.mean(es_data, n),
+                                   "semantic_negative_energy": self.draws.mean(es_neg, m)})
             if not train.simultaneous_updates:
                 self._clip_and_step(self.gamma_optimizer, self.model.decoder.parameters())
         finally:
@@ -482,8 +453,7 @@ class Trainer:
             return self._train_step(should_cancel)
 
     def _train_step(self, should_cancel: CancelFn | None) -> StepMetrics:
-        start = time.perf_counter()
-        train = self.config.training
+        start, train = time.perf_counter(), self.config.training
         self.model.train()
         warm = self.step < train.warmup_steps
         # Stateless lr choice per phase, so resuming mid-run reproduces it exactly.
