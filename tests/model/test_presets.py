@@ -100,8 +100,10 @@ def test_celeba64_is_the_papers_64px_setting():
     assert (cfg.training.steps_latent, cfg.training.steps_pixel) == (40, 100)
     paper = preset("paper").training
     for field in ("replay_buffer_size", "noise_chain_fraction", "energy_penalty",
-                  "shared_sigma", "simultaneous_updates", "dae_loss_weighting"):
+                  "shared_sigma", "simultaneous_updates", "dae_loss_weighting",
+                  "decoder_trains_encoder"):
         assert getattr(cfg.training, field) == getattr(paper, field)
+    assert (cfg.network.preconditioning, cfg.scoring.draws) == ("none", 1)
 
 
 # Each stabiliser: the setting(s), its value when off (the paper), its value in paper-stable.
