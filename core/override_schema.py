@@ -21,7 +21,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Val
                       create_model)
 
 from model.formats.config import (DAE_LOSS_WEIGHTINGS, LATENT_INITS, NEGATIVE_AUGMENTATIONS,
-                                  PRECISIONS, SCORES,
+                                  PRECISIONS, PRECONDITIONINGS, SCORES,
                                   DataConfig, NetworkConfig, NoiseConfig, SamplerConfig,
                                   ScoringConfig, TrainingConfig)
 
@@ -48,7 +48,8 @@ RANGES: dict[str, dict[str, Any]] = {
     "network": {"image_size": (4, 1 << 16), "channels": (1, 3), "base_width": SIZE,
                 "channel_mults": ((1, 1 << 16), 1, 64), "blocks_per_level": (1, 64),
                 "latent_dim": SIZE, "decoder_width": SIZE, "embedding_dim": (2, 1 << 16),
-                "sigma_data": POSITIVE, "groups": (1, 1024)},
+                "sigma_data": POSITIVE, "groups": (1, 1024),
+                "preconditioning": PRECONDITIONINGS},
     "noise": {"num_sigmas": COUNT, "sigma_max": POSITIVE, "sigma_min": POSITIVE},
     "sampler": {"steps_latent": STEPS, "steps_pixel": STEPS, "step_size_latent": POSITIVE,
                 "step_size_pixel": POSITIVE, "sigma_latent": POSITIVE, "sigma_pixel": POSITIVE,
@@ -77,6 +78,7 @@ RANGES: dict[str, dict[str, Any]] = {
                  "negative_augmentations": (NEGATIVE_AUGMENTATIONS, 0,
                                             len(NEGATIVE_AUGMENTATIONS)),
                  "lr_contrastive_phase": ("gt", 0.0, 10.0), "flip": None, "freeze_dae": None,
+                 "decoder_trains_encoder": None,
                  "max_energy": ("gt", 0.0, 1e12), "checkpoint_every": (0, 10 ** 9),
                  "seed": SEED},
     "data": {"dataset": 4096, "holdout_fraction": ("lt1", 0.0, 1.0), "split_seed": SEED},

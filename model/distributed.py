@@ -154,3 +154,42 @@ def latent_moment_surrogate(ctx: DistContext, z_local: torch.Tensor, n: int
     surrogate = (d_mean * z_local.sum(0) / n).sum() \
         + (d_var * (z_local - mean).pow(2).sum(0) / (n - 1)).sum()
     return value, surrogate
+
+
+class RankDraws:
+    """The Trainer's random draws and means as one rank of a data-parallel run: tensors are
+    drawn at the global size from the shared generator and each rank keeps its own rows, so
+    N ranks reproduce one process (in one process every method is the plain operation)."""
+
+    def __init__(self, dist: DistContext, generator: torch.Generator, device: torch.device):
+        self.dist, self.generator, self.device = dist, generator, device
+
+    def sigmas(self, grid: torch.Tensor, n: int) -> torch.Tensor:
+        """Global (n,) sigmas from the grid; every rank holds all of them."""
+        index = torch.randint(grid.numel(), (n,), generator=self.generator, device=self.device)
+        return grid[index]
+
+    def normal(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """This rank's rows of a standard-normal tensor drawn at the global size."""
+        noise = torch.randn(shape, generator=self.generator, device=self.device)
+        return self.dist.rows(noise) if self.dist.active else noise
+
+    def chain_noise(self, n_global: int):
+        """The chains' noise source in a data-parallel run: global draws, local rows."""
+        if not self.dist.active:
+            return None
+        return lambda shape: self.normal((n_global, *shape[1:]))
+
+    def mean(self, values: torch.Tensor, n: int) -> torch.Tensor:
+        """Mean over n global rows of which ``values`` are this rank's (plain mean alone)."""
+        return values.sum() / n if self.dist.active else values.mean()
+
+    def report(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Detached scalars as floats, summed over ranks (each is a rank's share of a global
+        mean), in one transfer."""
+        if not values:
+            return {}
+        stacked = torch.stack([v.detach().float() for v in values.values()])
+        stacked = all_reduce_sum(self.dist, stacked).tolist()
+        return dict(zip(values, stacked))
+

@@ -105,7 +105,7 @@ def semantic_energy_grad(dae: DenoisingUNet, decoder: SemanticDecoder, z: torch.
 def reconstruction_losses(dae: DenoisingUNet, decoder: SemanticDecoder, x: torch.Tensor,
                           sigma: torch.Tensor, *, generator: torch.Generator | None = None,
                           noise: torch.Tensor | None = None, weighting: str = "edm",
-                          per_sample: bool = False
+                          per_sample: bool = False, decoder_trains_encoder: bool = True
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(DAE loss, decoder loss, latents) from one noise draw and one encoder pass.
 
@@ -116,8 +116,10 @@ def reconstruction_losses(dae: DenoisingUNet, decoder: SemanticDecoder, x: torch
     ``weighting="none"`` is eq. 1 as the paper writes it (still a mean per dimension, a
     constant factor).
 
-    Decoder loss, eq. 13: E ||h(f(x~, sigma)) - x||^2, mean per dimension.  Its gradient also
-    reaches the encoder, which makes z carry the image's content, not only what skips miss.
+    Decoder loss, eq. 13: E ||h(f(x~, sigma)) - x||^2, mean per dimension.  With
+    ``decoder_trains_encoder`` its gradient also reaches the encoder, which makes z carry the
+    image's content, not only what skips miss; without it z is detached before h, so eq. 13
+    trains gamma alone and the encoder sees grad L_DAE only (Algorithm 1 line 4, "fix phi").
 
     ``per_sample=True`` returns (B,) losses instead of batch means (data-parallel training
     sums them over ranks).
@@ -133,7 +135,8 @@ def reconstruction_losses(dae: DenoisingUNet, decoder: SemanticDecoder, x: torch
         per_dae = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2 * per_dae
     elif weighting != "none":
         raise ValueError(f"unknown DAE loss weighting {weighting!r}")
-    per_decoder = (decoder(z) - x).flatten(1).pow(2).mean(dim=1)
+    per_decoder = (decoder(z if decoder_trains_encoder else z.detach()) - x
+                   ).flatten(1).pow(2).mean(dim=1)
     if per_sample:
         return per_dae, per_decoder, z
     return per_dae.mean(), per_decoder.mean(), z

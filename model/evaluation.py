@@ -18,9 +18,6 @@ eval-samples
     (``classifier.py``, trained on the same train split and cached): the Frechet distance
     to the held-out split's features, the mean max-softmax confidence and the histogram of
     predicted classes (mode coverage).  See ``evaluate_samples`` for the rows.
-
-(About 430 lines: the two commands share the checkpoint/baseline loading, the held-out split
-and the table formatting, and each report is defined by this one docstring.)
 """
 
 from __future__ import annotations
@@ -143,56 +140,21 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
     ``datasets`` adds OOD sets from dataset specs, {name: spec} (e.g. {"svhn":
     "~/data/test_32x32.mat"}), up to ``per_set`` images each."""
     started = time.perf_counter()
-    # ConfigError (a ValueError) so that the CLI reports bad arguments as one line.
-    if per_set < 1:
-        raise ConfigError("per_set must be >= 1")
-    sets = tuple(sets) if sets is not None else OOD_SETS
-    unknown = [s for s in sets if s not in OOD_SETS]
-    if unknown:
-        raise ConfigError(f"unknown OOD sets {unknown}; choose from {list(OOD_SETS)}")
+    sets = checked_ood_sets(sets, per_set)
     say = on_progress or (lambda message: None)
     dev = resolve_device(device)
     loaded = load_checkpoint(checkpoint_dir, device=dev)
     config = loaded.config
-    net, scoring = config.network, config.scoring
     train, holdout = load_splits(config)
     if len(holdout) < 2:
         raise DatasetError("eval-ood needs a held-out split; the checkpoint's "
                            "data.holdout_fraction leaves none")
-
     baseline_path, note = resolve_baseline(checkpoint_dir, loaded.metadata,
                                            baseline_checkpoint)
-    notes = [note] if note else []
-
-    def texture_scorer(ckpt: LoadedCheckpoint) -> Callable[[torch.Tensor], torch.Tensor]:
-        return lambda x: score_images(ckpt, x)
-
-    scorers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-        "model": texture_scorer(loaded)}
-    if baseline_path is not None:
-        baseline = load_checkpoint(baseline_path, device=dev)
-        b_net = baseline.config.network
-        if (b_net.image_size, b_net.channels) != (net.image_size, net.channels):
-            raise CheckpointError(f"{baseline_path}: baseline images are {b_net.channels}x"
-                                  f"{b_net.image_size}^2, the checkpoint's "
-                                  f"{net.channels}x{net.image_size}^2")
-        scorers["dae_only"] = texture_scorer(
-            scored_like(baseline, loaded, to_model_range(train.images)))
-    scorers["knn_pixel"] = lambda x: knn_pixel_scores(x.to(dev), train.images)
-
-    x_in = to_model_range(holdout.images)
-    images = {"in_distribution": x_in}
-    for name in sets:
-        images[name] = build_ood_set(name, n=per_set, image_size=net.image_size,
-                                     channels=net.channels, seed=seed, holdout=holdout)
-    for name, spec in (datasets or {}).items():
-        if name in images:
-            raise ConfigError(f"OOD set name {name!r} is taken; choose another")
-        say(f"loading OOD set {name} from {spec}")
-        images[name] = dataset_ood_set(spec, n=per_set, image_size=net.image_size,
-                                       channels=net.channels, seed=seed)
+    scorers = ood_scorers(loaded, baseline_path, train.images, dev)
+    images = ood_images(config.network, holdout, sets, datasets or {}, per_set=per_set,
+                        seed=seed, say=say)
     sets = tuple(sets) + tuple(datasets or {})
-
     scores: dict[str, dict[str, torch.Tensor]] = {}
     for scorer_name, scorer in scorers.items():
         say(f"scoring with {scorer_name}")
@@ -202,24 +164,21 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
         s = scores[scorer_name]
         return {name: ood_metrics(s["in_distribution"], s[name]) for name in sets}
 
+    scoring = config.scoring
     report: dict[str, Any] = {
         "ood": metrics_for("model"),
         "baselines": {name: metrics_for(name) for name in scorers if name != "model"},
-        "score": scoring.score,
-        "sigma": scoring.sigma,
+        "score": scoring.score, "sigma": scoring.sigma,
         **({"semantic_sigma": scoring.semantic_sigma} if scoring.score != "texture" else {}),
-        "draws": scoring.draws,
-        "scoring_seed": scoring.seed,
-        "seed": seed,
-        "checkpoint": str(checkpoint_dir),
-        "step": loaded.step,
+        "draws": scoring.draws, "scoring_seed": scoring.seed, "seed": seed,
+        "checkpoint": str(checkpoint_dir), "step": loaded.step,
         "dataset": config.data.dataset,
         "baseline_checkpoint": str(baseline_path) if baseline_path is not None else None,
-        "in_distribution_count": int(x_in.shape[0]),
+        "in_distribution_count": int(images["in_distribution"].shape[0]),
         "per_set": per_set,
         "score_summary": {name: {key: _summary(v) for key, v in s.items()}
                           for name, s in scores.items()},
-        "notes": notes,
+        "notes": [note] if note else [],
     }
     if "constant" in sets:
         # The blank canvas is deterministic, so its first members all score the same.
@@ -228,6 +187,55 @@ def evaluate_ood(checkpoint_dir: str | Path, *, baseline_checkpoint: str | Path 
                                   for name, s in scores.items()}
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def checked_ood_sets(sets: tuple[str, ...] | None, per_set: int) -> tuple[str, ...]:
+    """The named OOD sets (default: all of OOD_SETS), or ConfigError (a ValueError, so that
+    the CLI reports bad arguments as one line)."""
+    if per_set < 1:
+        raise ConfigError("per_set must be >= 1")
+    sets = tuple(sets) if sets is not None else OOD_SETS
+    unknown = [s for s in sets if s not in OOD_SETS]
+    if unknown:
+        raise ConfigError(f"unknown OOD sets {unknown}; choose from {list(OOD_SETS)}")
+    return sets
+
+
+def ood_scorers(loaded: LoadedCheckpoint, baseline_path: Path | None,
+                train_images: torch.Tensor, device: torch.device
+                ) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The scores eval-ood compares: the model's, the DAE-only baseline's (scored like the
+    model) when there is one, and the pixel-space nearest-neighbour baseline."""
+    net = loaded.config.network
+    scorers: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "model": lambda x: score_images(loaded, x)}
+    if baseline_path is not None:
+        baseline = load_checkpoint(baseline_path, device=device)
+        b_net = baseline.config.network
+        if (b_net.image_size, b_net.channels) != (net.image_size, net.channels):
+            raise CheckpointError(f"{baseline_path}: baseline images are {b_net.channels}x"
+                                  f"{b_net.image_size}^2, the checkpoint's "
+                                  f"{net.channels}x{net.image_size}^2")
+        like_model = scored_like(baseline, loaded, to_model_range(train_images))
+        scorers["dae_only"] = lambda x: score_images(like_model, x)
+    scorers["knn_pixel"] = lambda x: knn_pixel_scores(x.to(device), train_images)
+    return scorers
+
+
+def ood_images(net, holdout, sets: tuple[str, ...], datasets: dict[str, str], *,
+               per_set: int, seed: int, say: ProgressFn) -> dict[str, torch.Tensor]:
+    """The held-out split as "in_distribution", then each OOD set by name, in [-1, 1]."""
+    images = {"in_distribution": to_model_range(holdout.images)}
+    for name in sets:
+        images[name] = build_ood_set(name, n=per_set, image_size=net.image_size,
+                                     channels=net.channels, seed=seed, holdout=holdout)
+    for name, spec in datasets.items():
+        if name in images:
+            raise ConfigError(f"OOD set name {name!r} is taken; choose another")
+        say(f"loading OOD set {name} from {spec}")
+        images[name] = dataset_ood_set(spec, n=per_set, image_size=net.image_size,
+                                       channels=net.channels, seed=seed)
+    return images
 
 
 def _row(metrics: dict[str, float]) -> str:
@@ -361,88 +369,113 @@ def evaluate_samples(checkpoint_dir: str | Path, *, n: int = DEFAULT_SAMPLES_N, 
     seed, seed + 1, ... per batch of 64; seconds_per_64 is the wall time of all batches
     scaled to 64 samples."""
     from .classifier import classifier_for
-    from .images import grid_png
 
     started = time.perf_counter()
+    rows = checked_sample_rows(rows, n)
+    say = on_progress or (lambda message: None)
+    dev = resolve_device(device)
+    loaded = load_checkpoint(checkpoint_dir, device=dev)
+    config = loaded.config
+    splits = load_splits(config)
+    train, holdout = splits
+    say("classifier")
+    classifier = classifier_for(config, splits, settings=classifier_settings,
+                                cache_dir=classifier_cache, device=dev)
+    recorder = SampleRowRecorder(classifier, classifier.features(to_model_range(holdout.images)),
+                                 n=n, grid_root=Path(grids_dir) if grids_dir else None)
+    for row in rows:
+        if row not in recorder.results:
+            say(f"row {row}")
+            run_sample_row(row, loaded, recorder, rows=rows, train=train, n=n, seed=seed)
+    report: dict[str, Any] = {
+        "classifier_accuracy": classifier.accuracy,
+        "rows": {row: recorder.results[row] for row in SAMPLE_ROWS if row in recorder.results},
+        "n": n, "seed": seed, "checkpoint": str(checkpoint_dir), "step": loaded.step,
+        "dataset": config.data.dataset, "reference_count": len(holdout),
+        "sampler": asdict(config.sampler), "device": str(dev),
+        "classifier": classifier.describe(),
+        "class_histogram_unit": "counts of predicted classes over the row's samples",
+    }
+    if recorder.grids:
+        report["grids"] = recorder.grids
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def run_sample_row(row: str, loaded: LoadedCheckpoint, recorder: "SampleRowRecorder", *,
+                   rows: list[str], train, n: int, seed: int) -> None:
+    """Draw one row's images and record them; one two-stage run serves two_stage and
+    semantic (h(z_K) of the same chains) alike."""
+    if row == "real":
+        recorder.record("real", real_images(train, n, seed), steps=0, seconds=0.0)
+    elif row in ("two_stage", "semantic"):
+        images, semantic, steps, seconds, latent = sample_in_batches(
+            loaded, sampler="two_stage", n=n, seed=seed, overrides={}, keep_semantic=True)
+        if "two_stage" in rows:
+            recorder.record("two_stage", images, steps=steps, seconds=seconds)
+        if "semantic" in rows:
+            recorder.record("semantic", semantic, steps=loaded.config.sampler.steps_latent,
+                            seconds=latent)
+    else:
+        sampler, overrides = sampler_row_plan(row, loaded.config.sampler)
+        images, _, steps, seconds, _ = sample_in_batches(loaded, sampler=sampler, n=n,
+                                                         seed=seed, overrides=overrides)
+        recorder.record(row, images, steps=steps, seconds=seconds)
+
+
+def checked_sample_rows(rows, n: int) -> list[str]:
+    """The requested rows (default: all of SAMPLE_ROWS), or ConfigError."""
     if n < 2:
         raise ConfigError("n must be >= 2 (a Frechet distance needs a covariance)")
     rows = list(SAMPLE_ROWS if not rows else rows)
     unknown = [r for r in rows if r not in SAMPLE_ROWS]
     if unknown:
         raise ConfigError(f"unknown rows {unknown}; choose from {list(SAMPLE_ROWS)}")
-    say = on_progress or (lambda message: None)
-    dev = resolve_device(device)
-    loaded = load_checkpoint(checkpoint_dir, device=dev)
-    config = loaded.config
-    settings = config.sampler
-    splits = load_splits(config)
-    train, holdout = splits
-    say("classifier")
-    classifier = classifier_for(config, splits, settings=classifier_settings,
-                                cache_dir=classifier_cache, device=dev)
-    reference = classifier.features(to_model_range(holdout.images))
+    return rows
 
-    pixel_steps = settings.steps_latent + settings.steps_pixel
-    plans: dict[str, tuple[str, dict[str, Any]]] = {
-        "two_stage": ("two_stage", {}),
-        "texture_only": ("texture_only", {}),
+
+def sampler_row_plan(row: str, settings) -> tuple[str, dict[str, Any]]:
+    """(sampler, overrides) of a sampler row other than two_stage and semantic."""
+    if row == "texture_only_10x":
         # texture_only runs steps_latent + steps_pixel pixel steps: put all 10x in one term.
-        "texture_only_10x": ("texture_only", {"steps_latent": 0,
-                                              "steps_pixel": 10 * pixel_steps}),
-        "annealed": ("annealed", {}),
-    }
-    results: dict[str, dict[str, Any]] = {}
-    grids: dict[str, str] = {}
-    grid_root = Path(grids_dir) if grids_dir is not None else None
-    if grid_root is not None:
-        grid_root.mkdir(parents=True, exist_ok=True)
+        return "texture_only", {"steps_latent": 0,
+                                "steps_pixel": 10 * (settings.steps_latent
+                                                     + settings.steps_pixel)}
+    return row, {}  # texture_only, annealed: the checkpoint's defaults
 
-    def record(row: str, images: torch.Tensor, *, steps: int, seconds: float) -> None:
-        metrics = sample_metrics(classifier, images, reference)
-        results[row] = {**metrics, "seconds_per_64": round(seconds * TIMING_BATCH / n, 3),
-                        "steps": int(steps)}
+
+def real_images(train, n: int, seed: int) -> torch.Tensor:
+    """n images of the train split in [-1, 1] (cycling through it if n is larger)."""
+    generator = torch.Generator().manual_seed(seed)
+    passes = -(-n // len(train))
+    index = torch.cat([torch.randperm(len(train), generator=generator)
+                       for _ in range(passes)])[:n]
+    return to_model_range(train.images[index])
+
+
+class SampleRowRecorder:
+    """Each row's metrics in the classifier's feature space, and its grid PNG if asked."""
+
+    def __init__(self, classifier, reference: torch.Tensor, *, n: int,
+                 grid_root: Path | None):
+        self.classifier, self.reference, self.n = classifier, reference, n
+        self.grid_root = grid_root
         if grid_root is not None:
-            path = grid_root / f"{row}.png"
+            grid_root.mkdir(parents=True, exist_ok=True)
+        self.results: dict[str, dict[str, Any]] = {}
+        self.grids: dict[str, str] = {}
+
+    def record(self, row: str, images: torch.Tensor, *, steps: int, seconds: float) -> None:
+        from .images import grid_png
+
+        metrics = sample_metrics(self.classifier, images, self.reference)
+        self.results[row] = {**metrics,
+                             "seconds_per_64": round(seconds * TIMING_BATCH / self.n, 3),
+                             "steps": int(steps)}
+        if self.grid_root is not None:
+            path = self.grid_root / f"{row}.png"
             path.write_bytes(grid_png(images[:64].nan_to_num(-1.0)))
-            grids[row] = str(path)
-
-    for row in rows:
-        if row in results:
-            continue
-        say(f"row {row}")
-        if row == "real":
-            generator = torch.Generator().manual_seed(seed)
-            passes = -(-n // len(train))
-            index = torch.cat([torch.randperm(len(train), generator=generator)
-                               for _ in range(passes)])[:n]
-            record("real", to_model_range(train.images[index]), steps=0, seconds=0.0)
-            continue
-        if row in ("two_stage", "semantic"):
-            images, semantic, steps, seconds, latent = sample_in_batches(
-                loaded, sampler="two_stage", n=n, seed=seed, overrides={}, keep_semantic=True)
-            if "two_stage" in rows:
-                record("two_stage", images, steps=steps, seconds=seconds)
-            if "semantic" in rows:
-                record("semantic", semantic, steps=settings.steps_latent, seconds=latent)
-            continue
-        sampler, overrides = plans[row]
-        images, _, steps, seconds, _ = sample_in_batches(loaded, sampler=sampler, n=n, seed=seed,
-                                                    overrides=overrides)
-        record(row, images, steps=steps, seconds=seconds)
-
-    report: dict[str, Any] = {
-        "classifier_accuracy": classifier.accuracy,
-        "rows": {row: results[row] for row in SAMPLE_ROWS if row in results},
-        "n": n, "seed": seed, "checkpoint": str(checkpoint_dir), "step": loaded.step,
-        "dataset": config.data.dataset, "reference_count": len(holdout),
-        "sampler": asdict(settings), "device": str(dev),
-        "classifier": classifier.describe(),
-        "class_histogram_unit": "counts of predicted classes over the row's samples",
-    }
-    if grids:
-        report["grids"] = grids
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    return report
+            self.grids[row] = str(path)
 
 
 def format_samples_table(report: dict[str, Any]) -> str:

@@ -56,13 +56,15 @@ class ResBlock(nn.Module):
 
 
 class DenoisingUNet(nn.Module):
-    """r_phi(x~, sigma) with skip/out preconditioning (Karras et al. 2022):
+    """r_phi(x~, sigma) from the U-Net F, by ``config.preconditioning``:
 
-        r = c_skip(sigma) x~ + c_out(sigma) F(c_in(sigma) x~, sigma)
+        "edm":  r = c_skip(sigma) x~ + c_out(sigma) F(c_in(sigma) x~, sigma)  (Karras et al. 2022)
+        "none": r = F(x~, sigma)                                            (the paper, 4.1)
 
-    This keeps the network's input and target at unit scale for every sigma in [0.01, 1], so
-    one set of weights denoises well across the whole grid.  It changes nothing in eq. 7: the
-    texture energy is still ||x - r||^2 / (2 sigma^2) of this r.
+    "edm" keeps the network's input and target at unit scale for every sigma in [0.01, 1], so
+    one set of weights denoises well across the whole grid, and U^c stays O(1) per dimension
+    at every sigma: in effect a stabiliser, which is why `paper` turns it off.  Either way
+    eq. 7 is unchanged: the texture energy is ||x - r||^2 / (2 sigma^2) of this r.
     """
 
     def __init__(self, config: NetworkConfig):
@@ -114,7 +116,12 @@ class DenoisingUNet(nn.Module):
         self.out_conv = nn.Conv2d(widths[0], c, 3, padding=1)
 
     # -- preconditioning ---------------------------------------------------------------------
+    @property
+    def preconditioned(self) -> bool:
+        return self.config.preconditioning == "edm"
+
     def _coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(c_skip, c_out, c_in) of the "edm" preconditioning, per sample, (B, 1, 1, 1)."""
         sd = self.config.sigma_data
         s = sigma[:, None, None, None]
         c_skip = sd ** 2 / (s ** 2 + sd ** 2)
@@ -129,9 +136,8 @@ class DenoisingUNet(nn.Module):
     def encode(self, noisy: torch.Tensor, sigma: torch.Tensor
                ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         """Return (z, skips, embedding) for noisy images x~ at per-sample noise levels sigma."""
-        _, _, c_in = self._coefficients(sigma)
         emb = self._embed(sigma)
-        h = self.stem(noisy * c_in)
+        h = self.stem(noisy * self._coefficients(sigma)[2] if self.preconditioned else noisy)
         skips = []
         for level, blocks in enumerate(self.down_blocks):
             for block in blocks:
@@ -164,6 +170,8 @@ class DenoisingUNet(nn.Module):
     def denoise_from(self, noisy: torch.Tensor, sigma: torch.Tensor, z: torch.Tensor,
                      skips: list[torch.Tensor], emb: torch.Tensor) -> torch.Tensor:
         """r from an encoder pass already made (lets the training losses share it)."""
+        if not self.preconditioned:
+            return self.decode(z, skips, emb)
         c_skip, c_out, _ = self._coefficients(sigma)
         return c_skip * noisy + c_out * self.decode(z, skips, emb)
 

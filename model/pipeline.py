@@ -86,86 +86,23 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
     out_dir = Path(out_dir)
     resumed_seconds = 0.0
     if resume and (out_dir / "checkpoint.json").exists():
-        manifest = read_manifest(out_dir)
-        stored = ExperimentConfig.from_dict(manifest["config"])
-        # The stored run wins, except that the number of iterations may be extended.
-        config = stored.replace(training={"iterations": config.training.iterations})
-        resumed_seconds = float(manifest.get("metadata", {}).get("train_seconds", 0.0))
+        config, resumed_seconds = resumed_config(config, out_dir)
         init_from = out_dir
     train_set, holdout = load_splits(config, dataset)
     trainer = Trainer(config, train_set, device=resolve_device(device), dist=dist)
+    extra = dict(extra_metadata or {})
     if init_from is not None:
-        loaded = load_checkpoint(init_from, device=trainer.device)
-        if loaded.config.network != config.network:
-            raise CheckpointError(f"{init_from}: its network config differs from this run's")
-        trainer.model.load_state_dict(loaded.model.state_dict())
-        has_state = bool(read_manifest(init_from).get("training_state"))
-        if has_state or init_from == out_dir:
-            tensors, meta = load_training_state(init_from)
-            trainer.load_state_tensors(tensors, meta, strict_buffers=init_from == out_dir)
-        else:
-            # An exported checkpoint (weights only): this run starts at step 0 with fresh
-            # optimizers, chains and RNG from its own seed, e.g. more contrastive iterations
-            # on a shipped model with --warmup 0.
-            extra_metadata = {**(extra_metadata or {}), "init_from_weights": str(init_from)}
-        if init_from != out_dir:
-            resumed_seconds = float(loaded.metadata.get("train_seconds", 0.0))
-
-    started = time.perf_counter()
-    recent: list[StepMetrics] = []
-
-    def metadata() -> dict[str, Any]:
-        contrastive = [m for m in recent if m.phase == "contrastive"]
-        info: dict[str, Any] = {
-            "train_seconds": round(resumed_seconds + time.perf_counter() - started, 1),
-            "dataset": config.data.dataset, "train_size": len(train_set),
-            "holdout_size": len(holdout), "torch": torch.__version__,
-            "python": platform.python_version(), "device": str(trainer.device),
-            "parameters": trainer.model.parameter_count(),
-        }
-        if (out_dir / WARMUP_DIR / "checkpoint.json").exists():
-            info["warmup_checkpoint"] = WARMUP_DIR  # relative: moves with the checkpoint
-        if contrastive:
-            info["final_data_energy"] = float(np.mean([m.data_energy for m in contrastive]))
-            info["final_negative_energy"] = float(np.mean([m.negative_energy
-                                                           for m in contrastive]))
-        info.update(extra_metadata or {})
-        return info
-
-    def save(calibration: dict[str, Any] | None = None) -> None:
-        if dist.is_main:
-            info = metadata()
-            if dist.active:
-                info["world_size"] = dist.world_size
-            save_checkpoint(out_dir, model=trainer.model, config=config, step=trainer.step,
-                            metadata=info, calibration=calibration,
-                            training_state=trainer.state_tensors())
-        barrier(dist)
-
-    every = config.training.checkpoint_every
-    warmup_steps = config.training.warmup_steps
-
-    def step_end(metrics: StepMetrics) -> None:
-        recent.append(metrics)
-        del recent[:-20]
-        if on_step_end is not None and dist.is_main:
-            on_step_end(metrics)
-        if metrics.step == warmup_steps and trainer.total_steps > warmup_steps:
-            # The DAE after reconstruction only: the baseline the evaluation compares against.
-            if dist.is_main:
-                save_checkpoint(out_dir / WARMUP_DIR, model=trainer.model, config=config,
-                                step=trainer.step, metadata={**metadata(), "phase": "warmup"})
-            barrier(dist)
-        if every and metrics.step % every == 0 and metrics.step < trainer.total_steps:
-            save()
-        if on_snapshot is not None and snapshot_every and (
-                metrics.step % snapshot_every == 0 or metrics.step == trainer.total_steps):
-            on_snapshot(metrics.step, snapshot_samples(trainer.model, config))
-
+        seconds = start_from_checkpoint(trainer, Path(init_from), out_dir, extra)
+        if Path(init_from) != out_dir:
+            resumed_seconds = seconds
+    recorder = TrainingRecorder(trainer, out_dir, dist=dist, resumed_seconds=resumed_seconds,
+                                extra_metadata=extra, holdout_size=len(holdout),
+                                on_step_end=on_step_end, snapshot_every=snapshot_every,
+                                on_snapshot=on_snapshot)
     try:
-        trainer.run(on_step_end=step_end, should_cancel=should_cancel)
+        trainer.run(on_step_end=recorder.step_end, should_cancel=should_cancel)
     except Cancelled:
-        save()
+        recorder.save()
         raise
     calibration = None
     if len(holdout) > 0 and dist.is_main:
@@ -173,11 +110,110 @@ def run_training(config: ExperimentConfig, out_dir: str | Path, *, resume: bool 
         calibration = calibrate_scores(
             LoadedCheckpoint(model=trainer.model, config=config, step=trainer.step),
             to_model_range(holdout.images), train_images=to_model_range(train_set.images))
-    save(calibration)
+    recorder.save(calibration)
     if config.sampler.latent_init == "prior" and dist.is_main:
         fit_prior(out_dir, model=trainer.model, config=config, train_images=train_set.images)
     barrier(dist)
     return out_dir
+
+
+def resumed_config(config: ExperimentConfig, out_dir: Path) -> tuple[ExperimentConfig, float]:
+    """The stored run's config (it wins, except that the number of iterations may be
+    extended) and the training seconds it has already spent."""
+    manifest = read_manifest(out_dir)
+    stored = ExperimentConfig.from_dict(manifest["config"])
+    config = stored.replace(training={"iterations": config.training.iterations})
+    return config, float(manifest.get("metadata", {}).get("train_seconds", 0.0))
+
+
+def start_from_checkpoint(trainer: Trainer, init_from: Path, out_dir: Path,
+                          extra_metadata: dict[str, Any]) -> float:
+    """Load ``init_from``'s weights into the trainer, and its training state when it has one
+    (or is this run's own directory); return the training seconds it had spent."""
+    loaded = load_checkpoint(init_from, device=trainer.device)
+    if loaded.config.network != trainer.config.network:
+        raise CheckpointError(f"{init_from}: its network config differs from this run's")
+    trainer.model.load_state_dict(loaded.model.state_dict())
+    has_state = bool(read_manifest(init_from).get("training_state"))
+    if has_state or init_from == out_dir:
+        tensors, meta = load_training_state(init_from)
+        trainer.load_state_tensors(tensors, meta, strict_buffers=init_from == out_dir)
+    else:
+        # An exported checkpoint (weights only): this run starts at step 0 with fresh
+        # optimizers, chains and RNG from its own seed, e.g. more contrastive iterations
+        # on a shipped model with --warmup 0.
+        extra_metadata["init_from_weights"] = str(init_from)
+    return float(loaded.metadata.get("train_seconds", 0.0))
+
+
+class TrainingRecorder:
+    """What a training run writes as it goes: the checkpoint metadata, periodic and final
+    checkpoints, the warm-up (DAE-only) checkpoint, progress callbacks and sample snapshots.
+    Only rank 0 writes; a barrier after each write keeps data-parallel ranks in step."""
+
+    def __init__(self, trainer: Trainer, out_dir: Path, *, dist: DistContext,
+                 resumed_seconds: float, extra_metadata: dict[str, Any], holdout_size: int,
+                 on_step_end: StepCallback | None, snapshot_every: int,
+                 on_snapshot: Callable[[int, torch.Tensor], None] | None):
+        self.trainer, self.config = trainer, trainer.config
+        self.out_dir, self.dist = out_dir, dist
+        self.resumed_seconds, self.extra_metadata = resumed_seconds, extra_metadata
+        self.holdout_size = holdout_size
+        self.on_step_end, self.on_snapshot = on_step_end, on_snapshot
+        self.snapshot_every = snapshot_every
+        self.started = time.perf_counter()
+        self.recent: list[StepMetrics] = []
+
+    def metadata(self) -> dict[str, Any]:
+        trainer = self.trainer
+        contrastive = [m for m in self.recent if m.phase == "contrastive"]
+        info: dict[str, Any] = {
+            "train_seconds": round(self.resumed_seconds + time.perf_counter() - self.started,
+                                   1),
+            "dataset": self.config.data.dataset, "train_size": len(trainer.dataset),
+            "holdout_size": self.holdout_size, "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(trainer.device),
+            "parameters": trainer.model.parameter_count(),
+        }
+        if (self.out_dir / WARMUP_DIR / "checkpoint.json").exists():
+            info["warmup_checkpoint"] = WARMUP_DIR  # relative: moves with the checkpoint
+        if contrastive:
+            info["final_data_energy"] = float(np.mean([m.data_energy for m in contrastive]))
+            info["final_negative_energy"] = float(np.mean([m.negative_energy
+                                                           for m in contrastive]))
+        info.update(self.extra_metadata)
+        return info
+
+    def save(self, calibration: dict[str, Any] | None = None) -> None:
+        if self.dist.is_main:
+            info = self.metadata()
+            if self.dist.active:
+                info["world_size"] = self.dist.world_size
+            save_checkpoint(self.out_dir, model=self.trainer.model, config=self.config,
+                            step=self.trainer.step, metadata=info, calibration=calibration,
+                            training_state=self.trainer.state_tensors())
+        barrier(self.dist)
+
+    def step_end(self, metrics: StepMetrics) -> None:
+        trainer, every = self.trainer, self.config.training.checkpoint_every
+        self.recent.append(metrics)
+        del self.recent[:-20]
+        if self.on_step_end is not None and self.dist.is_main:
+            self.on_step_end(metrics)
+        warmup_steps = self.config.training.warmup_steps
+        if metrics.step == warmup_steps and trainer.total_steps > warmup_steps:
+            # The DAE after reconstruction only: the baseline the evaluation compares against.
+            if self.dist.is_main:
+                save_checkpoint(self.out_dir / WARMUP_DIR, model=trainer.model,
+                                config=self.config, step=trainer.step,
+                                metadata={**self.metadata(), "phase": "warmup"})
+            barrier(self.dist)
+        if every and metrics.step % every == 0 and metrics.step < trainer.total_steps:
+            self.save()
+        if self.on_snapshot is not None and self.snapshot_every and (
+                metrics.step % self.snapshot_every == 0
+                or metrics.step == trainer.total_steps):
+            self.on_snapshot(metrics.step, snapshot_samples(trainer.model, self.config))
 
 
 def fit_prior(directory: str | Path, *, model, config: ExperimentConfig,

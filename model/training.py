@@ -1,7 +1,8 @@
 """Algorithm 1 of the paper as a flat loop of numbered stages.
 
 One contrastive iteration:
-    1. L reconstruction steps: Adam on the DAE loss (eq. 1, phi) and decoder loss (eq. 13).
+    1. L reconstruction steps: Adam on the DAE loss (eq. 1, phi) and decoder loss (eq. 13;
+       gamma only unless training.decoder_trains_encoder, Algorithm 1 line 4).
     2. Negatives: K latent Langevin steps on U^s (eq. 15) from a persistent buffer or N(0, I),
        decode x0 = h(z_K), T pixel Langevin steps on U^c (eq. 16).  Optional shares of the
        pixel chains start elsewhere: a pixel replay buffer, negative augmentations of data
@@ -21,21 +22,21 @@ Choices the paper leaves open, and why (measured in docs/RESULTS.md, "What was t
     [contrastive_sigma_min, contrastive_sigma_max], bracketing the OOD-scoring sigma (0.05):
     each negative is compared at the sigma its chain ran at.  The latent chain uses
     sigma_latent.
-  - Energies enter the contrastive loss per dimension (U / d).  With the preconditioned DAE,
-    U^c is O(1) per dimension at every sigma (networks.DenoisingUNet), so levels mix without
-    one sigma dominating, and alpha has the same meaning for any image size.
+  - Energies enter the contrastive loss per dimension (U / d).  With the EDM-preconditioned
+    DAE (network.preconditioning "edm"), U^c is O(1) per dimension at every sigma
+    (networks.DenoisingUNet), so levels mix without one sigma dominating, and alpha has the
+    same meaning for any image size.
   - The reconstruction steps switch to lr_contrastive_phase once the contrastive phase starts,
     so a fast warm-up rate does not wash out the contrastive updates.
   - Blow-ups stop training with EnergyExplosion instead of writing a NaN checkpoint.
 
-Why this module is over 400 lines: the Trainer is one iteration of Algorithm 1 plus its
-resumable state, and the order of its random draws is a contract (a resumed run equals an
-uninterrupted one, and data-parallel ranks draw the global batch's numbers and keep their own
-rows, model/distributed.py).  Splitting the stages into other files would scatter that order;
-the shared pieces already live apart (energies, samplers, augment, distributed).
+The order of the Trainer's random draws is a contract (a resumed run equals an uninterrupted
+one, and data-parallel ranks draw the global batch's numbers and keep their own rows,
+model/distributed.py), so the stages stay together here; the shared pieces live apart
+(energies, samplers, augment, distributed, and the resumable state in trainer_state.py).
 
-Progress goes through ``on_step_end(StepMetrics)`` so that a Celery task can report it without
-this module knowing about Celery (minGPT's callback habit).
+Progress goes through ``on_step_end(StepMetrics)``, so a Celery task reports it without this
+module knowing Celery (minGPT's callback habit).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from torch import nn
 
 from .augment import negative_augment
 from .data import ImageDataset, sample_batch, to_model_range
-from .distributed import (SINGLE, DistContext, all_reduce_grads, all_reduce_sum, gather_rows,
+from .distributed import (SINGLE, DistContext, RankDraws, all_reduce_grads, gather_rows,
                           latent_moment_surrogate)
 from .energies import (as_sigma_batch, latent_moment_penalty, reconstruction_losses,
                        semantic_energy, sigma_grid, texture_energy)
@@ -58,6 +59,7 @@ from .formats.config import ConfigError, ExperimentConfig
 from .formats.errors import Cancelled, UserError
 from .networks import DenoisingEBM
 from .samplers import CancelFn, latent_chain, pixel_chain, precision_context
+from .trainer_state import restore_trainer_state, trainer_state
 
 
 class EnergyExplosion(UserError):
@@ -111,9 +113,10 @@ class Trainer:
                                               lr=train.contrastive_lr,
                                               betas=train.contrastive_betas)
         self.gamma_optimizer = torch.optim.Adam(self.model.decoder.parameters(),
-                                                lr=self._semantic_lr,
+                                                lr=self.semantic_lr,
                                                 betas=train.contrastive_betas)
         self.generator = torch.Generator(device=self.device).manual_seed(train.seed)
+        self.draws = RankDraws(dist, self.generator, self.device)
         self.data_generator = torch.Generator().manual_seed(train.seed + 1)
         self.grid = sigma_grid(config.noise, device=self.device)
         low, high = train.contrastive_sigma_min, train.contrastive_sigma_max
@@ -136,7 +139,7 @@ class Trainer:
         return self.config.training.warmup_steps + self.config.training.iterations
 
     @property
-    def _semantic_lr(self) -> float:
+    def semantic_lr(self) -> float:
         train = self.config.training
         return train.contrastive_lr if train.semantic_contrastive_lr is None \
             else train.semantic_contrastive_lr
@@ -146,7 +149,8 @@ class Trainer:
         net = self.config.network
         return net.channels * net.image_size ** 2
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The three Adam optimizers by the name a checkpoint stores them under."""
         return {"recon": self.recon_optimizer, "phi": self.phi_optimizer,
                 "gamma": self.gamma_optimizer}
 
@@ -167,26 +171,6 @@ class Trainer:
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         return x
 
-    def _random_sigmas(self, grid: torch.Tensor, n: int) -> torch.Tensor:
-        """Global (n,) sigmas from the grid; every rank holds all of them."""
-        index = torch.randint(grid.numel(), (n,), generator=self.generator, device=self.device)
-        return grid[index]
-
-    def _normal(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """This rank's rows of a standard-normal tensor drawn at the global size."""
-        noise = torch.randn(shape, generator=self.generator, device=self.device)
-        return self.dist.rows(noise) if self.dist.active else noise
-
-    def _chain_noise(self, n_global: int):
-        """The chains' noise source in a data-parallel run: global draws, local rows."""
-        if not self.dist.active:
-            return None
-        return lambda shape: self._normal((n_global, *shape[1:]))
-
-    def _mean(self, values: torch.Tensor, n: int) -> torch.Tensor:
-        """Mean over n global rows of which ``values`` are this rank's (plain mean alone)."""
-        return values.sum() / n if self.dist.active else values.mean()
-
     def _clip_and_step(self, optimizer: torch.optim.Optimizer, params) -> None:
         params = list(params)
         all_reduce_grads(self.dist, params)
@@ -196,21 +180,11 @@ class Trainer:
         optimizer.step()
 
     def _check_energy(self, name: str, value: torch.Tensor) -> None:
-        limit = self.config.training.max_energy
-        v = float(value)
+        limit, v = self.config.training.max_energy, float(value)
         if not math.isfinite(v) or abs(v) > limit:
             raise EnergyExplosion(
                 f"step {self.step}: {name} = {v:.4g} per dimension (limit {limit:g}); training "
                 "diverged. Lower contrastive_lr, raise energy_penalty or shorten chains.")
-
-    def _report(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Detached scalars as floats, summed over ranks (each is a rank's share of a global
-        mean), in one transfer."""
-        if not values:
-            return {}
-        stacked = torch.stack([v.detach().float() for v in values.values()])
-        stacked = all_reduce_sum(self.dist, stacked).tolist()
-        return dict(zip(values, stacked))
 
     # -- stage 1: reconstruction -------------------------------------------------------------
     def reconstruction_step(self) -> dict[str, float]:
@@ -219,24 +193,26 @@ class Trainer:
         train = self.config.training
         n = train.batch_size
         x = self._batch()
-        sigma = self.dist.rows(self._random_sigmas(self.grid, n))
+        sigma = self.dist.rows(self.draws.sigmas(self.grid, n))
         self.recon_optimizer.zero_grad(set_to_none=True)
         if train.freeze_dae:
             return self._decoder_refit_step(x, sigma)
         if not self.dist.active:
             loss_dae, loss_dec, z = reconstruction_losses(
                 self.model.dae, self.model.decoder, x, sigma, generator=self.generator,
-                weighting=train.dae_loss_weighting)
+                weighting=train.dae_loss_weighting,
+                decoder_trains_encoder=train.decoder_trains_encoder)
             moments = latent_moment_penalty(z)
             moment_term = moments
         else:
             per_dae, per_dec, z = reconstruction_losses(
-                self.model.dae, self.model.decoder, x, sigma, noise=self._normal(
-                    (n, *x.shape[1:])), weighting=train.dae_loss_weighting, per_sample=True)
+                self.model.dae, self.model.decoder, x, sigma, noise=self.draws.normal(
+                    (n, *x.shape[1:])), weighting=train.dae_loss_weighting, per_sample=True,
+                decoder_trains_encoder=train.decoder_trains_encoder)
             loss_dae, loss_dec = per_dae.sum() / n, per_dec.sum() / n
             moments, moment_term = latent_moment_surrogate(self.dist, z, n)
         total = loss_dae + loss_dec + train.latent_moment_weight * moment_term
-        report = self._report({"dae": loss_dae, "decoder": loss_dec})
+        report = self.draws.report({"dae": loss_dae, "decoder": loss_dec})
         moments = float(moments.detach())
         self._check_energy("reconstruction loss", torch.tensor(
             report["dae"] + report["decoder"] + train.latent_moment_weight * moments))
@@ -247,13 +223,13 @@ class Trainer:
     def _decoder_refit_step(self, x: torch.Tensor, sigma: torch.Tensor) -> dict[str, float]:
         """Eq. 13 for gamma alone: the encoder's latents are inputs, not parameters, so the
         DAE (and U^c) does not move.  Parameters without a gradient are skipped by Adam."""
-        noise = self._normal(tuple(x.shape))
+        noise = self.draws.normal(tuple(x.shape))
         with torch.no_grad():
             loss_dae, _, z = reconstruction_losses(
                 self.model.dae, self.model.decoder, x, sigma, noise=noise,
                 weighting=self.config.training.dae_loss_weighting)
         loss_dec = (self.model.decoder(z) - x).flatten(1).pow(2).mean()
-        report = self._report({"dae": loss_dae, "decoder": loss_dec})
+        report = self.draws.report({"dae": loss_dae, "decoder": loss_dec})
         self._check_energy("reconstruction loss", torch.tensor(report["decoder"]))
         loss_dec.backward()
         self._clip_and_step(self.recon_optimizer, self.model.decoder.parameters())
@@ -271,44 +247,15 @@ class Trainer:
         latent and pixel chains both run at sigma_i.
 
         In a data-parallel run x_T holds this rank's rows only; z_K and sigma are global."""
-        train, net = self.config.training, self.config.network
+        train = self.config.training
         n = train.chain_batch_size
         n_noise = int(round(n * train.noise_chain_fraction))
         n_replay = min(int(round(n * train.pixel_replay_fraction)), n - n_noise)
         n_augmented = min(int(round(n * train.augmented_chain_fraction)),
                           n - n_noise - n_replay)
         n_latent = n - n_noise - n_replay - n_augmented
-        image_shape = (net.channels, net.image_size, net.image_size)
-        clip = train.chain_grad_clip or None
         self.model.eval()  # no dropout/BN here, but keep the convention explicit
-        z0 = torch.randn((n_latent, net.latent_dim), generator=self.generator,
-                         device=self.device)
-        slots = None
-        if train.replay_buffer_size > 0 and n_latent > 0:
-            slots = torch.randint(train.replay_buffer_size, (n_latent,),
-                                  generator=self.generator, device=self.device)
-            reuse = torch.rand(n_latent, generator=self.generator,
-                               device=self.device) < train.replay_prob
-            z0 = torch.where(reuse[:, None], self.buffer[slots], z0)
-        # The paper's per-sample sigma_i is drawn before the chains (it sets their energy);
-        # the stabilised path draws the pixel chains' sigma after them, as it always has.
-        sigma = self._random_sigmas(self.contrastive_grid, n) if train.shared_sigma else None
-        sigma_latent = sigma[:n_latent] if sigma is not None else train.sigma_latent
-        if self.dist.active:
-            start, stop = self.dist.bounds(n_latent)
-            z_local = z0[start:stop]
-            if sigma is not None:
-                sigma_latent = sigma_latent[start:stop]
-        else:
-            z_local = z0
-        z_k = latent_chain(self.model, z_local, steps=train.steps_latent,
-                           step_size=train.step_size_latent, sigma=sigma_latent,
-                           temperature=train.temperature_latent, grad_clip=clip,
-                           generator=self.generator, should_cancel=should_cancel,
-                           noise_fn=self._chain_noise(n_latent))
-        z_k = gather_rows(self.dist, z_k, n_latent)
-        if slots is not None:
-            self.buffer[slots] = z_k
+        z_k, sigma = self._latent_chains(n_latent, n, should_cancel)
         with torch.no_grad():
             x_latent = self.model.decoder(z_k)
             if train.clamp_chains:
@@ -320,28 +267,69 @@ class Trainer:
             sample_batch(self.dataset, n_augmented, generator=self.data_generator,
                          flip=train.flip), train.negative_augmentations,
             generator=self.data_generator).to(self.device) if n_augmented else x_latent[:0]
-        noise_start = torch.rand((n_noise, *image_shape), generator=self.generator,
+        noise_start = torch.rand((n_noise, *x_latent.shape[1:]), generator=self.generator,
                                  device=self.device) * 2 - 1
         x0 = torch.cat([x_latent, x_replay, augmented, noise_start])
         if sigma is None:
-            sigma = self._random_sigmas(self.contrastive_grid, n)
+            sigma = self.draws.sigmas(self.contrastive_grid, n)
         x_t = pixel_chain(self.model, self.dist.rows(x0), steps=train.steps_pixel,
                           step_size=train.step_size_pixel, sigma=self.dist.rows(sigma),
-                          temperature=train.temperature_pixel, grad_clip=clip,
-                          clamp=train.clamp_chains, generator=self.generator,
-                          should_cancel=should_cancel, noise_fn=self._chain_noise(n))
+                          temperature=train.temperature_pixel,
+                          grad_clip=train.chain_grad_clip or None, clamp=train.clamp_chains,
+                          generator=self.generator, should_cancel=should_cancel,
+                          noise_fn=self.draws.chain_noise(n))
         if train.pixel_replay_size > 0:
-            # Replayed chains go back to their slots; new chains replace random slots, which
-            # is the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage).
-            x_all = gather_rows(self.dist, x_t, n)
-            fresh = torch.cat([x_all[:n_latent], x_all[n_latent + n_replay:]])
-            fresh_slots = torch.randint(train.pixel_replay_size, (fresh.shape[0],),
-                                        generator=self.generator, device=self.device)
-            self.pixel_buffer[fresh_slots] = fresh
-            if n_replay:
-                self.pixel_buffer[pixel_slots] = x_all[n_latent:n_latent + n_replay]
+            self._refill_pixel_buffer(gather_rows(self.dist, x_t, n), n_latent, n_replay,
+                                      pixel_slots)
         self.model.train()
         return x_t.detach(), z_k.detach(), sigma
+
+    def _latent_chains(self, n_latent: int, n: int, should_cancel: CancelFn | None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Stage 2's first half: z_K of ``n_latent`` latent chains (eq. 15) from the latent
+        replay buffer or N(0, I), written back to the buffer, and the n chains' shared
+        sigma_i when shared_sigma (None otherwise: the pixel chains draw theirs later)."""
+        train, net = self.config.training, self.config.network
+        z0 = torch.randn((n_latent, net.latent_dim), generator=self.generator,
+                         device=self.device)
+        slots = None
+        if train.replay_buffer_size > 0 and n_latent > 0:
+            slots = torch.randint(train.replay_buffer_size, (n_latent,),
+                                  generator=self.generator, device=self.device)
+            reuse = torch.rand(n_latent, generator=self.generator,
+                               device=self.device) < train.replay_prob
+            z0 = torch.where(reuse[:, None], self.buffer[slots], z0)
+        # The paper's per-sample sigma_i is drawn before the chains (it sets their energy);
+        # the stabilised path draws the pixel chains' sigma after them, as it always has.
+        sigma = self.draws.sigmas(self.contrastive_grid, n) if train.shared_sigma else None
+        sigma_latent = sigma[:n_latent] if sigma is not None else train.sigma_latent
+        if self.dist.active:
+            start, stop = self.dist.bounds(n_latent)
+            z_local = z0[start:stop]
+            if sigma is not None:
+                sigma_latent = sigma_latent[start:stop]
+        else:
+            z_local = z0
+        z_k = latent_chain(self.model, z_local, steps=train.steps_latent,
+                           step_size=train.step_size_latent, sigma=sigma_latent,
+                           temperature=train.temperature_latent,
+                           grad_clip=train.chain_grad_clip or None, generator=self.generator,
+                           should_cancel=should_cancel, noise_fn=self.draws.chain_noise(n_latent))
+        z_k = gather_rows(self.dist, z_k, n_latent)
+        if slots is not None:
+            self.buffer[slots] = z_k
+        return z_k, sigma
+
+    def _refill_pixel_buffer(self, x_all: torch.Tensor, n_latent: int, n_replay: int,
+                             pixel_slots: torch.Tensor) -> None:
+        """Replayed chains go back to their slots; new chains replace random slots, which is
+        the buffer's re-initialisation (IGEBM's 5% restarts, here from two-stage)."""
+        fresh = torch.cat([x_all[:n_latent], x_all[n_latent + n_replay:]])
+        fresh_slots = torch.randint(self.config.training.pixel_replay_size, (fresh.shape[0],),
+                                    generator=self.generator, device=self.device)
+        self.pixel_buffer[fresh_slots] = fresh
+        if n_replay:
+            self.pixel_buffer[pixel_slots] = x_all[n_latent:n_latent + n_replay]
 
     # -- stage 3: contrastive updates --------------------------------------------------------
     def contrastive_step(self, x_neg: torch.Tensor, z_neg: torch.Tensor,
@@ -353,35 +341,30 @@ class Trainer:
         at the current parameters and then both Adam steps run; otherwise phi steps first and
         the gamma gradient sees the updated DAE."""
         train = self.config.training
-        alpha, d = train.energy_penalty, self.pixel_dims
-        n = sigma_neg.shape[0]
-        n_from_latent = z_neg.shape[0]
+        alpha, n, n_from_latent = train.energy_penalty, sigma_neg.shape[0], z_neg.shape[0]
         start, stop = self.dist.bounds(n)
         x_data = self._batch(n)
         sigma_local = sigma_neg[start:stop]
         sigma_data = sigma_local if train.shared_sigma else \
-            self.dist.rows(self._random_sigmas(self.contrastive_grid, n))
+            self.dist.rows(self.draws.sigmas(self.contrastive_grid, n))
 
         # phi: lower U^c on data, raise it on negatives (gamma untouched: x_neg is detached).
         self.phi_optimizer.zero_grad(set_to_none=True)
-        e_data = texture_energy(self.model.dae, x_data, sigma_data, generator=self.generator,
-                                noise=self._normal((n, *x_data.shape[1:]))
-                                if self.dist.active else None) / d
-        e_neg = texture_energy(self.model.dae, x_neg, sigma_local, generator=self.generator,
-                               noise=self._normal((n, *x_neg.shape[1:]))
-                               if self.dist.active else None) / d
-        loss_phi = train.contrastive_weight * (self._mean(e_data, n) - self._mean(e_neg, n))
-        penalty_phi = alpha * (self._mean(e_data.pow(2), n) + self._mean(e_neg.pow(2), n))
+        e_data = self._texture_energy_per_dim(x_data, sigma_data, n)
+        e_neg = self._texture_energy_per_dim(x_neg, sigma_local, n)
+        mean = self.draws.mean
+        loss_phi = train.contrastive_weight * (mean(e_data, n) - mean(e_neg, n))
+        penalty_phi = alpha * (mean(e_data.pow(2), n) + mean(e_neg.pow(2), n))
         local_latent = max(0, min(stop, n_from_latent) - start)
-        stats = {"data_energy": self._mean(e_data, n), "negative_energy": self._mean(e_neg, n),
+        stats = {"data_energy": mean(e_data, n), "negative_energy": mean(e_neg, n),
                  "contrastive_phi": loss_phi, "penalty": penalty_phi,
-                 "two_stage": self._mean(e_neg[:local_latent], n_from_latent),
-                 "other": self._mean(e_neg[local_latent:], n - n_from_latent)}
+                 "two_stage": mean(e_neg[:local_latent], n_from_latent),
+                 "other": mean(e_neg[local_latent:], n - n_from_latent)}
         if not n_from_latent:
             del stats["two_stage"]
         if n_from_latent == n:
             del stats["other"]
-        report = self._report(stats)
+        report = self.draws.report(stats)
         self._check_energy("data energy", torch.tensor(report["data_energy"]))
         self._check_energy("negative energy", torch.tensor(report["negative_energy"]))
         (loss_phi + penalty_phi).backward()
@@ -407,6 +390,14 @@ class Trainer:
             losses["negative_energy_other_chains"] = report["other"]
         return losses
 
+    def _texture_energy_per_dim(self, x: torch.Tensor, sigma: torch.Tensor, n: int
+                                ) -> torch.Tensor:
+        """U^c(x, sigma) / d (eq. 7) of this rank's rows; a data-parallel run draws the noise
+        at the global size n and keeps its rows."""
+        noise = self.draws.normal((n, *x.shape[1:])) if self.dist.active else None
+        return texture_energy(self.model.dae, x, sigma, generator=self.generator,
+                              noise=noise) / self.pixel_dims
+
     def _semantic_contrastive(self, x_data: torch.Tensor, z_neg: torch.Tensor,
                               sigma_neg: torch.Tensor, sigma_data: torch.Tensor
                               ) -> dict[str, float]:
@@ -426,29 +417,29 @@ class Trainer:
                 s_data = s_neg = s_data4 = train.sigma_latent
             image = (net.channels, net.image_size, net.image_size)
             with torch.no_grad():
-                noisy = x_data + s_data4 * self._normal((n, *image))
+                noisy = x_data + s_data4 * self.draws.normal((n, *image))
                 z_data = self.model.dae.latent(noisy, as_sigma_batch(s_data, x_data.shape[0],
                                                                      x_data))
             z_local = self.dist.rows(z_neg)
             es_data = semantic_energy(self.model.dae, self.model.decoder, z_data, s_data,
                                       generator=self.generator,
-                                      noise=self._normal((n, *image))
+                                      noise=self.draws.normal((n, *image))
                                       if self.dist.active else None) / d
             if n_latent > 0:
                 es_neg = semantic_energy(self.model.dae, self.model.decoder, z_local, s_neg,
                                          generator=self.generator,
-                                         noise=self._normal((n_latent, *image))
+                                         noise=self.draws.normal((n_latent, *image))
                                          if self.dist.active else None) / d
             else:
                 es_neg = torch.zeros(1, device=self.device)
             m = max(n_latent, 1)
-            loss = train.semantic_contrastive_weight * (self._mean(es_data, n)
-                                                        - self._mean(es_neg, m))
-            penalty = alpha * (self._mean(es_data.pow(2), n) + self._mean(es_neg.pow(2), m))
+            mean = self.draws.mean
+            loss = train.semantic_contrastive_weight * (mean(es_data, n) - mean(es_neg, m))
+            penalty = alpha * (mean(es_data.pow(2), n) + mean(es_neg.pow(2), m))
             (loss + penalty).backward()
-            report = self._report({"contrastive_gamma": loss, "semantic_penalty": penalty,
-                                   "semantic_data_energy": self._mean(es_data, n),
-                                   "semantic_negative_energy": self._mean(es_neg, m)})
+            report = self.draws.report({"contrastive_gamma": loss, "semantic_penalty": penalty,
+                                   "semantic_data_energy": self.draws.mean(es_data, n),
+                                   "semantic_negative_energy": self.draws.mean(es_neg, m)})
             if not train.simultaneous_updates:
                 self._clip_and_step(self.gamma_optimizer, self.model.decoder.parameters())
         finally:
@@ -462,8 +453,7 @@ class Trainer:
             return self._train_step(should_cancel)
 
     def _train_step(self, should_cancel: CancelFn | None) -> StepMetrics:
-        start = time.perf_counter()
-        train = self.config.training
+        start, train = time.perf_counter(), self.config.training
         self.model.train()
         warm = self.step < train.warmup_steps
         # Stateless lr choice per phase, so resuming mid-run reproduces it exactly.
@@ -500,57 +490,10 @@ class Trainer:
             if on_step_end is not None:
                 on_step_end(metrics)
 
-    # -- exact resume ------------------------------------------------------------------------
+    # -- exact resume (model/trainer_state.py) --------------------------------------------
     def state_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything needed to resume, split into tensors and JSON-able metadata."""
-        tensors: dict[str, torch.Tensor] = {
-            "rng.generator": self.generator.get_state(),
-            "rng.data_generator": self.data_generator.get_state(),
-            "replay.buffer": self.buffer.detach().cpu(),
-            "replay.pixel_buffer": self.pixel_buffer.detach().cpu(),
-        }
-        meta: dict = {"step": self.step, "optimizers": {}}
-        for name, optimizer in self._optimizers().items():
-            state = optimizer.state_dict()
-            meta["optimizers"][name] = {"param_groups": state["param_groups"], "state": {}}
-            for pid, values in state["state"].items():
-                keys = []
-                for key, value in values.items():
-                    if isinstance(value, torch.Tensor):
-                        tensors[f"optim.{name}.{pid}.{key}"] = value.detach().cpu()
-                        keys.append(key)
-                meta["optimizers"][name]["state"][str(pid)] = keys
-        return tensors, meta
+        return trainer_state(self)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor], meta: dict, *,
                            strict_buffers: bool = True) -> None:
-        """Restore optimizer, RNG, buffers and step.  With ``strict_buffers=False`` (starting a
-        new config from another run) a replay buffer whose size changed starts afresh."""
-        self.generator.set_state(tensors["rng.generator"])
-        self.data_generator.set_state(tensors["rng.data_generator"])
-        for key, attribute in (("replay.buffer", "buffer"),
-                               ("replay.pixel_buffer", "pixel_buffer")):
-            current = getattr(self, attribute)
-            saved = tensors.get(key)
-            if saved is not None and saved.shape == current.shape:
-                setattr(self, attribute, saved.to(self.device))
-            elif strict_buffers:
-                raise ValueError(f"{key} in the checkpoint is missing or has the wrong shape")
-        for name, optimizer in self._optimizers().items():
-            saved = meta["optimizers"][name]
-            # load_state_dict moves moments to the parameters' device and keeps "step" where
-            # Adam wants it.
-            state = {int(pid): {key: tensors[f"optim.{name}.{pid}.{key}"] for key in keys}
-                     for pid, keys in saved["state"].items()}
-            optimizer.load_state_dict({"param_groups": saved["param_groups"], "state": state})
-        # Saved param_groups carry the saving run's lr and betas; this run's config wins (equal
-        # on an exact resume, different when a new config starts from another run's state).
-        train = self.config.training
-        for optimizer, lr, betas in ((self.recon_optimizer, train.lr, train.betas),
-                                     (self.phi_optimizer, train.contrastive_lr,
-                                      train.contrastive_betas),
-                                     (self.gamma_optimizer, self._semantic_lr,
-                                      train.contrastive_betas)):
-            for group in optimizer.param_groups:
-                group["lr"], group["betas"] = lr, tuple(betas)
-        self.step = int(meta["step"])
+        restore_trainer_state(self, tensors, meta, strict_buffers=strict_buffers)

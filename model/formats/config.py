@@ -21,6 +21,9 @@ NEGATIVE_AUGMENTATIONS = ("erase", "jigsaw", "rotate")
 # Weightings of the DAE loss (eq. 1): "edm" divides each sample's error by c_out(sigma)^2,
 # "none" is eq. 1 as written.
 DAE_LOSS_WEIGHTINGS = ("edm", "none")
+# How r(x~, sigma) is built from the U-Net F: "edm" is c_skip x~ + c_out F(c_in x~, sigma)
+# (Karras et al. 2022, sigma_data); "none" is the paper's plain r(x~, sigma) = F(x~, sigma).
+PRECONDITIONINGS = ("edm", "none")
 PRECISIONS = ("float32", "bfloat16")
 # Where two_stage's latent chains start: "normal" is z0 ~ N(0, I) (eq. 15); "prior" draws z0
 # from the checkpoint's latent prior, a mixture fitted to the encoder's latents after training
@@ -49,6 +52,9 @@ class NetworkConfig:
     embedding_dim: int = 64  # sigma embedding width (embedding of log sigma)
     sigma_data: float = 0.5  # data std used by the skip/out preconditioning of r(x~, sigma)
     groups: int = 8  # GroupNorm groups
+    # One of PRECONDITIONINGS.  Checkpoints stored before this setting existed were trained
+    # with "edm" and load as "edm" through this default.
+    preconditioning: str = "edm"
 
     def validate(self) -> None:
         if self.channels not in (1, 3):
@@ -67,6 +73,9 @@ class NetworkConfig:
                 raise ConfigError(f"width {width} is not divisible by groups={self.groups}")
         if self.latent_dim < 1 or self.embedding_dim < 2 or self.embedding_dim % 2:
             raise ConfigError("latent_dim must be >= 1 and embedding_dim a positive even number")
+        if self.preconditioning not in PRECONDITIONINGS:
+            raise ConfigError(f"preconditioning must be one of {list(PRECONDITIONINGS)}, "
+                              f"got {self.preconditioning!r}")
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,11 @@ class TrainingConfig:
     # frozen): a decoder refit on a trained model (`debm train --init-from DIR --iters 0`).
     # The texture energy, and so every texture score, stays exactly as it was.
     freeze_dae: bool = False
+    # Whether the decoder loss (eq. 13) also trains the encoder f_alpha.  Algorithm 1 line 4
+    # updates the DAE with grad L_DAE and the decoder with grad L_Dec alone ("fix phi",
+    # section 4.2): False detaches z before h_gamma.  True (the default, what stored configs
+    # were trained with) lets eq. 13 shape z as well.
+    decoder_trains_encoder: bool = True
     # --- switches between the paper's Algorithm 1 and this project's stabilisers -----------
     # (the defaults are the stabilised behaviour the demo was trained with; model/formats/presets.py
     # turns each one to the paper's value in the `paper` preset)
