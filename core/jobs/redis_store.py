@@ -55,27 +55,31 @@ class RedisJobStore(JobStore):
 
     # Count and insert in one script: Redis runs it atomically, so no two requests can both
     # see room for one more job.  Work limits sum JobRecord.work of the active jobs (a hash
-    # job id -> work holding only active jobs); a job is admitted whatever its work when no
-    # other job of the scope is active, so one allowed request is never impossible.
+    # job id -> work holding only active jobs).  The key's own limits hold always; the total
+    # limits hold only for a key that already has something active, so that no key can keep
+    # another key's first job out (the fairness rule of core.work_units).
     _CREATE = """
     local max_total, max_owner = tonumber(ARGV[4]), tonumber(ARGV[5])
     local max_work_total, max_work_owner = tonumber(ARGV[6]), tonumber(ARGV[7])
     local work = tonumber(ARGV[8])
-    local n_total = redis.call('SCARD', KEYS[4])
-    if max_total > 0 and n_total >= max_total then return -1 end
     local n_owner = redis.call('SCARD', KEYS[5])
     if max_owner > 0 and n_owner >= max_owner then return -2 end
-    if max_work_total > 0 and n_total > 0 then
+    if max_work_owner > 0 then
       local sum = 0
-      for _, v in ipairs(redis.call('HVALS', KEYS[6])) do sum = sum + tonumber(v) end
-      if sum + work > max_work_total then return -3 end
-    end
-    if max_work_owner > 0 and n_owner > 0 then
-      local sum = 0
-      for _, v in ipairs(redis.call('HMGET', KEYS[6], unpack(redis.call('SMEMBERS', KEYS[5])))) do
-        if v then sum = sum + tonumber(v) end
+      if n_owner > 0 then
+        for _, v in ipairs(redis.call('HMGET', KEYS[6], unpack(redis.call('SMEMBERS', KEYS[5])))) do
+          if v then sum = sum + tonumber(v) end
+        end
       end
       if sum + work > max_work_owner then return -4 end
+    end
+    if n_owner > 0 then
+      if max_total > 0 and redis.call('SCARD', KEYS[4]) >= max_total then return -1 end
+      if max_work_total > 0 then
+        local sum = 0
+        for _, v in ipairs(redis.call('HVALS', KEYS[6])) do sum = sum + tonumber(v) end
+        if sum + work > max_work_total then return -3 end
+      end
     end
     if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
     redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])

@@ -71,21 +71,20 @@ class SqliteJobStore(JobStore):
         with self._connect(durable=True) as db:
             db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
             try:
-                n_total = db.execute(count).fetchone()[0]
-                if max_total and n_total >= max_total:
-                    raise CapacityExceeded("total", int(max_total))
+                # The key's own limits hold always; the total limits only for a key that
+                # already has something active (the fairness rule of core.work_units).
                 n_owner = db.execute(count + " AND owner = ?", (job.owner,)).fetchone()[0]
                 if max_owner and n_owner >= max_owner:
                     raise CapacityExceeded("owner", int(max_owner))
-                # A job is admitted whatever its work when nothing else of the scope is
-                # active, so that one allowed request is never impossible.
-                if max_work_total and n_total and \
-                        db.execute(work).fetchone()[0] + job.work > max_work_total:
-                    raise CapacityExceeded("total_work", int(max_work_total))
-                if max_work_owner and n_owner and db.execute(
+                if max_work_owner and db.execute(
                         work + " AND owner = ?", (job.owner,)).fetchone()[0] + job.work > \
                         max_work_owner:
                     raise CapacityExceeded("owner_work", int(max_work_owner))
+                if n_owner and max_total and db.execute(count).fetchone()[0] >= max_total:
+                    raise CapacityExceeded("total", int(max_total))
+                if n_owner and max_work_total and \
+                        db.execute(work).fetchone()[0] + job.work > max_work_total:
+                    raise CapacityExceeded("total_work", int(max_work_total))
                 db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
                            (job.id, job.owner, job.kind, job.status, job.created,
                             job.to_json()))

@@ -52,9 +52,10 @@ class JobStore(ABC):
                max_work_owner: int | None = None) -> JobRecord:
         """Insert a queued job.  With limits, count the owner's and all active jobs (and the
         work they hold, ``JobRecord.work``) and insert in one atomic step; raise
-        CapacityExceeded when a limit is reached.  A job whose work alone exceeds a work
-        limit is still admitted when nothing else of its scope is active, so that a limit
-        never makes a single allowed request impossible."""
+        CapacityExceeded when a limit is reached.  The owner's limits hold for every job (a
+        job heavier than ``max_work_owner`` is never admitted; the API refuses it up front);
+        the total limits hold only when the owner already has an active job, so that one key
+        can never keep another key's first job out (core.work_units, "Fairness")."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None: ...
