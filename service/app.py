@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from core.datadir import DataDir, DataDirError
-from core.jobs import SqliteJobStore, StoreUnavailable, clean_json, open_store
+from core.jobs import SqliteJobStore, StoreFull, StoreUnavailable, clean_json, open_store
 from core.jobs.events import open_event_log
 from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
@@ -142,6 +142,7 @@ class ErrorAnswer:
 # QueueFull and DatasetRejected carry their own Retry-After and status.
 ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
     QueueFull: ErrorAnswer(429),
+    StoreFull: ErrorAnswer(507, "60", "job store full: "),
     StoreUnavailable: ErrorAnswer(503, "5", "job store unavailable: "),
     BrokerUnavailable: ErrorAnswer(503, "5"),
     DataDirError: ErrorAnswer(503),

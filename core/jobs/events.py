@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import clean_json
+from .sqlite_store import sqlite_error
 from .store import StoreUnavailable
 
 EVENTS_PER_JOB = 5000
@@ -64,7 +65,9 @@ class RedisEventLog(EventLog):
                  ttl: int = 7 * 86400):
         import redis
 
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        from .redis_store import unavailable_errors
+
+        self._errors = unavailable_errors(redis)
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
         self.prefix, self.cap, self.ttl = prefix, cap, ttl
 
@@ -122,7 +125,7 @@ class SqliteEventLog(EventLog):
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                      check_same_thread=False)
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"{self.path}: {exc}") from None
+                raise sqlite_error(self.path, exc) from None
             self._local.db = db
         return db
 
@@ -135,7 +138,7 @@ class SqliteEventLog(EventLog):
             if seq % self.TRIM_EVERY == 0:
                 self._trim(db, job_id)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self.path}: {exc}") from None
+            raise sqlite_error(self.path, exc) from None
         return str(seq)
 
     def _trim(self, db: sqlite3.Connection, job_id: str) -> None:
@@ -151,7 +154,7 @@ class SqliteEventLog(EventLog):
                 "SELECT seq, event, data FROM events WHERE job_id = ? AND seq > ? "
                 "ORDER BY seq LIMIT ?", (job_id, start, limit)).fetchall()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self.path}: {exc}") from None
+            raise sqlite_error(self.path, exc) from None
         return [JobEvent(id=str(seq), event=event, data=json.loads(data))
                 for seq, event, data in rows]
 

@@ -10,6 +10,22 @@ from .records import ACTIVE, QUEUED, JobRecord, Mutation
 from .store import CapacityExceeded, JobStore, StoreUnavailable
 
 
+def unavailable_errors(redis_mod) -> tuple[type[Exception], ...]:
+    """Redis errors that mean "not now" (503, retried by workers): unreachable, timed out,
+    out of memory (``maxmemory`` with ``noeviction``), a read-only replica after a
+    fail-over."""
+    errors = redis_mod.exceptions
+    return (errors.ConnectionError, errors.TimeoutError, errors.OutOfMemoryError,
+            errors.ReadOnlyError)
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """An OOM reply that redis-py did not classify (inside a Lua script, Redis reports it as
+    a script error whose text holds the OOM reply)."""
+    return "OOM command not allowed" in str(exc) or \
+        "command not allowed when used memory" in str(exc)
+
+
 class RedisJobStore(JobStore):
     def __init__(self, url: str, *, prefix: str = "debm"):
         import redis
@@ -26,12 +42,18 @@ class RedisJobStore(JobStore):
         return ":".join((self.prefix, *parts))
 
     def _errors(self):
-        return (self._redis_mod.exceptions.ConnectionError,
-                self._redis_mod.exceptions.TimeoutError)
+        return unavailable_errors(self._redis_mod)
 
     def _call(self, fn):
+        errors = self._redis_mod.exceptions
         try:
             return fn()
+        except (errors.OutOfMemoryError, errors.ResponseError) as exc:
+            if isinstance(exc, errors.OutOfMemoryError) or is_out_of_memory(exc):
+                raise StoreUnavailable(f"Redis is out of memory (maxmemory): {exc}") from None
+            if isinstance(exc, errors.ReadOnlyError):
+                raise StoreUnavailable(f"Redis is read-only: {exc}") from None
+            raise
         except self._errors() as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from None
 

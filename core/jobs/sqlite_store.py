@@ -11,7 +11,17 @@ from pathlib import Path
 
 from .wakeups import notify_local
 from .records import QUEUED, JobRecord
-from .store import CapacityExceeded, JobStore, StoreUnavailable
+from .store import CapacityExceeded, JobStore, StoreFull, StoreUnavailable
+
+
+def sqlite_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
+    """What an SQLite error after opening means to the callers: a full disk is StoreFull
+    (507), anything else (locked, I/O error, a file gone read-only) StoreUnavailable (503,
+    retried by workers).  Integrity errors never get here: the store handles them."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return StoreFull(f"{path.name}: the disk is full ({exc})")
+    return StoreUnavailable(f"{path.name}: {exc}")
 
 
 class SqliteJobStore(JobStore):
@@ -56,9 +66,12 @@ class SqliteJobStore(JobStore):
             local.db, local.pid, local.sync = db, os.getpid(), None
         want = "FULL" if durable else "NORMAL"
         if local.sync != want:
-            db.execute(f"PRAGMA synchronous={want}")
+            try:
+                db.execute(f"PRAGMA synchronous={want}")
+            except sqlite3.Error as exc:
+                raise sqlite_error(self.path, exc) from exc
             local.sync = want
-        return _Reused(db)
+        return _Reused(db, self.path)
 
     def create(self, job, *, max_total=None, max_owner=None, max_work_total=None,
                max_work_owner=None):
@@ -91,9 +104,6 @@ class SqliteJobStore(JobStore):
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
                 raise ValueError(f"job {job.id} exists") from None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             db.execute("COMMIT")
         return job
 
@@ -103,19 +113,21 @@ class SqliteJobStore(JobStore):
         return JobRecord.from_json(row[0]) if row else None
 
     def _mutate(self, job_id, mutation):
+        # Commit only on success: an error rolls back (``_Reused.__exit__``) and is raised
+        # as it was, never masked by a COMMIT that fails in turn.
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is None:
-                    return None, False
-                job = mutation(JobRecord.from_json(row[0]))
-                if job is None:
-                    return JobRecord.from_json(row[0]), False
-                db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
-                           (job.status, job.to_json(), job.id))
-            finally:
-                db.execute("COMMIT")
+            row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return None, False
+            job = mutation(JobRecord.from_json(row[0]))
+            if job is None:
+                db.execute("ROLLBACK")
+                return JobRecord.from_json(row[0]), False
+            db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
+                       (job.status, job.to_json(), job.id))
+            db.execute("COMMIT")
         if job.final and JobRecord.from_json(row[0]).status != job.status:
             # Wake API requests waiting on it (core.jobs.wakeups), after the commit.
             notify_local(self.path, job.id)
@@ -188,13 +200,12 @@ class SqliteJobStore(JobStore):
         now = time.time()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("DELETE FROM leases WHERE job_id = ? AND expires <= ?", (job_id, now))
-                cursor = db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
-                                    (job_id, holder, now + ttl))
-                return cursor.rowcount == 1
-            finally:
-                db.execute("COMMIT")
+            db.execute("DELETE FROM leases WHERE job_id = ? AND expires <= ?", (job_id, now))
+            cursor = db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
+                                (job_id, holder, now + ttl))
+            taken = cursor.rowcount == 1
+            db.execute("COMMIT")
+            return taken
 
     def renew_lease(self, job_id, holder, ttl):
         now = time.time()
@@ -230,18 +241,21 @@ class SqliteJobStore(JobStore):
 
 
 class _Reused:
-    """``with`` over a kept connection: never closes it, and rolls back a transaction an
-    error left open, so that the thread's next operation starts clean."""
+    """``with`` over a kept connection: never closes it, rolls back a transaction an error
+    left open, so that the thread's next operation starts clean, and raises an SQLite error
+    as what it means to the callers (``sqlite_error``: 503 or 507, retried by workers)."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self.db, self.path = db, path
 
     def __enter__(self) -> sqlite3.Connection:
         return self.db
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, traceback) -> None:
         if self.db.in_transaction:
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+        if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+            raise sqlite_error(self.path, exc) from exc

@@ -30,7 +30,13 @@ from .records import (ACTIVE, CANCELLED, RUNNING, JobRecord, Mutation, _cancel,
 
 
 class StoreUnavailable(RuntimeError):
-    """The job store (Redis or the SQLite file) cannot be reached."""
+    """The job store (Redis or the SQLite file) cannot be reached, or refused an operation
+    for a reason that passes (locked, out of memory): the API answers 503, a worker retries
+    (worker.lifecycle._with_store)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The job store's disk is full (SQLite ``SQLITE_FULL``): 507 at the API."""
 
 
 class CapacityExceeded(Exception):
