@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     tests)."""
     settings = settings or get_settings()
     logging.getLogger("debm").setLevel(settings.log_level)
+    observe.redact_access_log()  # event tokens never reach the access log
     data = DataDir(settings.data_root).ensure()
     store = open_store(settings)
     registry = ModelRegistry(data.models)
