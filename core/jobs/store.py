@@ -135,9 +135,11 @@ class JobStore(ABC):
         self._mutate(job_id, _progress(clean_json(progress), clean_json(metrics)))
 
     def finish(self, job_id: str, status: str, *, result: dict | None = None,
-               error: str | None = None) -> bool:
+               error: str | None = None, holder: str | None = None) -> bool:
+        """Make the job final; False when it was not changed (already final, or, with
+        ``holder``, no longer running under that lease holder)."""
         _, changed = self._mutate(job_id, _finish(status, time.time(), clean_json(result),
-                                                  error))
+                                                  error, holder))
         return changed
 
     def requeue(self, job_id: str, *, graceful: bool = False,
