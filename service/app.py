@@ -23,6 +23,7 @@ from fastapi_offline import FastAPIOffline
 from core.datadir import DataDir, DataDirError
 from core.jobs import SqliteJobStore, StoreFull, StoreUnavailable, clean_json, open_store
 from core.jobs.events import open_event_log
+from core.jobs.retention import Reaper
 from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
@@ -92,9 +93,13 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
             wakeups.listen_redis(settings.redis_url, settings.redis_prefix)
         if embedded is not None:
             embedded.start(services)
+        # Retention (core.jobs.retention): every API process runs the reaper; in
+        # distributed mode a Redis lock lets one replica at a time do a pass.
+        reaper = Reaper(settings, store, services.events, data).start()
         try:
             yield
         finally:
+            reaper.stop()
             if embedded is not None:
                 embedded.stop()
             wakeups.stop()

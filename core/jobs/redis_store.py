@@ -37,6 +37,7 @@ class RedisJobStore(JobStore):
         self._create = self.client.register_script(self._CREATE)
         self._renew = self.client.register_script(self._RENEW)
         self._release = self.client.register_script(self._RELEASE)
+        self._forget = self.client.register_script(self._FORGET)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -71,6 +72,8 @@ class RedisJobStore(JobStore):
             pipe.hincrby(self._key("counts"), f"{before.kind}:{before.status}", -1)
             pipe.hincrby(self._key("counts"), f"{job.kind}:{job.status}", 1)
             if job.final:
+                # The retention reaper's index: finished jobs by the time they finished.
+                pipe.zadd(self._key("finished"), {job.id: job.finished or time.time()})
                 # Wakes API requests waiting on this job (core.jobs.wakeups), in the same
                 # transaction as the final record, so a waiter woken up reads it.
                 pipe.publish(final_channel(self.prefix), job.id)
@@ -111,6 +114,34 @@ class RedisJobStore(JobStore):
     redis.call('HSET', KEYS[6], ARGV[3], work)
     redis.call('HINCRBY', KEYS[7], ARGV[9], 1)
     return 1
+    """
+    # Delete final jobs by id, atomically per call, so that several reapers (API replicas)
+    # can run it with the same ids: a record already gone changes nothing, and the counts
+    # are decremented once.  ARGV: prefix, tombstone seconds, ids...
+    _FORGET = """
+    local prefix, tomb = ARGV[1], tonumber(ARGV[2])
+    local deleted = {}
+    for i = 3, #ARGV do
+      local id = ARGV[i]
+      local raw = redis.call('GET', prefix .. ':job:' .. id)
+      if raw then
+        local doc = cjson.decode(raw)
+        local final = doc.status == 'succeeded' or doc.status == 'failed' or
+                      doc.status == 'cancelled'
+        if final then
+          redis.call('DEL', prefix .. ':job:' .. id, prefix .. ':events:' .. id)
+          redis.call('ZREM', prefix .. ':jobs', id)
+          redis.call('ZREM', prefix .. ':jobs:owner:' .. doc.owner, id)
+          redis.call('ZREM', prefix .. ':finished', id)
+          redis.call('HINCRBY', prefix .. ':counts', doc.kind .. ':' .. doc.status, -1)
+          redis.call('SET', prefix .. ':gone:' .. id, doc.owner, 'EX', tomb)
+          table.insert(deleted, id)
+        end
+      else
+        redis.call('ZREM', prefix .. ':finished', id)
+      end
+    end
+    return deleted
     """
     _RENEW = """
     local holder = redis.call('GET', KEYS[1])
@@ -264,6 +295,61 @@ class RedisJobStore(JobStore):
             return [JobRecord.from_json(r) for r in raws if r]
         jobs = self._call(run)
         return sorted((j for j in jobs if j.status in ACTIVE), key=lambda j: j.created)
+
+    def expired_jobs(self, finished_before, limit):
+        def run():
+            self._index_finished_once()
+            ids = self.client.zrangebyscore(self._key("finished"), "-inf",
+                                            f"({finished_before!r}", start=0, num=int(limit))
+            raws = self.client.mget([self._key("job", i.decode()) for i in ids]) if ids else []
+            return [JobRecord.from_json(r) for r in raws if r]
+        return self._call(run)
+
+    def _index_finished_once(self) -> None:
+        """Jobs that finished before the ``finished`` index existed (an upgrade) are added
+        to it once, in pages of the listing index; a marker key records that it was done."""
+        marker = self._key("finished", "indexed")
+        if self.client.exists(marker):
+            return
+        start, page = 0, 1000
+        while True:
+            ids = self.client.zrange(self._key("jobs"), start, start + page - 1)
+            if not ids:
+                break
+            raws = self.client.mget([self._key("job", i.decode()) for i in ids])
+            done = {}
+            for raw in raws:
+                if raw:
+                    job = JobRecord.from_json(raw)
+                    if job.final:
+                        done[job.id] = job.finished or job.created
+            if done:
+                self.client.zadd(self._key("finished"), done)
+            start += page
+        self.client.set(marker, "1")
+
+    def forget_jobs(self, job_ids, tombstone_until):
+        if not job_ids:
+            return []
+        seconds = max(1, int(tombstone_until - time.time()))
+        deleted = self._call(lambda: self._forget(keys=[], args=[self.prefix, seconds,
+                                                                 *job_ids]))
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in deleted]
+
+    def tombstone(self, job_id):
+        raw = self._call(lambda: self.client.get(self._key("gone", job_id)))
+        return raw.decode() if raw else None
+
+    def reaper_lock(self, ttl):
+        import secrets
+
+        token = secrets.token_hex(8)
+        taken = self._call(lambda: self.client.set(self._key("reaper"), token, nx=True,
+                                                   px=max(1, int(ttl * 1000))))
+        return token if taken else None
+
+    def reaper_unlock(self, token):
+        self._call(lambda: self._release(keys=[self._key("reaper")], args=[token]))
 
     def close(self):
         self.client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -12,6 +13,39 @@ from pathlib import Path
 from .wakeups import notify_local
 from .records import QUEUED, JobRecord
 from .store import CapacityExceeded, JobStore, StoreFull, StoreUnavailable
+
+log = logging.getLogger("debm.store")
+
+
+FINISHED = "json_extract(doc, '$.finished')"
+IS_FINAL = "status IN ('succeeded', 'failed', 'cancelled')"
+# INDEXED BY: the planner would otherwise pick jobs_status and walk every finished job of
+# the history (and SQLite refuses the statement if the index could not serve it).
+EXPIRED_SQL = (f"SELECT doc FROM jobs INDEXED BY jobs_finished WHERE {IS_FINAL} AND "
+               f"{FINISHED} < ? ORDER BY {FINISHED} LIMIT ?")
+
+
+def incremental_vacuum_mode(db: sqlite3.Connection, path: Path) -> None:
+    """Make the file give space back (``PRAGMA incremental_vacuum`` after the reaper deletes,
+    see ``reclaim_space``).  ``auto_vacuum`` takes effect only before the first table is
+    created, or through one VACUUM, which rewrites an existing file once (a file made before
+    retention existed); later opens find it set and do nothing."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+        log.info("%s: switching to incremental auto-vacuum (one VACUUM)", path)
+        db.execute("VACUUM")
+
+
+def reclaim_file_space(db: sqlite3.Connection) -> None:
+    """Free pages back to the file system, and the WAL file truncated after a checkpoint
+    (it keeps its largest size otherwise); a checkpoint that readers block is retried at the
+    next pass."""
+    # executescript: through execute(), Python's sqlite3 steps the pragma once, which frees
+    # a single page.
+    db.executescript("PRAGMA incremental_vacuum;")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 def sqlite_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
@@ -36,13 +70,24 @@ class SqliteJobStore(JobStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._reaper_guard = threading.Lock()
         with self._connect() as db:
+            incremental_vacuum_mode(db, self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL,
                 status TEXT NOT NULL, created REAL NOT NULL, doc TEXT NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created)")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)")
+            # Listing newest first without an owner, and the reaper's query, read indexes
+            # rather than the whole history.
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created)")
+            db.execute(f"CREATE INDEX IF NOT EXISTS jobs_finished ON jobs({FINISHED}) "
+                       f"WHERE {IS_FINAL}")
+            db.execute("""CREATE TABLE IF NOT EXISTS tombstones (
+                id TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)
+                WITHOUT ROWID""")
+            db.execute("CREATE INDEX IF NOT EXISTS tombstones_until ON tombstones(until)")
             db.execute("""CREATE TABLE IF NOT EXISTS workers (
                 name TEXT PRIMARY KEY, expires REAL NOT NULL, doc TEXT NOT NULL)""")
             db.execute("""CREATE TABLE IF NOT EXISTS leases (
@@ -226,6 +271,43 @@ class SqliteJobStore(JobStore):
                               f"IN ({','.join('?' * len(job_ids))})",
                               (time.time(), *job_ids)).fetchall()
         return dict(rows)
+
+    def expired_jobs(self, finished_before, limit):
+        with self._connect() as db:
+            rows = db.execute(EXPIRED_SQL, (finished_before, int(limit))).fetchall()
+        return [JobRecord.from_json(r[0]) for r in rows]
+
+    def forget_jobs(self, job_ids, tombstone_until):
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            owners = db.execute(f"SELECT id, owner FROM jobs WHERE id IN ({marks}) AND "
+                                f"{IS_FINAL}", tuple(job_ids)).fetchall()
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i, _ in owners])
+            db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)",
+                           [(i, owner, tombstone_until) for i, owner in owners])
+            db.execute("DELETE FROM tombstones WHERE until < ?", (time.time(),))
+            db.execute("COMMIT")
+        return [i for i, _ in owners]
+
+    def tombstone(self, job_id):
+        with self._connect() as db:
+            row = db.execute("SELECT owner FROM tombstones WHERE id = ? AND until >= ?",
+                             (job_id, time.time())).fetchone()
+        return row[0] if row else None
+
+    def reclaim_space(self) -> None:
+        with self._connect() as db:
+            reclaim_file_space(db)
+
+    def reaper_lock(self, ttl):
+        # One server per data directory (debm.serve's flock): a lock of this process.
+        return "local" if self._reaper_guard.acquire(blocking=False) else None
+
+    def reaper_unlock(self, token):
+        self._reaper_guard.release()
 
     def close(self) -> None:
         """Close this thread's connection (the others close with their threads)."""

@@ -114,6 +114,35 @@ class JobStore(ABC):
     def leases(self, job_ids: list[str]) -> dict[str, str]:
         """job id -> holder, for the given jobs whose lease is alive."""
 
+    # retention (core.jobs.retention): finished jobs are removed in two steps, files first,
+    # so that a crash between the steps leaves a record whose files are gone (redone at
+    # the next pass), never files without a record.
+    @abstractmethod
+    def expired_jobs(self, finished_before: float, limit: int) -> list[JobRecord]:
+        """Up to ``limit`` final jobs that finished before ``finished_before`` (an index
+        read: no scan of the history)."""
+
+    @abstractmethod
+    def forget_jobs(self, job_ids: list[str], tombstone_until: float) -> list[str]:
+        """Delete these jobs' records, if final, leaving a small tombstone (id -> owner)
+        until ``tombstone_until`` so GET /jobs/{id} can answer 410; returns the ids it
+        deleted.  Idempotent: several reapers may call it with the same ids."""
+
+    @abstractmethod
+    def tombstone(self, job_id: str) -> str | None:
+        """The owner of an expired job whose tombstone is alive, else None."""
+
+    def reclaim_space(self) -> None:
+        """Give the space of deleted records back to the file system (SQLite)."""
+
+    def reaper_lock(self, ttl: float) -> str | None:
+        """A token when this process may run the reaper's pass now (several API replicas
+        share one store: at most one reaps at a time), else None."""
+        return "local"
+
+    def reaper_unlock(self, token: str) -> None:
+        pass
+
     def active(self) -> list[JobRecord]:
         """Every queued or running job."""
         return self.list(limit=10 ** 9, statuses=ACTIVE)

@@ -38,6 +38,14 @@ async def get_job(services: Services, job_id: str, principal) -> JobRecord:
     if not JOB_ID_RE.match(job_id):
         raise HTTPException(404, f"no job {job_id!r}")
     job = await run_in_threadpool(services.store.get, job_id)
+    if job is None:
+        owner = await run_in_threadpool(services.store.tombstone, job_id)
+        if owner is not None and principal.owns_or_admin(owner):
+            days = services.settings.retention_seconds / 86400
+            raise HTTPException(410, f"job {job_id} finished more than {days:g} days ago "
+                                     "and was removed with its results "
+                                     "(DEBM_RETENTION_SECONDS="
+                                     f"{services.settings.retention_seconds})")
     # Another key's job answers 404 as if absent: ids are not disclosed across keys.
     if job is None or not principal.owns_or_admin(job.owner):
         raise HTTPException(404, f"no job {job_id!r}")
