@@ -42,3 +42,20 @@ def test_a_worker_whose_job_was_taken_over_does_not_mark_it_succeeded(runtime, s
     current = store.get(job_id)
     assert current.status == "running" and current.worker == "second"
     assert current.result is None
+
+
+def test_the_store_retry_helper_retries_sqlite_errors(runtime, submit):
+    """An SQLite error after opening (here: the file refusing writes for a moment) is
+    StoreUnavailable, which the task's store calls retry (issue 23, error path 1): the job
+    starts once the file takes writes again, instead of the task dying on a raw
+    sqlite3.OperationalError."""
+    import threading
+
+    from worker.lifecycle import _with_store
+
+    job_id = submit("generate", n=1)
+    db = runtime.store._connect().db  # this thread's connection: the one start() uses
+    db.execute("PRAGMA query_only = 1")
+    threading.Timer(0.6, lambda: db.execute("PRAGMA query_only = 0")).start()
+    job = _with_store(runtime, lambda: runtime.store.start(job_id, holder="w"))
+    assert job is not None and job.status == "running"
