@@ -27,6 +27,7 @@ def test_an_expired_job_answers_410_and_the_reaper_shows_in_metrics(make_client,
 
     gone = client.get(f"/jobs/{job_id}", headers=USE_HEADERS)
     assert gone.status_code == 410, gone.text
+    assert "more than 1 minute ago" in gone.json()["detail"]
     assert "DEBM_RETENTION_SECONDS=60" in gone.json()["detail"]
     assert client.get(f"/jobs/{job_id}/result", headers=USE_HEADERS).status_code == 410
     assert client.get(f"/jobs/{job_id}", headers=KEY_HEADERS).status_code == 410  # admin
