@@ -126,19 +126,39 @@ class Deployment:
             self.start_serve()
         else:
             self.start_redis()
-            self.spawn("api", [sys.executable, "-m", "uvicorn", "--factory",
-                               "service.app:create_app", "--host", "127.0.0.1", "--port",
-                               str(self.port), "--log-level", "warning"])
+            self.start_api()
             self.start_worker("inference")
             self.start_worker("training")
         self.wait_ready()
         return self.base
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def start_api(self) -> None:
+        self.spawn("api", [sys.executable, "-m", "uvicorn", "--factory",
+                           "service.app:create_app", "--host", "127.0.0.1", "--port",
+                           str(self.port), "--log-level", "warning"])
+
+    def supervise(self, started: float) -> None:
+        """Restart a process that exited by itself, as compose's ``restart: unless-stopped``
+        does, and record it: an unplanned exit is a finding of the run."""
+        for name, proc in list(self.procs.items()):
+            if proc.poll() is None:
+                continue
+            self.procs.pop(name)
+            self.events.append({"unplanned_exit": name, "code": proc.returncode,
+                                "at_s": round(time.monotonic() - started, 1)})
+            {"redis": self.start_redis, "api": self.start_api, "serve": self.start_serve,
+             "worker-inference": lambda: self.start_worker("inference"),
+             "worker-training": lambda: self.start_worker("training")}[name]()
+
+    def wait_ready(self, timeout: float = 180, started: float | None = None) -> None:
+        """Until /readyz is 200 with both queues served; with ``started`` (mid-run), exited
+        processes are restarted meanwhile (``supervise``)."""
         import httpx
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if started is not None:
+                self.supervise(started)
             try:
                 response = httpx.get(f"{self.base}/readyz", timeout=5)
                 if response.status_code == 200 and "training" in response.text:
@@ -170,7 +190,8 @@ class Deployment:
         elif what == "server":
             self.stop_one("serve")
             self.start_serve()
-        self.wait_ready()
+        time.sleep(1.0)  # let a process the fault takes down exit before it is supervised
+        self.wait_ready(started=started)
         self.events.append({"fault": what, "at_s": round(at, 1),
                             "back_after_s": round(time.monotonic() - started - at, 1)})
 
@@ -393,6 +414,8 @@ class Soak:
                 if now >= when:
                     del at[fault]
                     await asyncio.to_thread(self.dep.fault, fault, self.started)
+            if not self.args.url:
+                self.dep.supervise(self.started)
             await asyncio.sleep(0.5)
         self.sample()
 
@@ -453,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     parser.add_argument("--plot")
+    parser.add_argument("--workdir", help="keep the data directory and logs here (default: "
+                                          "a temporary directory, removed at the end)")
     args = parser.parse_args(argv)
     if args.url and not (args.key and args.admin_key):
         parser.error("--url needs --key and --admin-key")
@@ -460,7 +485,9 @@ def main(argv: list[str] | None = None) -> int:
         global ADMIN, KEYS
         ADMIN, KEYS = args.admin_key, [args.key]
     with tempfile.TemporaryDirectory(prefix="debm-soak-") as tmp:
-        deployment = Deployment(args, Path(tmp))
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        deployment = Deployment(args, workdir)
         try:
             deployment.start()
             soak = Soak(args, deployment)

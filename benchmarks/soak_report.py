@@ -35,7 +35,9 @@ def summarise(soak, args) -> dict:
             "accepted_jobs": len(soak.jobs), "final_states": dict(states),
             "lost_jobs": states.get("lost", 0), "unreadable_results": soak.unreadable,
             "http_500s": sum(n for k, n in codes.items() if k.endswith(" 500")),
-            "codes": codes, "faults": soak.dep.events,
+            "codes": codes,
+            "faults": [e for e in soak.dep.events if "fault" in e],
+            "unplanned_exits": [e for e in soak.dep.events if "unplanned_exit" in e],
             "growth_after_warmup": grow, "warmup_sample_t_s": samples[warm]["t_s"],
             "samples": samples}
 
@@ -46,7 +48,8 @@ def table(result: dict) -> str:
              f"{result['accepted_jobs']} jobs accepted, {result['lost_jobs']} lost, "
              f"{len(result['unreadable_results'])} unreadable results, "
              f"{result['http_500s']} HTTP 500s",
-             f"faults: {result['faults'] or 'none'}", "",
+             f"faults: {result['faults'] or 'none'}",
+             f"unplanned exits (restarted): {result['unplanned_exits'] or 'none'}", "",
              f"{'t (s)':>7} {'RSS MiB':>9} {'fds':>5} {'thr':>5} {'data MiB':>9} "
              f"{'redis MiB':>9} {'score1 p50':>10} {'p99':>7}"]
     for s in result["samples"]:
