@@ -115,6 +115,26 @@ class DataDir:
     def upload_dir(self, job_id: str) -> Path:
         return _job_path(self.uploads, job_id)
 
+    def remove_job_artifacts(self, job_id: str) -> int:
+        """Delete what a job left in the data directory (its result files, upload leftovers,
+        training folder) and return the bytes freed.  The one place the retention reaper
+        (core.jobs.retention) deletes files through; registered models are copies and are
+        never touched."""
+        import shutil
+
+        freed = 0
+        for folder in (self.result_dir(job_id), self.upload_dir(job_id), self.job_dir(job_id)):
+            if not folder.exists():
+                continue
+            for path in folder.rglob("*"):
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        freed += path.stat().st_size
+                except OSError:
+                    pass
+            shutil.rmtree(folder, ignore_errors=True)
+        return freed
+
     def dataset_dir(self, dataset_id: str) -> Path:
         if not DATASET_ID_RE.match(dataset_id):
             raise ValueError(f"invalid dataset id {dataset_id!r}")

@@ -88,6 +88,19 @@ WORKER_UP = Gauge(
     "debm_worker_up", "1 while this process's worker for the queue consumes it",
     ["queue", "worker"], registry=REGISTRY)
 
+# The retention reaper (core.jobs.retention), in the process that ran the pass: the API
+# process(es) in distributed mode (one replica per pass, under a Redis lock), the server in
+# embedded mode.
+REAPED_JOBS = Counter(
+    "debm_reaped_jobs", "finished jobs removed after DEBM_RETENTION_SECONDS", ["kind"],
+    registry=REGISTRY)
+REAPED_BYTES = Counter(
+    "debm_reaped_bytes", "bytes of result files, uploads and training folders the reaper "
+    "deleted", registry=REGISTRY)
+REAPER_PASSES = Counter(
+    "debm_reaper_passes", "reaper passes run by this process, by outcome", ["outcome"],
+    registry=REGISTRY)
+
 # Job kinds and the queue each goes to (worker.names holds the same mapping; repeated here
 # so that this module stays free of the worker package).
 QUEUE_OF_KIND = {"generate": "inference", "score": "inference", "train": "training"}

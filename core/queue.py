@@ -43,7 +43,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # idle worker.
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        result_expires=settings.result_expires,
+        # A task's Celery result never outlives its job (DEBM_RETENTION_SECONDS).
+        result_expires=min(settings.result_expires, settings.retention_seconds),
         result_extended=False,
         broker_connection_retry_on_startup=True,
         # A lost broker connection cancels running acks-late tasks so they are redelivered

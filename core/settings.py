@@ -158,6 +158,13 @@ class Settings(BaseSettings):
     cache_dir: Path | None = None
     # Bound of the workers' checkpoint files cache (least recently used versions go first).
     checkpoint_cache_bytes: int = Field(10 * 1024 * MiB, ge=1 * MiB)
+    # --- retention (issue 23; core.jobs.retention, docs/OPERATIONS.md "Retention") -------
+    # A finished job's record, event log, result files and upload leftovers are removed this
+    # long after it finished; queued and running jobs, datasets and models never expire.
+    # GET /jobs/{id} then answers 410 for 4 x this long (a tombstone), then 404.
+    retention_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # Finished jobs one reaper pass removes at most (the rest wait for the next pass).
+    reaper_batch: int = Field(500, ge=1, le=100_000)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -237,6 +244,16 @@ class Settings(BaseSettings):
     def lease_seconds(self) -> float:
         """A running job's lease lives this long without renewal (3 heartbeat periods)."""
         return 3 * self.heartbeat_seconds
+
+    @property
+    def reaper_seconds(self) -> float:
+        """The reaper's period: min(retention / 4, 10 min)."""
+        return min(self.retention_seconds / 4, 600.0)
+
+    @property
+    def tombstone_seconds(self) -> int:
+        """How long an expired job still answers 410 (then 404)."""
+        return 4 * self.retention_seconds
 
     @property
     def distributed(self) -> bool:

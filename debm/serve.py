@@ -38,9 +38,11 @@ from core.prometheus import WorkerLiveness
 from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
 from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
+from core.queue import send_job
 from worker.celery_app import WorkerApp
 from worker.lease import Heartbeat
 from worker.local import LocalWorker
+from worker.recovery import BrokerView
 
 log = logging.getLogger("debm.embedded")
 
@@ -88,8 +90,12 @@ class EmbeddedWorkers:
 
             services.dispatcher.local = run_here
             name = f"{INFERENCE_QUEUE}@embedded-{host}"
-            self._heartbeats.append(Heartbeat(self.settings, name, [INFERENCE_QUEUE],
-                                              alive=local.alive).start())
+            # Its beats also recover lost jobs periodically (worker.recovery), not only at
+            # the next start: queued jobs against what the pool holds, running ones by lease.
+            self._heartbeats.append(Heartbeat(
+                self.settings, name, [INFERENCE_QUEUE], alive=local.alive,
+                send=lambda kind, job_id: local.send(kind, job_id),
+                view=lambda: BrokerView(waiting=local.pending())).start())
             self._liveness.append(WorkerLiveness(INFERENCE_QUEUE, name, local.alive))
         if not self.settings.distributed:
             self.recover(services)
@@ -104,8 +110,11 @@ class EmbeddedWorkers:
             self._threads[queue] = thread
             thread.start()
             ready.wait(30)
+            # Recovery of running jobs whose lease is gone (their messages stay in the SQLite
+            # broker, so queued ones need nothing); Redis-backed queues recover as workers do.
             beat = Heartbeat(self.settings, f"{queue}@embedded-{host}", [queue],
-                             alive=thread.is_alive)
+                             alive=thread.is_alive,
+                             send=lambda kind, job_id, app=app: send_job(app, kind, job_id))
             self._heartbeats.append(beat.start())
             self._liveness.append(WorkerLiveness(queue, f"{queue}@embedded-{host}",
                                                  thread.is_alive))

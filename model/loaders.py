@@ -19,7 +19,7 @@ import numpy as np
 
 from .formats.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES, LABEL_ARRAY_KEYS, MAX_ZIP_MEMBERS,
                        MAX_ZIP_UNCOMPRESSED, DatasetError, check_zip_member,
-                       is_metadata_member, pixel_value_scale)
+                       is_metadata_member, npy_layout_problem, pixel_value_scale)
 from .conform import conform
 from .formats.imagefile import ImageRejected, decode_image, fit_to_model
 
@@ -182,9 +182,9 @@ def _chunks(archive: zipfile.ZipFile, name: str, source: str):
         shape, fortran, dtype = _npy_header(handle, source)
     _check_kind(dtype, source)
     shape = tuple(int(n) for n in shape)
-    if fortran and len(shape) > 1:
-        raise DatasetError(f"{source}: Fortran-ordered arrays are not accepted; save "
-                           "np.ascontiguousarray(x)")
+    problem = npy_layout_problem(shape, fortran)
+    if problem is not None:
+        raise DatasetError(f"{source}: {problem}")
     if not shape:
         raise DatasetError(f"{source}: a scalar, not an array of images")
     per_item = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize

@@ -22,8 +22,9 @@ from fastapi_offline import FastAPIOffline
 
 from core.artifacts import ArtifactMissing, ArtifactsUnavailable, open_artifacts
 from core.datadir import DataDir, DataDirError
-from core.jobs import SqliteJobStore, StoreUnavailable, clean_json, open_store
+from core.jobs import SqliteJobStore, StoreFull, StoreUnavailable, clean_json, open_store
 from core.jobs.events import open_event_log
+from core.jobs.retention import Reaper
 from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, RegistryError, UnknownModel,
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     tests)."""
     settings = settings or get_settings()
     logging.getLogger("debm").setLevel(settings.log_level)
+    observe.redact_access_log()  # event tokens never reach the access log
     data = DataDir(settings.data_root).ensure()
     artifacts = open_artifacts(settings)
     # Fail fast: a missing bucket (unless DEBM_S3_CREATE_BUCKET) or refused credentials stop
@@ -98,9 +100,13 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
             wakeups.listen_redis(settings.redis_url, settings.redis_prefix)
         if embedded is not None:
             embedded.start(services)
+        # Retention (core.jobs.retention): every API process runs the reaper; in
+        # distributed mode a Redis lock lets one replica at a time do a pass.
+        reaper = Reaper(settings, store, services.events, data, artifacts).start()
         try:
             yield
         finally:
+            reaper.stop()
             if embedded is not None:
                 embedded.stop()
             wakeups.stop()
@@ -154,6 +160,7 @@ ERROR_ANSWERS: dict[type[Exception], ErrorAnswer] = {
     # Before StoreUnavailable (its base): the message names the artifact store itself.
     ArtifactsUnavailable: ErrorAnswer(503, "5"),
     ArtifactMissing: ErrorAnswer(404),
+    StoreFull: ErrorAnswer(507, "60", "job store full: "),
     StoreUnavailable: ErrorAnswer(503, "5", "job store unavailable: "),
     BrokerUnavailable: ErrorAnswer(503, "5"),
     DataDirError: ErrorAnswer(503),

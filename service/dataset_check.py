@@ -21,7 +21,7 @@ import numpy as np
 from model.formats.archives import (IMAGE_ARRAY_KEYS, IMAGE_SUFFIXES,
                                     MAX_ZIP_UNCOMPRESSED, DatasetError,
                                     check_zip_member, is_metadata_member,
-                                    pixel_value_scale)
+                                    npy_layout_problem, pixel_value_scale)
 from model.formats.imagefile import ImageRejected, decode_image, read_header
 
 CHUNK_BYTES = 8 << 20
@@ -164,6 +164,9 @@ def check_npz(path: Path, *, max_images: int, max_pixels: int, max_uncompressed:
             if dtype.hasobject:
                 raise DatasetRejected(f"array {key!r} holds Python objects; refused (they "
                                       "need pickle)")
+            problem = npy_layout_problem(tuple(shape), fortran)
+            if problem is not None:  # the loader's rule too (model.formats.archives)
+                raise DatasetRejected(f"array {key!r}: {problem}")
             if dtype.kind not in "uif" or dtype.itemsize > 8:
                 raise DatasetRejected(f"array {key!r} has dtype {dtype}, not an image type")
             summary = _check_shape(key, shape)

@@ -15,6 +15,7 @@ from core.datadir import DataDir, new_job_id
 from core.jobs import CANCELLED, FAILED, CapacityExceeded, JobRecord, JobStore
 from core.queue import send_job
 from core.settings import Settings
+from core.work_units import check_weight
 
 log = logging.getLogger("debm.api")
 
@@ -57,16 +58,19 @@ class Dispatcher:
                          "them")
 
     def check_capacity(self, owner: str, work: int = 1) -> None:
-        """An early 429, before an upload is read, for a job that surely cannot be queued.
-        Advisory only: ``submit`` checks again atomically with the insert."""
+        """An early 429 (or 422 for a job too heavy for any queue), before an upload is read,
+        for a job that surely cannot be queued.  Advisory only: ``submit`` checks again
+        atomically with the insert.  Same rule as the stores (core.work_units, "Fairness"):
+        the total limits apply only to a key that already has an active job."""
         s = self.settings
-        if self.store.count_active() >= s.max_queued_jobs:
-            raise self._full("total")
-        if self.store.count_active(owner) >= s.max_queued_jobs_per_key:
+        check_weight(work, s.max_queued_work_per_key)
+        mine = self.store.count_active(owner)
+        if mine >= s.max_queued_jobs_per_key:
             raise self._full("owner")
-        if self.store.active_work(owner) + work > s.max_queued_work_per_key and \
-                self.store.count_active(owner):
+        if mine and self.store.active_work(owner) + work > s.max_queued_work_per_key:
             raise self._full("owner_work")
+        if mine and self.store.count_active() >= s.max_queued_jobs:
+            raise self._full("total")
 
     def new_id(self) -> str:
         return new_job_id()
@@ -74,6 +78,7 @@ class Dispatcher:
     def submit(self, kind: str, owner: str, params: dict[str, Any], *,
                job_id: str | None = None, work: int = 0) -> JobRecord:
         s = self.settings
+        check_weight(work, s.max_queued_work_per_key)
         try:
             job = self.store.create(JobRecord(id=job_id or new_job_id(), kind=kind,
                                               owner=owner, params=params, work=int(work)),

@@ -18,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 from .auth import Principal
 
 SECRET_FILE = "event-token-secret"
+log = logging.getLogger("debm.api")
 
 
 class TokenError(ValueError):
@@ -40,26 +42,68 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def load_secret(data_root: Path) -> bytes:
-    """The signing secret, created on first use (O_EXCL: concurrent replicas agree)."""
-    path = Path(data_root) / SECRET_FILE
+SECRET_BYTES = 32
+
+
+def _read_secret(path: Path) -> bytes | None:
+    """The secret in ``path``; None when the file holds anything but 32 bytes as hex (an
+    empty or torn file left by a crash, a hand edit).  Raises FileNotFoundError."""
     try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_bytes(32)
+        secret = bytes.fromhex(path.read_text().strip())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return secret if len(secret) == SECRET_BYTES else None
+
+
+def _write_secret(path: Path, *, replace: bool) -> None:
+    """Write a fresh secret durably: staged under a unique name, fsynced, then linked into
+    place (O_EXCL semantics: of concurrent replicas the first wins and all read its file),
+    or renamed over a bad one (``replace``), and the directory fsynced."""
+    secret = secrets.token_bytes(SECRET_BYTES)
     staging = path.with_name(f".{SECRET_FILE}.{secrets.token_hex(4)}")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret.hex())
     try:
-        os.link(staging, path)  # fails if another process made it first: use theirs
+        os.write(fd, secret.hex().encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if replace:
+            os.replace(staging, path)
+        else:
+            os.link(staging, path)  # fails if another process made it first: use theirs
     except FileExistsError:
         pass
     finally:
-        os.unlink(staging)
-    return bytes.fromhex(path.read_text().strip())
+        staging.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load_secret(data_root: Path) -> bytes:
+    """The signing secret, created on first use.  A file that does not hold exactly 32 bytes
+    (an empty file after a crash at first start would otherwise be an empty HMAC key, with
+    which anyone can sign) is replaced by a fresh secret, with a log line; tokens issued
+    under the old one stop working, which costs a page a reconnection."""
+    path = Path(data_root) / SECRET_FILE
+    try:
+        secret = _read_secret(path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_secret(path, replace=False)
+        secret = _read_secret(path)
+    if secret is None:
+        log.warning("%s does not hold a %d-byte secret (a crash while it was written?); "
+                    "a new one replaces it and outstanding event tokens become invalid",
+                    path, SECRET_BYTES)
+        _write_secret(path, replace=True)
+        secret = _read_secret(path)
+    if secret is None:  # pragma: no cover - a file we just wrote and fsynced
+        raise RuntimeError(f"{path}: could not store an event-token secret")
+    return secret
 
 
 class TokenSigner:
@@ -77,8 +121,10 @@ class TokenSigner:
 
     def verify(self, token: str, job_id: str, *, now: float | None = None) -> Principal:
         payload, _, signature = token.partition(".")
-        if not payload or not signature or len(token) > 1024 or \
-                not hmac.compare_digest(signature, self._sign(payload)):
+        # compare_digest raises TypeError on a non-ASCII str: compare bytes instead, so a
+        # token of any characters is a 401, never a 500.
+        if not payload or not signature or len(token) > 1024 or not hmac.compare_digest(
+                signature.encode("utf-8", "replace"), self._sign(payload).encode()):
             raise TokenError("invalid event token")
         try:
             claims = json.loads(_unb64(payload))

@@ -1,4 +1,5 @@
-"""Request latency per endpoint (``debm_http_request_duration_seconds``) and ``GET /metrics``.
+"""Request latency per endpoint (``debm_http_request_duration_seconds``), ``GET /metrics``,
+and the access log's hygiene (``redact_access_log``: no event token in a logged URL).
 
 The latency middleware is plain ASGI (no BaseHTTPMiddleware: it would buffer responses and
 add its own latency).  Requests are labelled by their route template (``/jobs/{job_id}``),
@@ -7,6 +8,8 @@ never by the raw path, so the number of series stays bounded; unmatched paths sh
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 
 from fastapi import APIRouter, Request
@@ -53,3 +56,36 @@ class LatencyMiddleware:
             if template != "/metrics":
                 observe_request(scope.get("method", "GET"), template, status["code"],
                                 time.perf_counter() - start)
+
+
+# ``?token=`` of GET /jobs/{id}/events (service.event_tokens) is a bearer credential for
+# a few minutes: the access log shows the parameter's name, never its value.
+_TOKEN_IN_QUERY = re.compile(r"(?i)([?&](?:token|access_token)=)[^&#\s\"]*")
+
+
+def redact(text: str) -> str:
+    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """Rewrites uvicorn's access-log records (``args``: client, method, path with query,
+    HTTP version, status) and any other record's message so no token value is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str) and "token=" in record.msg.lower():
+            record.msg = redact(record.msg)
+        return True
+
+
+_REDACTOR = RedactTokens()
+
+
+def redact_access_log(*names: str) -> None:
+    """Install the filter on uvicorn's access logger (idempotent).  A logger filter survives
+    uvicorn's own logging configuration (dictConfig adds filters, never removes them)."""
+    for name in names or ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if _REDACTOR not in logger.filters:
+            logger.addFilter(_REDACTOR)

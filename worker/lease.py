@@ -134,19 +134,21 @@ class LeaseKeeper:
 
 class Heartbeat:
     """Writes ``{worker, queues, pid}`` into the job store every ``heartbeat_seconds`` with a
-    time-to-live of three periods; /readyz counts the live ones.  With ``send`` (distributed
-    workers: a function that sends a job's task by kind), each beat also recovers jobs whose
-    worker died (worker.recovery)."""
+    time-to-live of three periods; /readyz counts the live ones.  With ``send`` (a function
+    that sends a job's task by kind; ``view``: what the embedded pool holds), each beat also
+    recovers jobs whose worker died (worker.recovery), in both modes."""
 
     def __init__(self, settings: Settings, worker: str, queues: list[str], *,
                  alive: Callable[[], bool] | None = None,
-                 send: Callable[[str, str], None] | None = None):
+                 send: Callable[[str, str], None] | None = None,
+                 view: Callable[[], object] | None = None):
         from .recovery import Recovery
 
         self.settings, self.worker, self.queues = settings, worker, queues
         self.alive = alive  # optional: beat only while it answers True
         self.store = open_store(settings)
-        self.recovery = Recovery(settings, self.store, queues, send) if send else None
+        self.recovery = (Recovery(settings, self.store, queues, send, view=view) if send
+                         else None)
         self._info = {"queues": queues, "pid": os.getpid(), "host": socket.gethostname()}
         self._loop = Renewal(f"heartbeat-{worker}", settings.heartbeat_seconds, self._beat,
                              immediately=True)

@@ -160,7 +160,12 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
         return {"job_id": job_id, "skipped": status}
 
     def finish(status: str, **fields) -> dict[str, Any]:
-        _with_store(runtime, lambda: store.finish(job_id, status, **fields))
+        # Only while the job still runs under our lease (JobStore.finish's holder check).
+        if not _with_store(runtime, lambda: store.finish(job_id, status, holder=holder,
+                                                         **fields)):
+            log.warning("job %s: not marked %s: it no longer runs under this worker's lease "
+                        "(lost and taken over, or already final)", job_id, status)
+            return {"job_id": job_id, "status": "lease lost"}
         return {"job_id": job_id, "status": status}
 
     if job.kind != kind:

@@ -42,6 +42,10 @@ class LocalWorker:
         self._generate_pool = ThreadPoolExecutor(max_workers=generate_concurrency,
                                                  thread_name_prefix=f"debm-{queue}-generate")
         self._closed = threading.Event()
+        # Jobs sent here and not yet done (or waiting to be retried): the view that the
+        # periodic recovery (worker.recovery) checks queued jobs against.
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
 
     def handles(self, kind: str) -> bool:
         return QUEUE_FOR_KIND.get(kind) == self.queue
@@ -50,14 +54,22 @@ class LocalWorker:
         if self._closed.is_set():
             return  # shutting down: the job stays queued and the next start sends it
         pool = self._generate_pool if kind == "generate" else self._pool
+        with self._pending_lock:
+            self._pending.add(job_id)
         pool.submit(self._run, kind, job_id)
 
+    def pending(self) -> set[str]:
+        with self._pending_lock:
+            return set(self._pending)
+
     def _run(self, kind: str, job_id: str) -> None:
+        retry = False
         with self.app.active:
             try:
                 execute(runtime_for(self.app), job_id, kind, BODIES[kind], task=None,
                         time_limit=self.time_limit)
             except StoreDown as exc:
+                retry = not self._closed.is_set()
                 # The SQLite file is unreachable (disk gone?): the job stays queued in its
                 # record; try again a little later rather than dropping it.
                 log.warning("job %s: job store unreachable (%s); retrying in 5 s", job_id, exc)
@@ -67,6 +79,10 @@ class LocalWorker:
                     timer.start()
             except Exception:  # execute already failed the job with the reason
                 log.exception("job %s: internal error", job_id)
+            finally:
+                if not retry:
+                    with self._pending_lock:
+                        self._pending.discard(job_id)
 
     def alive(self) -> bool:
         return not self._closed.is_set()

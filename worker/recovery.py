@@ -1,4 +1,5 @@
-"""Recovering jobs whose worker died (distributed mode).
+"""Recovering jobs whose worker died (both modes; the embedded server runs it too, see the
+end of this docstring).
 
 Celery with ``acks_late`` redelivers a task whose *pool child* died at once
 (``task_reject_on_worker_lost``), but when the whole worker process dies (SIGKILL, power loss,
@@ -24,6 +25,12 @@ eventually restored by Redis after the visibility timeout and skipped the same w
 The broker view reads kombu's Redis layout (a list per queue; delivered messages in the
 ``unacked`` hash with their delivery time in ``unacked_index``), the same data kombu's own
 ``restore_visible`` uses; tests/system/test_faults.py exercises it against a real Redis.
+
+The embedded server (debm.serve) runs the same pass with its heartbeats, not only at start:
+a job whose thread gave up (the SQLite file was unavailable for longer than
+``store_retry_seconds``) or whose in-process delivery was lost is picked up again within a
+few heartbeats.  Its inference pool answers the ``view`` of the jobs it holds; its training
+queue lives in the SQLite broker, which keeps messages, so only running jobs are checked.
 """
 
 from __future__ import annotations
@@ -81,17 +88,21 @@ def _task_id(message) -> str | None:
 
 def recover_orphans(store: JobStore, settings: Settings, queues: list[str],
                     send: Callable[[str, str], None], *, broker=None,
+                    view: Callable[[], BrokerView] | None = None,
                     now: float | None = None) -> list[str]:
     """One pass (see the module docstring).  ``send(kind, job_id)`` sends a job's task;
-    ``broker`` is the Redis client of the broker (None: queued jobs are not checked).
-    Returns the ids of the jobs it acted on."""
+    ``broker`` is the Redis client of the broker, or ``view`` a function that answers the
+    jobs waiting or delivered (the embedded server's in-process pool); with neither, queued
+    jobs are not checked.  Returns the ids of the jobs it acted on."""
+    if view is None and broker is not None:
+        view = lambda: BrokerView.read(broker, queues)  # noqa: E731
     now = time.time() if now is None else now
     grace = settings.lease_seconds
     jobs = [j for j in store.active() if QUEUE_FOR_KIND.get(j.kind) in queues]
     if not jobs:
         return []
     leases = store.leases([j.id for j in jobs])
-    view = None
+    seen: BrokerView | None = None
     acted: list[str] = []
     for job in jobs:
         if job.id in leases:
@@ -112,14 +123,14 @@ def recover_orphans(store: JobStore, settings: Settings, queues: list[str],
                             "requeued", job.id, job.worker, grace)
                 send(job.kind, job.id)
                 acted.append(job.id)
-        elif job.status == QUEUED and broker is not None:
+        elif job.status == QUEUED and view is not None:
             if now - (job.queued_at or job.created) < grace:
                 continue
-            if view is None:
-                view = BrokerView.read(broker, queues)
-            if job.id in view.waiting:
+            if seen is None:
+                seen = view()
+            if job.id in seen.waiting:
                 continue
-            delivered = view.delivered.get(job.id)
+            delivered = seen.delivered.get(job.id)
             if delivered is not None and now - delivered < grace:
                 continue  # a worker is about to start it
             if store.touch_queued(job.id, job.queued_at):
@@ -134,14 +145,16 @@ class Recovery:
     ``send(kind, job_id)`` sends a job's task (core.queue.send_job on the worker's app)."""
 
     def __init__(self, settings: Settings, store: JobStore, queues: list[str],
-                 send: Callable[[str, str], None]):
+                 send: Callable[[str, str], None],
+                 view: Callable[[], BrokerView] | None = None):
         self.settings, self.store, self.queues, self.send = settings, store, queues, send
+        self.view = view
 
     def step(self) -> list[str]:
         client = self.store.client if isinstance(self.store, RedisJobStore) else None
         try:
             return recover_orphans(self.store, self.settings, self.queues, self.send,
-                                   broker=client)
+                                   broker=client, view=self.view)
         except StoreUnavailable:
             return []
         except Exception as exc:  # never kill the heartbeat thread

@@ -6,11 +6,11 @@ from .records import (ACTIVE, CANCELLED, FAILED, FINAL, KINDS, QUEUED, RUNNING,
                       STATUSES, SUCCEEDED, JobRecord, clean_json)
 from .redis_store import RedisJobStore
 from .sqlite_store import SqliteJobStore
-from .store import CapacityExceeded, JobStore, StoreUnavailable
+from .store import CapacityExceeded, JobStore, StoreFull, StoreUnavailable
 
 __all__ = ["ACTIVE", "CANCELLED", "FAILED", "FINAL", "KINDS", "QUEUED", "RUNNING", "STATUSES",
            "SUCCEEDED", "CapacityExceeded", "JobRecord", "JobStore", "RedisJobStore",
-           "SqliteJobStore", "StoreUnavailable", "clean_json", "open_store"]
+           "SqliteJobStore", "StoreFull", "StoreUnavailable", "clean_json", "open_store"]
 
 
 def open_store(settings) -> JobStore:

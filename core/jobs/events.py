@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import clean_json
+from .sqlite_store import incremental_vacuum_mode, reclaim_file_space, sqlite_error
 from .store import StoreUnavailable
 
 EVENTS_PER_JOB = 5000
@@ -55,6 +56,13 @@ class EventLog(ABC):
         """Events after the id ``after`` (None, or an id not from this log: from the start),
         oldest first."""
 
+    @abstractmethod
+    def forget(self, job_ids: list[str]) -> None:
+        """Delete these jobs' logs (the retention reaper, core.jobs.retention)."""
+
+    def reclaim_space(self) -> None:
+        pass
+
     def close(self) -> None:  # pragma: no cover - overridden where needed
         pass
 
@@ -64,7 +72,9 @@ class RedisEventLog(EventLog):
                  ttl: int = 7 * 86400):
         import redis
 
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        from .redis_store import unavailable_errors
+
+        self._errors = unavailable_errors(redis)
         self.client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
         self.prefix, self.cap, self.ttl = prefix, cap, ttl
 
@@ -94,6 +104,13 @@ class RedisEventLog(EventLog):
                                 data=json.loads(fields[b"d"])))
         return out
 
+    def forget(self, job_ids: list[str]) -> None:
+        if job_ids:
+            try:
+                self.client.delete(*[self._key(j) for j in job_ids])
+            except self._errors as exc:
+                raise StoreUnavailable(str(exc)) from None
+
     def close(self) -> None:
         self.client.close()
 
@@ -109,6 +126,7 @@ class SqliteEventLog(EventLog):
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = self._db()
+        incremental_vacuum_mode(db, self.path)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
                    "job_id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, "
@@ -122,7 +140,7 @@ class SqliteEventLog(EventLog):
                 db = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                      check_same_thread=False)
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"{self.path}: {exc}") from None
+                raise sqlite_error(self.path, exc) from None
             self._local.db = db
         return db
 
@@ -135,14 +153,15 @@ class SqliteEventLog(EventLog):
             if seq % self.TRIM_EVERY == 0:
                 self._trim(db, job_id)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self.path}: {exc}") from None
+            raise sqlite_error(self.path, exc) from None
         return str(seq)
 
     def _trim(self, db: sqlite3.Connection, job_id: str) -> None:
+        # Old jobs' logs are deleted by the retention reaper, by job id (an index read);
+        # no time-based delete here, which would scan the whole table.
         db.execute("DELETE FROM events WHERE job_id = ? AND seq <= (SELECT seq FROM events "
                    "WHERE job_id = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
                    (job_id, job_id, self.cap))
-        db.execute("DELETE FROM events WHERE created < ?", (time.time() - self.ttl,))
 
     def read(self, job_id: str, after: str | None = None, limit: int = 200) -> list[JobEvent]:
         start = int(after) if after and after.isdigit() and len(after) < 19 else 0
@@ -151,9 +170,24 @@ class SqliteEventLog(EventLog):
                 "SELECT seq, event, data FROM events WHERE job_id = ? AND seq > ? "
                 "ORDER BY seq LIMIT ?", (job_id, start, limit)).fetchall()
         except sqlite3.Error as exc:
-            raise StoreUnavailable(f"{self.path}: {exc}") from None
+            raise sqlite_error(self.path, exc) from None
         return [JobEvent(id=str(seq), event=event, data=json.loads(data))
                 for seq, event, data in rows]
+
+    def forget(self, job_ids: list[str]) -> None:
+        if not job_ids:
+            return
+        try:
+            self._db().execute(f"DELETE FROM events WHERE job_id IN "
+                               f"({','.join('?' * len(job_ids))})", tuple(job_ids))
+        except sqlite3.Error as exc:
+            raise sqlite_error(self.path, exc) from None
+
+    def reclaim_space(self) -> None:
+        try:
+            reclaim_file_space(self._db())
+        except sqlite3.Error as exc:
+            raise sqlite_error(self.path, exc) from None
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -163,8 +197,9 @@ class SqliteEventLog(EventLog):
 
 
 def open_event_log(settings) -> EventLog:
+    """A log's time-to-live is a backstop (twice the retention since its last event): the
+    retention reaper deletes the logs of the jobs it removes."""
+    ttl = 2 * int(settings.retention_seconds)
     if settings.redis_url:
-        return RedisEventLog(settings.redis_url, prefix=settings.redis_prefix,
-                             ttl=int(settings.result_expires))
-    return SqliteEventLog(settings.data_root / "events.sqlite",
-                          ttl=int(settings.result_expires))
+        return RedisEventLog(settings.redis_url, prefix=settings.redis_prefix, ttl=ttl)
+    return SqliteEventLog(settings.data_root / "events.sqlite", ttl=ttl)

@@ -107,12 +107,18 @@ def _progress(progress: dict | None, metrics: dict | None) -> Mutation:
     return apply
 
 
-def _finish(status: str, now: float, result: dict | None, error: str | None) -> Mutation:
+def _finish(status: str, now: float, result: dict | None, error: str | None,
+            holder: str | None = None) -> Mutation:
+    """With ``holder`` (a worker finishing the job it ran), only while the job is still
+    running under that holder: a worker whose lease was lost, and whose job was requeued or
+    taken over by another delivery since, cannot finish it (nor mark it succeeded)."""
     if status not in FINAL:
         raise ValueError(f"{status} is not a final status")
 
     def apply(job: JobRecord) -> JobRecord | None:
         if job.status not in ACTIVE:
+            return None
+        if holder is not None and (job.status != RUNNING or job.worker != holder):
             return None
         job.status, job.finished = status, now
         if result is not None:

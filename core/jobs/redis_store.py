@@ -10,6 +10,22 @@ from .records import ACTIVE, QUEUED, JobRecord, Mutation
 from .store import CapacityExceeded, JobStore, StoreUnavailable
 
 
+def unavailable_errors(redis_mod) -> tuple[type[Exception], ...]:
+    """Redis errors that mean "not now" (503, retried by workers): unreachable, timed out,
+    out of memory (``maxmemory`` with ``noeviction``), a read-only replica after a
+    fail-over."""
+    errors = redis_mod.exceptions
+    return (errors.ConnectionError, errors.TimeoutError, errors.OutOfMemoryError,
+            errors.ReadOnlyError)
+
+
+def is_out_of_memory(exc: Exception) -> bool:
+    """An OOM reply that redis-py did not classify (inside a Lua script, Redis reports it as
+    a script error whose text holds the OOM reply)."""
+    return "OOM command not allowed" in str(exc) or \
+        "command not allowed when used memory" in str(exc)
+
+
 class RedisJobStore(JobStore):
     def __init__(self, url: str, *, prefix: str = "debm"):
         import redis
@@ -21,17 +37,24 @@ class RedisJobStore(JobStore):
         self._create = self.client.register_script(self._CREATE)
         self._renew = self.client.register_script(self._RENEW)
         self._release = self.client.register_script(self._RELEASE)
+        self._forget = self.client.register_script(self._FORGET)
 
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     def _errors(self):
-        return (self._redis_mod.exceptions.ConnectionError,
-                self._redis_mod.exceptions.TimeoutError)
+        return unavailable_errors(self._redis_mod)
 
     def _call(self, fn):
+        errors = self._redis_mod.exceptions
         try:
             return fn()
+        except (errors.OutOfMemoryError, errors.ResponseError) as exc:
+            if isinstance(exc, errors.OutOfMemoryError) or is_out_of_memory(exc):
+                raise StoreUnavailable(f"Redis is out of memory (maxmemory): {exc}") from None
+            if isinstance(exc, errors.ReadOnlyError):
+                raise StoreUnavailable(f"Redis is read-only: {exc}") from None
+            raise
         except self._errors() as exc:
             raise StoreUnavailable(f"Redis is unreachable: {exc}") from None
 
@@ -49,33 +72,39 @@ class RedisJobStore(JobStore):
             pipe.hincrby(self._key("counts"), f"{before.kind}:{before.status}", -1)
             pipe.hincrby(self._key("counts"), f"{job.kind}:{job.status}", 1)
             if job.final:
+                # The retention reaper's index: finished jobs by the time they finished.
+                pipe.zadd(self._key("finished"), {job.id: job.finished or time.time()})
                 # Wakes API requests waiting on this job (core.jobs.wakeups), in the same
                 # transaction as the final record, so a waiter woken up reads it.
                 pipe.publish(final_channel(self.prefix), job.id)
 
     # Count and insert in one script: Redis runs it atomically, so no two requests can both
     # see room for one more job.  Work limits sum JobRecord.work of the active jobs (a hash
-    # job id -> work holding only active jobs); a job is admitted whatever its work when no
-    # other job of the scope is active, so one allowed request is never impossible.
+    # job id -> work holding only active jobs).  The key's own limits hold always; the total
+    # limits hold only for a key that already has something active, so that no key can keep
+    # another key's first job out (the fairness rule of core.work_units).
     _CREATE = """
     local max_total, max_owner = tonumber(ARGV[4]), tonumber(ARGV[5])
     local max_work_total, max_work_owner = tonumber(ARGV[6]), tonumber(ARGV[7])
     local work = tonumber(ARGV[8])
-    local n_total = redis.call('SCARD', KEYS[4])
-    if max_total > 0 and n_total >= max_total then return -1 end
     local n_owner = redis.call('SCARD', KEYS[5])
     if max_owner > 0 and n_owner >= max_owner then return -2 end
-    if max_work_total > 0 and n_total > 0 then
+    if max_work_owner > 0 then
       local sum = 0
-      for _, v in ipairs(redis.call('HVALS', KEYS[6])) do sum = sum + tonumber(v) end
-      if sum + work > max_work_total then return -3 end
-    end
-    if max_work_owner > 0 and n_owner > 0 then
-      local sum = 0
-      for _, v in ipairs(redis.call('HMGET', KEYS[6], unpack(redis.call('SMEMBERS', KEYS[5])))) do
-        if v then sum = sum + tonumber(v) end
+      if n_owner > 0 then
+        for _, v in ipairs(redis.call('HMGET', KEYS[6], unpack(redis.call('SMEMBERS', KEYS[5])))) do
+          if v then sum = sum + tonumber(v) end
+        end
       end
       if sum + work > max_work_owner then return -4 end
+    end
+    if n_owner > 0 then
+      if max_total > 0 and redis.call('SCARD', KEYS[4]) >= max_total then return -1 end
+      if max_work_total > 0 then
+        local sum = 0
+        for _, v in ipairs(redis.call('HVALS', KEYS[6])) do sum = sum + tonumber(v) end
+        if sum + work > max_work_total then return -3 end
+      end
     end
     if not redis.call('SET', KEYS[1], ARGV[1], 'NX') then return 0 end
     redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -85,6 +114,34 @@ class RedisJobStore(JobStore):
     redis.call('HSET', KEYS[6], ARGV[3], work)
     redis.call('HINCRBY', KEYS[7], ARGV[9], 1)
     return 1
+    """
+    # Delete final jobs by id, atomically per call, so that several reapers (API replicas)
+    # can run it with the same ids: a record already gone changes nothing, and the counts
+    # are decremented once.  ARGV: prefix, tombstone seconds, ids...
+    _FORGET = """
+    local prefix, tomb = ARGV[1], tonumber(ARGV[2])
+    local deleted = {}
+    for i = 3, #ARGV do
+      local id = ARGV[i]
+      local raw = redis.call('GET', prefix .. ':job:' .. id)
+      if raw then
+        local doc = cjson.decode(raw)
+        local final = doc.status == 'succeeded' or doc.status == 'failed' or
+                      doc.status == 'cancelled'
+        if final then
+          redis.call('DEL', prefix .. ':job:' .. id, prefix .. ':events:' .. id)
+          redis.call('ZREM', prefix .. ':jobs', id)
+          redis.call('ZREM', prefix .. ':jobs:owner:' .. doc.owner, id)
+          redis.call('ZREM', prefix .. ':finished', id)
+          redis.call('HINCRBY', prefix .. ':counts', doc.kind .. ':' .. doc.status, -1)
+          redis.call('SET', prefix .. ':gone:' .. id, doc.owner, 'EX', tomb)
+          table.insert(deleted, id)
+        end
+      else
+        redis.call('ZREM', prefix .. ':finished', id)
+      end
+    end
+    return deleted
     """
     _RENEW = """
     local holder = redis.call('GET', KEYS[1])
@@ -238,6 +295,61 @@ class RedisJobStore(JobStore):
             return [JobRecord.from_json(r) for r in raws if r]
         jobs = self._call(run)
         return sorted((j for j in jobs if j.status in ACTIVE), key=lambda j: j.created)
+
+    def expired_jobs(self, finished_before, limit):
+        def run():
+            self._index_finished_once()
+            ids = self.client.zrangebyscore(self._key("finished"), "-inf",
+                                            f"({finished_before!r}", start=0, num=int(limit))
+            raws = self.client.mget([self._key("job", i.decode()) for i in ids]) if ids else []
+            return [JobRecord.from_json(r) for r in raws if r]
+        return self._call(run)
+
+    def _index_finished_once(self) -> None:
+        """Jobs that finished before the ``finished`` index existed (an upgrade) are added
+        to it once, in pages of the listing index; a marker key records that it was done."""
+        marker = self._key("finished", "indexed")
+        if self.client.exists(marker):
+            return
+        start, page = 0, 1000
+        while True:
+            ids = self.client.zrange(self._key("jobs"), start, start + page - 1)
+            if not ids:
+                break
+            raws = self.client.mget([self._key("job", i.decode()) for i in ids])
+            done = {}
+            for raw in raws:
+                if raw:
+                    job = JobRecord.from_json(raw)
+                    if job.final:
+                        done[job.id] = job.finished or job.created
+            if done:
+                self.client.zadd(self._key("finished"), done)
+            start += page
+        self.client.set(marker, "1")
+
+    def forget_jobs(self, job_ids, tombstone_until):
+        if not job_ids:
+            return []
+        seconds = max(1, int(tombstone_until - time.time()))
+        deleted = self._call(lambda: self._forget(keys=[], args=[self.prefix, seconds,
+                                                                 *job_ids]))
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in deleted]
+
+    def tombstone(self, job_id):
+        raw = self._call(lambda: self.client.get(self._key("gone", job_id)))
+        return raw.decode() if raw else None
+
+    def reaper_lock(self, ttl):
+        import secrets
+
+        token = secrets.token_hex(8)
+        taken = self._call(lambda: self.client.set(self._key("reaper"), token, nx=True,
+                                                   px=max(1, int(ttl * 1000))))
+        return token if taken else None
+
+    def reaper_unlock(self, token):
+        self._call(lambda: self._release(keys=[self._key("reaper")], args=[token]))
 
     def close(self):
         self.client.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -11,7 +12,50 @@ from pathlib import Path
 
 from .wakeups import notify_local
 from .records import QUEUED, JobRecord
-from .store import CapacityExceeded, JobStore, StoreUnavailable
+from .store import CapacityExceeded, JobStore, StoreFull, StoreUnavailable
+
+log = logging.getLogger("debm.store")
+
+
+FINISHED = "json_extract(doc, '$.finished')"
+IS_FINAL = "status IN ('succeeded', 'failed', 'cancelled')"
+# INDEXED BY: the planner would otherwise pick jobs_status and walk every finished job of
+# the history (and SQLite refuses the statement if the index could not serve it).
+EXPIRED_SQL = (f"SELECT doc FROM jobs INDEXED BY jobs_finished WHERE {IS_FINAL} AND "
+               f"{FINISHED} < ? ORDER BY {FINISHED} LIMIT ?")
+
+
+def incremental_vacuum_mode(db: sqlite3.Connection, path: Path) -> None:
+    """Make the file give space back (``PRAGMA incremental_vacuum`` after the reaper deletes,
+    see ``reclaim_space``).  ``auto_vacuum`` takes effect only before the first table is
+    created, or through one VACUUM, which rewrites an existing file once (a file made before
+    retention existed); later opens find it set and do nothing."""
+    if db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+        return
+    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+    if db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+        log.info("%s: switching to incremental auto-vacuum (one VACUUM)", path)
+        db.execute("VACUUM")
+
+
+def reclaim_file_space(db: sqlite3.Connection) -> None:
+    """Free pages back to the file system, and the WAL file truncated after a checkpoint
+    (it keeps its largest size otherwise); a checkpoint that readers block is retried at the
+    next pass."""
+    # executescript: through execute(), Python's sqlite3 steps the pragma once, which frees
+    # a single page.
+    db.executescript("PRAGMA incremental_vacuum;")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+
+def sqlite_error(path: Path, exc: sqlite3.Error) -> StoreUnavailable:
+    """What an SQLite error after opening means to the callers: a full disk is StoreFull
+    (507), anything else (locked, I/O error, a file gone read-only) StoreUnavailable (503,
+    retried by workers).  Integrity errors never get here: the store handles them."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+        return StoreFull(f"{path.name}: the disk is full ({exc})")
+    return StoreUnavailable(f"{path.name}: {exc}")
 
 
 class SqliteJobStore(JobStore):
@@ -26,13 +70,24 @@ class SqliteJobStore(JobStore):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._reaper_guard = threading.Lock()
         with self._connect() as db:
+            incremental_vacuum_mode(db, self.path)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("""CREATE TABLE IF NOT EXISTS jobs (
                 id TEXT PRIMARY KEY, owner TEXT NOT NULL, kind TEXT NOT NULL,
                 status TEXT NOT NULL, created REAL NOT NULL, doc TEXT NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created)")
             db.execute("CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status)")
+            # Listing newest first without an owner, and the reaper's query, read indexes
+            # rather than the whole history.
+            db.execute("CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created)")
+            db.execute(f"CREATE INDEX IF NOT EXISTS jobs_finished ON jobs({FINISHED}) "
+                       f"WHERE {IS_FINAL}")
+            db.execute("""CREATE TABLE IF NOT EXISTS tombstones (
+                id TEXT PRIMARY KEY, owner TEXT NOT NULL, until REAL NOT NULL)
+                WITHOUT ROWID""")
+            db.execute("CREATE INDEX IF NOT EXISTS tombstones_until ON tombstones(until)")
             db.execute("""CREATE TABLE IF NOT EXISTS workers (
                 name TEXT PRIMARY KEY, expires REAL NOT NULL, doc TEXT NOT NULL)""")
             db.execute("""CREATE TABLE IF NOT EXISTS leases (
@@ -56,9 +111,12 @@ class SqliteJobStore(JobStore):
             local.db, local.pid, local.sync = db, os.getpid(), None
         want = "FULL" if durable else "NORMAL"
         if local.sync != want:
-            db.execute(f"PRAGMA synchronous={want}")
+            try:
+                db.execute(f"PRAGMA synchronous={want}")
+            except sqlite3.Error as exc:
+                raise sqlite_error(self.path, exc) from exc
             local.sync = want
-        return _Reused(db)
+        return _Reused(db, self.path)
 
     def create(self, job, *, max_total=None, max_owner=None, max_work_total=None,
                max_work_owner=None):
@@ -71,30 +129,26 @@ class SqliteJobStore(JobStore):
         with self._connect(durable=True) as db:
             db.execute("BEGIN IMMEDIATE")  # count and insert under one write lock
             try:
-                n_total = db.execute(count).fetchone()[0]
-                if max_total and n_total >= max_total:
-                    raise CapacityExceeded("total", int(max_total))
+                # The key's own limits hold always; the total limits only for a key that
+                # already has something active (the fairness rule of core.work_units).
                 n_owner = db.execute(count + " AND owner = ?", (job.owner,)).fetchone()[0]
                 if max_owner and n_owner >= max_owner:
                     raise CapacityExceeded("owner", int(max_owner))
-                # A job is admitted whatever its work when nothing else of the scope is
-                # active, so that one allowed request is never impossible.
-                if max_work_total and n_total and \
-                        db.execute(work).fetchone()[0] + job.work > max_work_total:
-                    raise CapacityExceeded("total_work", int(max_work_total))
-                if max_work_owner and n_owner and db.execute(
+                if max_work_owner and db.execute(
                         work + " AND owner = ?", (job.owner,)).fetchone()[0] + job.work > \
                         max_work_owner:
                     raise CapacityExceeded("owner_work", int(max_work_owner))
+                if n_owner and max_total and db.execute(count).fetchone()[0] >= max_total:
+                    raise CapacityExceeded("total", int(max_total))
+                if n_owner and max_work_total and \
+                        db.execute(work).fetchone()[0] + job.work > max_work_total:
+                    raise CapacityExceeded("total_work", int(max_work_total))
                 db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?)",
                            (job.id, job.owner, job.kind, job.status, job.created,
                             job.to_json()))
             except sqlite3.IntegrityError:
                 db.execute("ROLLBACK")
                 raise ValueError(f"job {job.id} exists") from None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
             db.execute("COMMIT")
         return job
 
@@ -104,19 +158,21 @@ class SqliteJobStore(JobStore):
         return JobRecord.from_json(row[0]) if row else None
 
     def _mutate(self, job_id, mutation):
+        # Commit only on success: an error rolls back (``_Reused.__exit__``) and is raised
+        # as it was, never masked by a COMMIT that fails in turn.
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                if row is None:
-                    return None, False
-                job = mutation(JobRecord.from_json(row[0]))
-                if job is None:
-                    return JobRecord.from_json(row[0]), False
-                db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
-                           (job.status, job.to_json(), job.id))
-            finally:
-                db.execute("COMMIT")
+            row = db.execute("SELECT doc FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return None, False
+            job = mutation(JobRecord.from_json(row[0]))
+            if job is None:
+                db.execute("ROLLBACK")
+                return JobRecord.from_json(row[0]), False
+            db.execute("UPDATE jobs SET status = ?, doc = ? WHERE id = ?",
+                       (job.status, job.to_json(), job.id))
+            db.execute("COMMIT")
         if job.final and JobRecord.from_json(row[0]).status != job.status:
             # Wake API requests waiting on it (core.jobs.wakeups), after the commit.
             notify_local(self.path, job.id)
@@ -189,13 +245,12 @@ class SqliteJobStore(JobStore):
         now = time.time()
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("DELETE FROM leases WHERE job_id = ? AND expires <= ?", (job_id, now))
-                cursor = db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
-                                    (job_id, holder, now + ttl))
-                return cursor.rowcount == 1
-            finally:
-                db.execute("COMMIT")
+            db.execute("DELETE FROM leases WHERE job_id = ? AND expires <= ?", (job_id, now))
+            cursor = db.execute("INSERT OR IGNORE INTO leases VALUES (?, ?, ?)",
+                                (job_id, holder, now + ttl))
+            taken = cursor.rowcount == 1
+            db.execute("COMMIT")
+            return taken
 
     def renew_lease(self, job_id, holder, ttl):
         now = time.time()
@@ -216,6 +271,43 @@ class SqliteJobStore(JobStore):
                               f"IN ({','.join('?' * len(job_ids))})",
                               (time.time(), *job_ids)).fetchall()
         return dict(rows)
+
+    def expired_jobs(self, finished_before, limit):
+        with self._connect() as db:
+            rows = db.execute(EXPIRED_SQL, (finished_before, int(limit))).fetchall()
+        return [JobRecord.from_json(r[0]) for r in rows]
+
+    def forget_jobs(self, job_ids, tombstone_until):
+        if not job_ids:
+            return []
+        marks = ",".join("?" * len(job_ids))
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            owners = db.execute(f"SELECT id, owner FROM jobs WHERE id IN ({marks}) AND "
+                                f"{IS_FINAL}", tuple(job_ids)).fetchall()
+            db.executemany("DELETE FROM jobs WHERE id = ?", [(i,) for i, _ in owners])
+            db.executemany("INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?)",
+                           [(i, owner, tombstone_until) for i, owner in owners])
+            db.execute("DELETE FROM tombstones WHERE until < ?", (time.time(),))
+            db.execute("COMMIT")
+        return [i for i, _ in owners]
+
+    def tombstone(self, job_id):
+        with self._connect() as db:
+            row = db.execute("SELECT owner FROM tombstones WHERE id = ? AND until >= ?",
+                             (job_id, time.time())).fetchone()
+        return row[0] if row else None
+
+    def reclaim_space(self) -> None:
+        with self._connect() as db:
+            reclaim_file_space(db)
+
+    def reaper_lock(self, ttl):
+        # One server per data directory (debm.serve's flock): a lock of this process.
+        return "local" if self._reaper_guard.acquire(blocking=False) else None
+
+    def reaper_unlock(self, token):
+        self._reaper_guard.release()
 
     def close(self) -> None:
         """Close this thread's connection (the others close with their threads)."""
@@ -265,18 +357,21 @@ class SqliteJobStore(JobStore):
 
 
 class _Reused:
-    """``with`` over a kept connection: never closes it, and rolls back a transaction an
-    error left open, so that the thread's next operation starts clean."""
+    """``with`` over a kept connection: never closes it, rolls back a transaction an error
+    left open, so that the thread's next operation starts clean, and raises an SQLite error
+    as what it means to the callers (``sqlite_error``: 503 or 507, retried by workers)."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self.db, self.path = db, path
 
     def __enter__(self) -> sqlite3.Connection:
         return self.db
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, exc, traceback) -> None:
         if self.db.in_transaction:
             try:
                 self.db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+        if isinstance(exc, sqlite3.Error) and not isinstance(exc, sqlite3.IntegrityError):
+            raise sqlite_error(self.path, exc) from exc

@@ -30,7 +30,13 @@ from .records import (ACTIVE, CANCELLED, RUNNING, JobRecord, Mutation, _cancel,
 
 
 class StoreUnavailable(RuntimeError):
-    """The job store (Redis or the SQLite file) cannot be reached."""
+    """The job store (Redis or the SQLite file) cannot be reached, or refused an operation
+    for a reason that passes (locked, out of memory): the API answers 503, a worker retries
+    (worker.lifecycle._with_store)."""
+
+
+class StoreFull(StoreUnavailable):
+    """The job store's disk is full (SQLite ``SQLITE_FULL``): 507 at the API."""
 
 
 class CapacityExceeded(Exception):
@@ -52,9 +58,10 @@ class JobStore(ABC):
                max_work_owner: int | None = None) -> JobRecord:
         """Insert a queued job.  With limits, count the owner's and all active jobs (and the
         work they hold, ``JobRecord.work``) and insert in one atomic step; raise
-        CapacityExceeded when a limit is reached.  A job whose work alone exceeds a work
-        limit is still admitted when nothing else of its scope is active, so that a limit
-        never makes a single allowed request impossible."""
+        CapacityExceeded when a limit is reached.  The owner's limits hold for every job (a
+        job heavier than ``max_work_owner`` is never admitted; the API refuses it up front);
+        the total limits hold only when the owner already has an active job, so that one key
+        can never keep another key's first job out (core.work_units, "Fairness")."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord | None: ...
@@ -107,6 +114,35 @@ class JobStore(ABC):
     def leases(self, job_ids: list[str]) -> dict[str, str]:
         """job id -> holder, for the given jobs whose lease is alive."""
 
+    # retention (core.jobs.retention): finished jobs are removed in two steps, files first,
+    # so that a crash between the steps leaves a record whose files are gone (redone at
+    # the next pass), never files without a record.
+    @abstractmethod
+    def expired_jobs(self, finished_before: float, limit: int) -> list[JobRecord]:
+        """Up to ``limit`` final jobs that finished before ``finished_before`` (an index
+        read: no scan of the history)."""
+
+    @abstractmethod
+    def forget_jobs(self, job_ids: list[str], tombstone_until: float) -> list[str]:
+        """Delete these jobs' records, if final, leaving a small tombstone (id -> owner)
+        until ``tombstone_until`` so GET /jobs/{id} can answer 410; returns the ids it
+        deleted.  Idempotent: several reapers may call it with the same ids."""
+
+    @abstractmethod
+    def tombstone(self, job_id: str) -> str | None:
+        """The owner of an expired job whose tombstone is alive, else None."""
+
+    def reclaim_space(self) -> None:
+        """Give the space of deleted records back to the file system (SQLite)."""
+
+    def reaper_lock(self, ttl: float) -> str | None:
+        """A token when this process may run the reaper's pass now (several API replicas
+        share one store: at most one reaps at a time), else None."""
+        return "local"
+
+    def reaper_unlock(self, token: str) -> None:
+        pass
+
     def active(self) -> list[JobRecord]:
         """Every queued or running job."""
         return self.list(limit=10 ** 9, statuses=ACTIVE)
@@ -128,9 +164,11 @@ class JobStore(ABC):
         self._mutate(job_id, _progress(clean_json(progress), clean_json(metrics)))
 
     def finish(self, job_id: str, status: str, *, result: dict | None = None,
-               error: str | None = None) -> bool:
+               error: str | None = None, holder: str | None = None) -> bool:
+        """Make the job final; False when it was not changed (already final, or, with
+        ``holder``, no longer running under that lease holder)."""
         _, changed = self._mutate(job_id, _finish(status, time.time(), clean_json(result),
-                                                  error))
+                                                  error, holder))
         return changed
 
     def requeue(self, job_id: str, *, graceful: bool = False,

@@ -25,6 +25,19 @@ IMAGE_ARRAY_KEYS = ("x", "images", "X", "arr_0")
 LABEL_ARRAY_KEYS = ("y", "labels", "arr_1")
 
 
+def npy_layout_problem(shape: tuple[int, ...], fortran_order: bool) -> str | None:
+    """The one rule for the memory layout of an .npz array, applied by the API's upload
+    check (service.dataset_check) and by the worker's loader (model.loaders) alike, so an
+    upload the API accepts is one the loader reads.  Only C order (row-major) for arrays of
+    more than one dimension: the loader streams images one slice of the first axis at a
+    time, which a Fortran-ordered file does not store contiguously (reading it would need
+    the whole array in memory).  None when the layout is accepted."""
+    if fortran_order and len(shape) > 1:
+        return ("Fortran-ordered arrays are not accepted; save np.ascontiguousarray(x) "
+                "(C order) instead")
+    return None
+
+
 class DatasetError(UserError, ValueError):
     """A dataset cannot be read; the message names the file and the problem.
 

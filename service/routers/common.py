@@ -40,10 +40,25 @@ async def get_job(services: Services, job_id: str, principal) -> JobRecord:
     if not JOB_ID_RE.match(job_id):
         raise HTTPException(404, f"no job {job_id!r}")
     job = await run_in_threadpool(services.store.get, job_id)
+    if job is None:
+        owner = await run_in_threadpool(services.store.tombstone, job_id)
+        if owner is not None and principal.owns_or_admin(owner):
+            seconds = services.settings.retention_seconds
+            raise HTTPException(410, f"job {job_id} finished more than {_span(seconds)} ago "
+                                     "and was removed with its results "
+                                     f"(DEBM_RETENTION_SECONDS={seconds})")
     # Another key's job answers 404 as if absent: ids are not disclosed across keys.
     if job is None or not principal.owns_or_admin(job.owner):
         raise HTTPException(404, f"no job {job_id!r}")
     return job
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            amount = seconds / size
+            return f"{amount:g} {unit if amount != 1 else unit[:-1]}"
+    return f"{seconds} seconds"
 
 
 async def wait_for(services: Services, job_id: str, seconds: float) -> JobRecord | None:

@@ -16,7 +16,7 @@ from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus,
 from .common import check_wait, get_job, job_view, not_ready, result_json, wait_for
 
 router = APIRouter(tags=["jobs"])
-ERRORS = errors(401, 404, 422, 503)
+ERRORS = errors(401, 404, 410, 422, 503)
 
 
 @router.get("/jobs", response_model=JobList, responses=errors(401, 403, 422, 503))

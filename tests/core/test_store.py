@@ -193,15 +193,44 @@ def test_work_quotas_are_atomic_count_work_and_free_on_finish(store):
     counts = store.counts()
     assert counts.get(("score", "queued"), 0) == 0 and counts.get(("score", "running"), 0) == 0
     assert counts[("score", "succeeded")] + counts[("score", "cancelled")] == 15
-    # Heavier than the limit: admitted when nothing else of the owner is active...
+    # Heavier than what one owner may queue: refused even with nothing else active.
     heavy = JobRecord(id=uuid.uuid4().hex, kind="generate", owner="carol", params={},
                       work=5000)
-    store.create(heavy, max_work_total=100_000, max_work_owner=1000)
-    # ...and then nothing more for that owner until it finishes.
+    with pytest.raises(CapacityExceeded) as refused:
+        store.create(heavy, max_work_total=100_000, max_work_owner=1000)
+    assert refused.value.scope == "owner_work" and store.count_active("carol") == 0
+    full = JobRecord(id=uuid.uuid4().hex, kind="generate", owner="carol", params={},
+                     work=1000)
+    store.create(full, max_work_total=100_000, max_work_owner=1000)
     with pytest.raises(CapacityExceeded) as refused:
         store.create(JobRecord(id=uuid.uuid4().hex, kind="score", owner="carol", params={},
                                work=1), max_work_total=100_000, max_work_owner=1000)
     assert refused.value.scope == "owner_work"
-    store.finish(heavy.id, "failed", error="x")
+    store.finish(full.id, "failed", error="x")
     store.create(JobRecord(id=uuid.uuid4().hex, kind="score", owner="carol", params={},
                            work=1), max_work_total=100_000, max_work_owner=1000)
+
+
+def test_a_key_at_its_limits_never_keeps_another_keys_first_job_out(store):
+    """Fairness (core.work_units): alice fills the whole total (her per-key limits equal the
+    totals); bob's first job still gets in, within his own limits, and only his second is
+    held to the totals."""
+    limits = dict(max_total=3, max_owner=3, max_work_total=300, max_work_owner=300)
+
+    def job(owner, work):
+        return JobRecord(id=uuid.uuid4().hex, kind="generate", owner=owner, params={},
+                         work=work)
+
+    for _ in range(3):
+        store.create(job("alice", 100), **limits)
+    with pytest.raises(CapacityExceeded) as refused:
+        store.create(job("alice", 1), **limits)
+    assert refused.value.scope == "owner"
+    first = store.create(job("bob", 300), **limits)  # the whole per-key share, past the total
+    assert store.get(first.id).status == "queued" and store.active_work() == 600
+    with pytest.raises(CapacityExceeded) as refused:
+        store.create(job("bob", 1), **limits)
+    assert refused.value.scope in ("owner_work", "total")
+    with pytest.raises(CapacityExceeded) as refused:  # heavier than a key's share: never
+        store.create(job("carol", 301), **limits)
+    assert refused.value.scope == "owner_work"

@@ -77,3 +77,27 @@ def test_training_on_an_uploaded_dataset_registers_a_version(client, run_job, se
     assert result["name"] == "bars" and result["version"] == 1 and result["calibrated"]
     models = {m["name"]: m for m in client.get("/models", headers=H).json()["models"]}
     assert models["bars"]["versions"][0]["job_id"] == job_id
+
+
+def test_a_fortran_ordered_npz_is_refused_by_the_api_and_the_loader_alike(client):
+    """One layout rule (model.formats.archives.npy_layout_problem): the API refuses at upload
+    what the worker's loader would refuse, instead of 201 and then a failed training job."""
+    from model.formats.archives import DatasetError
+    from model.loaders import load_npz
+
+    images = np.asfortranarray(np.random.default_rng(2).integers(0, 256, (10, 8, 8),
+                                                                 dtype=np.uint8))
+    data = npz_bytes(x=images)
+    response = upload(client, "fortran.npz", data)
+    assert response.status_code == 422, response.text
+    assert "Fortran-ordered" in response.json()["detail"]
+    try:
+        load_npz(data, image_size=8, channels=1)
+    except DatasetError as exc:
+        assert "Fortran-ordered" in str(exc)
+    else:
+        raise AssertionError("the loader read an array the API refuses")
+    # The same images in C order pass both.
+    contiguous = npz_bytes(x=np.ascontiguousarray(images))
+    assert upload(client, "c.npz", contiguous).status_code == 201
+    assert load_npz(contiguous, image_size=8, channels=1)[0].shape == (10, 1, 8, 8)
