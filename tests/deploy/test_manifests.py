@@ -37,10 +37,7 @@ WORKERS = {"debm-worker-inference": INFERENCE_QUEUE, "debm-worker-training": TRA
 TIME_LIMIT_SETTING = {INFERENCE_QUEUE: "inference_time_limit",
                       TRAINING_QUEUE: "training_time_limit"}
 CELERY_HARD_LIMIT_MARGIN = 30  # prefork workers kill a task 30 s after its soft limit
-# Settings of the artifact store (issue 22 item 1) that core/settings.py of this branch may not
-# hold yet, and the one setting only KEDA reads (Redis as host:port).
-STORE_SETTINGS = {"DEBM_ARTIFACTS", "DEBM_S3_ENDPOINT_URL", "DEBM_S3_CREATE_BUCKET",
-                  "DEBM_CACHE_DIR", "DEBM_CHECKPOINT_CACHE_BYTES"}
+# The one setting only KEDA reads (Redis as host:port).
 KEDA_ONLY_SETTINGS = {"DEBM_REDIS_ADDRESS"}
 
 
@@ -241,8 +238,7 @@ def test_settings_are_known_and_valid(overlay, monkeypatch):
     longest task)."""
     config = settings_map(render(overlay))
     known = {f"DEBM_{name.upper()}" for name in Settings.model_fields}
-    unknown = {k for k in config if k.startswith("DEBM_")} - known - STORE_SETTINGS \
-        - KEDA_ONLY_SETTINGS
+    unknown = {k for k in config if k.startswith("DEBM_")} - known - KEDA_ONLY_SETTINGS
     assert not unknown, f"not settings of core/settings.py: {sorted(unknown)}"
     for key, value in config.items():
         if key.startswith("DEBM_") or key == "REDIS_URL":
