@@ -38,7 +38,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from model.formats.config import ExperimentConfig, preset
+from model.formats.config import ExperimentConfig
+from model.formats.presets import preset
 from model.data import ImageDataset, load_dataset
 from model.energies import texture_score
 from model.samplers import sample, with_overrides

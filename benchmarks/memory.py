@@ -207,7 +207,7 @@ def measure(tree: Path, label: str) -> list[dict]:
 
 def estimate(tree: Path) -> dict[str, int] | None:
     """The API's own estimate of the training job (model/formats/netshape.py), if present."""
-    code = ("import json; from model.formats.config import preset; "
+    code = ("import json; from model.formats.presets import preset; "
             "from model.formats.netshape import training_memory; "
             "c = preset('tiny'); print(json.dumps(training_memory(c, 16)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True,

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoints import load_checkpoint  # noqa: E402
 from model.classifier import classifier_for  # noqa: E402
-from model.formats.config import ExperimentConfig, preset  # noqa: E402
+from model.formats.config import ExperimentConfig  # noqa: E402
+from model.formats.presets import preset  # noqa: E402
 from model.data import to_model_range  # noqa: E402
 from model.evaluation import TIMING_BATCH, sample_in_batches, sample_metrics  # noqa: E402
 from model.pipeline import load_splits  # noqa: E402

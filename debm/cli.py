@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from model.formats.config import PRESETS, SAMPLER_NAMES, SCORES
+from model.formats.config import SAMPLER_NAMES, SCORES
+from model.formats.presets import PRESETS
 from model.formats.errors import Cancelled, UserError, user_message
 
 EXIT_USAGE = 2
@@ -104,7 +105,7 @@ def _progress_printer(total: int, quiet: bool):
 # --- commands ------------------------------------------------------------------------------
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.formats.config import preset
+    from model.formats.presets import preset
     from model.pipeline import run_training
 
     config = preset(args.preset)
