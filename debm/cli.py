@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from model.formats.config import SAMPLER_NAMES, SCORES
 from model.formats.presets import PRESETS
 from model.formats.errors import Cancelled, UserError, user_message
+from model.formats.settingspec import parse_set
 
 EXIT_USAGE = 2
 PROGRESS_MODES = ("auto", "bar", "plain", "none")
@@ -56,22 +57,6 @@ def _positive_float(text: str) -> float:
     if not (value > 0 and value < float("inf")):
         raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
     return value
-
-
-def parse_set(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """--set training.lr=1e-4 network.base_width=64 -> {"training": {"lr": 1e-4}, ...}."""
-    out: dict[str, dict[str, Any]] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise CliError(f"--set expects SECTION.NAME=VALUE, got {pair!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(section, {})[name] = value
-    return out
 
 
 def _progress_printer(total: int, quiet: bool):

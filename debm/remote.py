@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import parse_set
+from model.formats.settingspec import parse_set
+
 from .progress import MODES, StepProgress
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -13,7 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from core.datadir import DataDir
 from core.jobs import JobStore, open_store
@@ -27,8 +27,14 @@ from .batching import Batcher
 from .cache import ModelCache
 from .progress_events import LiveEvents
 
-if TYPE_CHECKING:
-    from .celery_app import WorkerApp
+
+class RuntimeOwner(Protocol):
+    """What a runtime needs from the app that runs its tasks (worker.celery_app.WorkerApp;
+    named by its attributes so that this module, below the app, does not import it)."""
+
+    settings: Settings
+    interrupt: threading.Event
+
 
 log = logging.getLogger("debm.worker")
 
@@ -144,7 +150,7 @@ _runtimes_lock = threading.Lock()
 _torch_configured: set[int] = set()
 
 
-def runtime_for(app: WorkerApp) -> TaskRuntime:
+def runtime_for(app: RuntimeOwner) -> TaskRuntime:
     """One runtime per (app, process): connections and caches are never shared across fork."""
     key = (id(app), os.getpid())
     with _runtimes_lock:

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from .settingspec import ConfigError, check_declared, setting  # noqa: F401 (re-exported)
+from .settingspec import ConfigError, check_declared, setting, settings_table  # noqa: F401
 
 # Names of the registered samplers (model.samplers.SAMPLERS, which imports torch); kept here so
 # the torch-free API can validate requests.  tests/model/test_samplers.py keeps them equal.
@@ -369,3 +369,7 @@ def _build(cls: type, data: dict[str, Any]) -> Any:
         else:  # pragma: no cover - all fields are typed above
             kwargs[name] = value
     return cls(**kwargs)
+
+
+if __name__ == "__main__":  # python -m model.formats.config > docs/CONFIG.md
+    print(settings_table(SECTIONS), end="")

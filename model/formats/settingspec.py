@@ -8,7 +8,7 @@ Everything else is derived from that declaration:
 - core/override_schema.py: the API's pydantic override schema, with the meaning as the OpenAPI
   description of each field;
 - ``debm set-sampler --help``: the list of sampler settings with their ranges;
-- docs/CONFIG.md: the settings table (``python -m model.formats.settingspec > docs/CONFIG.md``;
+- docs/CONFIG.md: the settings table (``python -m model.formats.config > docs/CONFIG.md``;
   tests/model/test_settingspec.py fails while the file is out of date).
 
 Adding a setting is one edit: a field with ``setting(...)``.  Rules between fields (sums of
@@ -19,6 +19,7 @@ pydantic, so the API and a client-only install can import it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -167,7 +168,7 @@ def settings_table(sections: dict[str, type]) -> str:
     """The Markdown table of every setting, for docs/CONFIG.md."""
     lines = ["# Config settings", "",
              "Generated from model/formats/config.py by "
-             "`python -m model.formats.settingspec > docs/CONFIG.md`; do not edit by hand.",
+             "`python -m model.formats.config > docs/CONFIG.md`; do not edit by hand.",
              "Each setting is an override of `debm train --set SECTION.NAME=VALUE`, of "
              "`POST /train`'s `overrides`, and (section `sampler`) of `debm set-sampler`.", ""]
     for section, cls in sections.items():
@@ -181,7 +182,19 @@ def settings_table(sections: dict[str, type]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    from .config import SECTIONS
-
-    print(settings_table(SECTIONS), end="")
+def parse_set(pairs: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Command-line overrides: ``training.lr=1e-4 network.base_width=64`` ->
+    ``{"training": {"lr": 1e-4}, "network": {"base_width": 64}}`` (values as JSON when they
+    parse, else strings; `debm train --set`, `debm remote train --set`, `debm set-sampler`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set expects SECTION.NAME=VALUE, got {pair!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(section, {})[name] = value
+    return out
