@@ -27,7 +27,6 @@ from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
 from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
                            UnknownModel)
-from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
 from model.formats.errors import UserError
 
@@ -80,11 +79,6 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if embedded is None and settings.distributed:
-            # The API process of distributed mode: all its threads are short ones, and a
-            # worker on the same machine keeps its CPU (core.scheduling).  `debm serve`
-            # applies it at process start instead.
-            short_threads_yield(settings.short_threads_yield)
         if isinstance(store, SqliteJobStore):
             wakeups.attach_local(store.path)
         else:

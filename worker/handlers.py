@@ -19,7 +19,6 @@ from typing import Any
 from core.datadir import DATASET_ID_RE
 from core.jobs import JobRecord
 from core.names import MODEL_NAME_RE
-from core.scheduling import model_work
 from core.trainconfig import build_training_config, dataset_budget, training_limits
 from model.formats.archives import BUILTIN_DATASETS
 from model.formats.config import SAMPLER_NAMES
@@ -88,9 +87,8 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     model_ref, loaded = _model_of(runtime, params)
     # Never merged with other requests (worker.batching says why); at most
     # generate_concurrency chains run at once per process (worker.lifecycle.execute).
-    with model_work():  # not preempted by the API's wake-ups (core.scheduling)
-        result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
-                          should_cancel=should_cancel, on_state=report.preview, **overrides)
+    result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
+                      should_cancel=should_cancel, on_state=report.preview, **overrides)
     final = runtime.data.result_dir(job.id)
     staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)

@@ -20,7 +20,6 @@ from core.jobs import JobStore, open_store
 from core.jobs.events import EventLog, open_event_log
 from core.prometheus import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
 from core.registry import ModelRegistry
-from core.scheduling import model_work
 from core.settings import Settings
 
 from .batching import Batcher
@@ -117,9 +116,8 @@ class TaskRuntime:
 def inference_options(settings: Settings):
     from model.pipeline import InferenceOptions
 
-    return InferenceOptions(channels_last=settings.inference_channels_last,
-                            compile=settings.inference_compile, bf16=settings.inference_bf16,
-                            trace_scoring=settings.inference_trace)
+    # bf16 is the checkpoint's sampler.precision (the one bf16 switch, docs/OPERATIONS.md).
+    return InferenceOptions(trace_scoring=settings.inference_trace)
 
 
 def _score_batch(key, items):
@@ -133,9 +131,8 @@ def _score_batch(key, items):
     parts = [x for _, x in items]
     sizes = [len(x) for x in parts]
     _, _, sigma, draws, seed = key
-    with model_work():  # not preempted by the API's wake-ups (core.scheduling)
-        scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
-                              sigma=sigma, draws=draws, seed=seed)
+    scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
+                          sigma=sigma, draws=draws, seed=seed)
     return list(torch.split(scores, sizes))
 
 
