@@ -70,7 +70,7 @@ class Settings(BaseSettings):
     max_training_width: int = Field(1024, ge=8)  # widest layer, latent and embedding sizes
     # Memory one training job may claim on a worker (422 above it): the dataset at the
     # network's size, plus the estimate of parameters, optimiser state and activations
-    # (core of service/trainmemory.py).
+    # (model.formats.netshape.training_memory, checked by core.trainconfig).
     worker_memory_bytes: int = Field(8 * 1024 * MiB, ge=64 * MiB)
     # Quotas count queued + running *work* (core.work_units: one unit per image to score, one per
     # sampler step of one chain), so many small requests pass where few big ones would not.

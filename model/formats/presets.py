@@ -151,9 +151,8 @@ def preset(name: str) -> ExperimentConfig:
                                   channel_mults=(1, 2, 2), latent_dim=64, decoder_width=64),
             # Latent chains start from the latent prior fitted after training (a Gaussian
             # mixture over the encoder's latents, model/latent_prior.py) and descend U^s for
-            # K=10 steps at temperature 0: sample FD 125 -> 38.5 and classifier confidence
-            # 0.834 -> 0.903 at n=512 against the N(0, I) start at K=20, temperature 0.3, in
-            # about half the time (docs/RESULTS.md, "Demo model v2").
+            # K=10 steps at temperature 0: better samples than the N(0, I) start in about half
+            # the time (the figures: docs/RESULTS.md, "Demo model v2").
             sampler=SamplerConfig(steps_latent=10, steps_pixel=5, step_size_pixel=0.003,
                                   temperature_latent=0.0, temperature_pixel=0.3,
                                   latent_init="prior"),
@@ -167,8 +166,8 @@ def preset(name: str) -> ExperimentConfig:
                 checkpoint_every=100),
             data=DataConfig(dataset="mnist5k"),
             # The OOD score also reads the semantic reconstruction energy, which sees global
-            # shape: mirrored / upside-down / rotated digits 0.58 / 0.59 / 0.75 -> 0.83 /
-            # 0.79 / 0.93 AUROC, every easy set still 1.000 (docs/RESULTS.md, "Demo model v3").
+            # shape: mirrored, upside-down and rotated digits are told apart far better, every
+            # easy set unchanged (the figures: docs/RESULTS.md, "Demo model v3").
             scoring=ScoringConfig(score="texture+semantic"),
         ).validate()
     if name in PAPER_PRESETS:
