@@ -209,6 +209,10 @@ class ErrorBody(BaseModel):
     detail: Any
 
 
+# The one 401 message (service.deps, service.uploads and the event stream answer with it).
+UNAUTHORIZED = ("missing or invalid API key; send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>'")
+
 ERROR_DESCRIPTIONS = {
     400: "a body that cannot be parsed at all (not UTF-8 JSON, broken multipart)",
     401: "missing or invalid API key",

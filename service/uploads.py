@@ -31,12 +31,12 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from .schemas import UNAUTHORIZED
+
 log = logging.getLogger("debm.api")
 
 UPLOAD_READ_CHUNK = 1 << 20
 BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
-UNAUTHORIZED = ("missing or invalid API key; send it as 'X-API-Key: <key>' or "
-                "'Authorization: Bearer <key>'")
 
 
 class BodyTooLarge(Exception):

@@ -63,4 +63,6 @@ def test_train_shows_a_bar_on_a_terminal(tmp_path):
         ["train", "--dataset", "mnist5k", "--preset", "tiny", "--iters", "3", "--warmup", "2",
          "--out", str(tmp_path / "run")], REPO)
     assert rc == 0, terminal
-    assert "5/5" in terminal and "phase=contrast" in terminal, terminal
+    # debm.progress's bar, as for sample: the phase in its description, the losses after it
+    assert "5/5" in terminal and "train contrastive" in terminal, terminal
+    assert "negative_energy=" in terminal, terminal
