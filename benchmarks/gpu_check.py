@@ -226,7 +226,7 @@ def run_worker_check(trainer: Trainer, device: torch.device, n: int) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--data", help="a CIFAR-10 batch folder (default: random images)")
@@ -239,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--test-timeout", type=int, default=240)
     parser.add_argument("--json", default="gpu_check.json")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device; run with --device cpu --small for the CPU version")
@@ -263,8 +266,17 @@ def main(argv: list[str] | None = None) -> int:
     report["scoring"] = run_scoring_check(trainer, args.score_n, device)
     report["worker"] = run_worker_check(trainer, device, min(args.n, 8))
 
-    tol = 0.0 if device.type == "cpu" else 1e-5
-    checks = {
+    report["checks"] = checks = pass_fail(report, tol=0.0 if device.type == "cpu" else 1e-5)
+    report["passed"] = all(checks.values())
+    Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+    print_table(report, args, device)
+    print(f"wrote {args.json}; {'all checks passed' if report['passed'] else 'CHECKS FAILED'}")
+    return 0 if report["passed"] else 1
+
+
+def pass_fail(report: dict, *, tol: float) -> dict[str, bool]:
+    """Each check of the report, by name: True when it passed."""
+    return {
         "model tests pass": report.get("model_tests", {}).get("passed", True),
         "training finite": report["training"]["finite"],
         "training seeds reproduce": report["training"]["repro_max_diff"] <= tol,
@@ -278,11 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         "worker generate": report["worker"]["generate"]["ok"],
         "worker score": report["worker"]["score"]["ok"],
     }
-    report["checks"] = checks
-    report["passed"] = all(checks.values())
-    Path(args.json).write_text(json.dumps(report, indent=2, default=float))
 
-    s = report["sampling"]
+
+def print_table(report: dict, args: argparse.Namespace, device: torch.device) -> None:
+    checks, s = report["checks"], report["sampling"]
     rows = [
         ("device", report["gpu"] or str(device), ""),
         ("model tests", report.get("model_tests", {}).get("summary", "skipped"), ""),
@@ -302,8 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(r[0]) for r in rows)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:<28} {note}")
-    print(f"wrote {args.json}; {'all checks passed' if report['passed'] else 'CHECKS FAILED'}")
-    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -51,6 +51,10 @@ poll `GET /jobs/{id}` and fetch `GET /jobs/{id}/result`.
 """
 
 
+ROUTERS = (health.router, generate.router, score.router, train.router, datasets.router,
+           jobs.router, events.router, models.router, page.router, observe.router)
+
+
 def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     """Build the app.  ``embedded`` (debm.serve.EmbeddedWorkers) runs the Celery
     workers in this process; without it the app only enqueues (distributed mode, or route
@@ -69,13 +73,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                         event_tokens=TokenSigner(load_secret(settings.data_root),
                                                  settings.event_token_seconds),
                         wakeups=wakeups)
-    try:
-        seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
-        if seeded:
-            log.info("registered %s as %s:%d", settings.seed_checkpoint,
-                     settings.seed_model_name, seeded)
-    except (RegistryError, OSError) as exc:
-        log.error("could not register the seed checkpoint %s: %s", settings.seed_checkpoint, exc)
+    register_seed_checkpoint(registry, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -101,9 +99,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                          static_url="/static/docs",
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
-    for router in (health.router, generate.router, score.router, train.router,
-                   datasets.router, jobs.router, events.router, models.router, page.router,
-                   observe.router):
+    for router in ROUTERS:
         app.include_router(router)
     app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
@@ -118,6 +114,18 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     app.add_middleware(CatchAllMiddleware)  # outermost: see service/uploads.py
     _install_error_handlers(app)
     return app
+
+
+def register_seed_checkpoint(registry: ModelRegistry, settings: Settings) -> None:
+    """DEBM_SEED_CHECKPOINT as a version of DEBM_SEED_MODEL_NAME (once); a bad one is logged,
+    never a reason not to start."""
+    try:
+        seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
+        if seeded:
+            log.info("registered %s as %s:%d", settings.seed_checkpoint,
+                     settings.seed_model_name, seeded)
+    except (RegistryError, OSError) as exc:
+        log.error("could not register the seed checkpoint %s: %s", settings.seed_checkpoint, exc)
 
 
 def _error(status: int, detail: str, **headers: str) -> JSONResponse:
