@@ -10,8 +10,8 @@
 
 The service is --url (or $DEBM_URL, default http://127.0.0.1:8000); the key comes from
 $DEBM_API_KEY or the file --key-file (default $DEBM_API_KEY_FILE, else the key `debm serve`
-generates in its data directory, $DEBM_DATA_DIR or var/debm): never from the command line, where other users and shell
-histories would see it.
+generates in its data directory, $DEBM_DATA_DIR or var/debm): never from the command line,
+where other users and shell histories would see it.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Every checkpoint stores the full ``ExperimentConfig`` as JSON and the model is rebuilt from
 it, so nothing about a trained network lives only in code defaults (nanoGPT's habit).
 
-Each field is declared once with ``setting(default, meaning, range)`` (model/formats/settingspec.py):
-validate(), the API's override schema (core/override_schema.py), ``debm set-sampler --help``
-and docs/CONFIG.md are derived from that declaration, so adding a setting is one edit here.
+Each field is declared once with ``setting(default, meaning, range)``
+(model/formats/settingspec.py): validate(), the API's override schema (core/override_schema.py),
+``debm set-sampler --help`` and docs/CONFIG.md are derived from that declaration, so adding a
+setting is one edit here (then ``python -m model.formats.config > docs/CONFIG.md``).
 The named presets live in model/formats/presets.py.
 """
 

@@ -26,7 +26,8 @@ sigma at which generation runs each stage, and the held-out split.
 
 `paper-stable` keeps the paper's schedule and turns on the stabilisers this project
 recommends for real training (see docs/RESULTS.md, "Stabilisers").  `celeba64` is the paper's
-CelebA 64x64 setting (K=40, T=100).  This module is torch-free, like config.py beside it (which never imports it).
+CelebA 64x64 setting (K=40, T=100).  This module is torch-free, like config.py beside it
+(which never imports it).
 """
 
 from __future__ import annotations
