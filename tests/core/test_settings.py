@@ -48,3 +48,13 @@ def test_env_errors_fail_fast(monkeypatch):
     monkeypatch.setenv("DEBM_MAX_UPLOAD_BYTES", "lots")
     with pytest.raises(ValidationError, match="max_upload_bytes"):
         Settings()
+
+
+def test_every_setting_says_in_operations_when_to_change_it():
+    """docs/OPERATIONS.md names every setting (issue 21 item 2: a setting pays rent)."""
+    from tests.support import REPO
+
+    operations = (REPO / "docs" / "OPERATIONS.md").read_text()
+    names = ["REDIS_URL" if name == "redis_url" else f"DEBM_{name.upper()}"
+             for name in Settings.model_fields]
+    assert [name for name in names if f"`{name}`" not in operations] == []
