@@ -19,6 +19,7 @@ pydantic, so the API and a client-only install can import it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -68,8 +69,10 @@ def setting(default: Any, meaning: str, **bounds: Any) -> Any:
     return dataclasses.field(default=default, metadata={SPEC_KEY: Spec(meaning, **bounds)})
 
 
-def field_specs(cls: type) -> list[tuple[str, Any, Spec, Any]]:
-    """(name, type hint, Spec, default) of every declared field of a config section."""
+@functools.lru_cache(maxsize=None)
+def field_specs(cls: type) -> tuple[tuple[str, Any, Spec, Any], ...]:
+    """(name, type hint, Spec, default) of every declared field of a config section (once per
+    class: resolving the annotations is the slow part of validate())."""
     hints = typing.get_type_hints(cls)
     out = []
     for item in dataclasses.fields(cls):
@@ -77,7 +80,7 @@ def field_specs(cls: type) -> list[tuple[str, Any, Spec, Any]]:
         if spec is None:
             raise TypeError(f"{cls.__name__}.{item.name} is not declared with setting()")
         out.append((item.name, hints[item.name], spec, item.default))
-    return out
+    return tuple(out)
 
 
 def type_name(hint: Any) -> str:
