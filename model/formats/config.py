@@ -67,7 +67,7 @@ class NetworkConfig:
                                    choices=PRECONDITIONINGS)
 
     def validate(self) -> None:
-        check_declared(self)
+        check_declared(self, "network")
         levels = len(self.channel_mults)
         factor = 2 ** (levels - 1)
         if self.image_size % factor:
@@ -90,7 +90,7 @@ class NoiseConfig:
     sigma_min: float = setting(0.01, "smallest noise level of the grid", gt=0, le=100)
 
     def validate(self) -> None:
-        check_declared(self)
+        check_declared(self, "noise")
         if not self.sigma_min <= self.sigma_max:
             raise ConfigError("need num_sigmas >= 1 and 0 < sigma_min <= sigma_max")
 
@@ -135,7 +135,7 @@ class SamplerConfig:
                                         "sigma^2 / sigma_min^2", gt=0, le=1)
 
     def validate(self) -> None:
-        check_declared(self)
+        check_declared(self, "sampler")
 
 
 # Absolute bounds of the learning rates (a request's tighter limits are core.trainconfig's).
@@ -242,7 +242,7 @@ class TrainingConfig:
     seed: int = setting(0, "seed of every random draw of the run", ge=0, le=2 ** 31 - 1)
 
     def validate(self) -> None:
-        check_declared(self)
+        check_declared(self, "training")
         if self.freeze_dae and self.iterations:
             raise ConfigError("freeze_dae is a decoder refit: it needs iterations=0 (the "
                               "contrastive phase updates the DAE)")
@@ -265,7 +265,7 @@ class DataConfig:
     split_seed: int = setting(0, "seed of the train / held-out split", ge=0, le=2 ** 31 - 1)
 
     def validate(self) -> None:
-        check_declared(self)
+        check_declared(self, "data")
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ class ScoringConfig:
     semantic_sigma: float = setting(0.1, "level of U^h (texture+semantic only)", gt=0, le=100)
 
     def validate(self) -> None:
-        check_declared(self)
+        check_declared(self, "scoring")
 
 
 # The sections of ExperimentConfig, by name: the API's override schema, the docs table and

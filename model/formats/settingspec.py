@@ -160,11 +160,12 @@ def _check_tuple(name: str, args: tuple, spec: Spec, value: Any) -> None:
         check_value(name, args[0], item_spec, item)
 
 
-def check_declared(section: Any) -> None:
-    """Every field of a config section against its declaration (its validate() runs this
-    first).  Raises ConfigError naming the field."""
-    for name, hint, spec, _ in field_specs(type(section)):
-        check_value(name, hint, spec, getattr(section, name))
+def check_declared(section: Any, name: str) -> None:
+    """Every field of a config section (called ``name``: training, sampler, ...) against its
+    declaration; its validate() runs this first.  Raises ConfigError naming the field as
+    ``section.field``."""
+    for field, hint, spec, _ in field_specs(type(section)):
+        check_value(f"{name}.{field}", hint, spec, getattr(section, field))
 
 
 def settings_table(sections: dict[str, type]) -> str:

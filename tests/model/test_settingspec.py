@@ -19,12 +19,12 @@ def test_docs_config_table_is_generated_from_the_declarations():
 
 
 @pytest.mark.parametrize("section, values, words", [
-    (TrainingConfig, {"replay_prob": 1.5}, "replay_prob must lie in [0, 1]"),
+    (TrainingConfig, {"replay_prob": 1.5}, "training.replay_prob must lie in [0, 1]"),
     (TrainingConfig, {"betas": (0.9,)}, "betas must have 2 items"),
-    (TrainingConfig, {"negative_augmentations": ("melt",)}, "unknown negative_augmentations"),
+    (TrainingConfig, {"negative_augmentations": ("melt",)}, "unknown training.negative_augmentations"),
     (TrainingConfig, {"flip": 1}, "flip must be true or false"),
     (SamplerConfig, {"precision": "float16"}, "precision must be one of"),
-    (SamplerConfig, {"steps_pixel": 2.0}, "steps_pixel must be an integer"),
+    (SamplerConfig, {"steps_pixel": 2.0}, "sampler.steps_pixel must be an integer"),
 ])
 def test_validate_refuses_a_value_outside_its_declaration(section, values, words):
     with pytest.raises(ConfigError) as caught:
