@@ -46,9 +46,13 @@ def test_model_cache_size_bounds_the_models_a_worker_keeps(make_client, tiny_che
     services = client.app.state.services
     services.registry.register("demo", tiny_checkpoint)  # version 2 beside the seed
     runtime = TaskRuntime.create(services.settings)
-    runtime.models.get("demo", 1)
-    runtime.models.get("demo", 2)
-    assert ("demo", 2) in runtime.models and ("demo", 1) not in runtime.models
+    try:
+        runtime.models.get("demo", 1)
+        runtime.models.get("demo", 2)
+        assert ("demo", 2) in runtime.models and ("demo", 1) not in runtime.models
+    finally:
+        runtime.store.close()
+        runtime.events.close()
 
 
 @pytest.mark.parametrize("every, grids", [(1, [1, 2]), (0, [])])
@@ -65,7 +69,12 @@ def test_train_snapshot_every_sets_how_often_a_training_job_saves_a_grid(make_cl
         "overrides": {"training": {"warmup_steps": 1, "iterations": 1}}})
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
-    outcome = execute(TaskRuntime.create(services.settings), job_id, "train", BODIES["train"])
+    runtime = TaskRuntime.create(services.settings)
+    try:
+        outcome = execute(runtime, job_id, "train", BODIES["train"])
+    finally:
+        runtime.store.close()
+        runtime.events.close()
     assert outcome["status"] == "succeeded", services.store.get(job_id).error
     result = client.get(f"/jobs/{job_id}/result", headers=KEY_HEADERS).json()
     assert [grid["step"] for grid in result.get("grids") or []] == grids
