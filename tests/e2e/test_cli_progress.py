@@ -25,9 +25,12 @@ def run_on_terminal(args: list[str], cwd) -> tuple[int, str, str]:
                             stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
     chunks = []
+    # poll(), not select(): select() cannot watch a descriptor above 1023, which a long test
+    # session (many app clients and stores before this test) reaches.
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
     while True:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
+        if poller.poll(500):
             try:
                 data = os.read(master, 65536)
             except OSError:  # EIO: the child closed the terminal
