@@ -127,6 +127,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_healthy(port: int, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.3)
+
+
+def run_worker_jobs(tree: Path, env: dict, label: str, accepted) -> list[dict]:
+    """Run each accepted job in a fresh worker process (WORKER): its memory, one row each."""
+    rows: list[dict] = []
+    for name, answer in accepted:
+        job_id = answer.get("job_id")
+        if not job_id:
+            rows.append({"tree": label, "step": name, "process": "worker",
+                         "status": "not accepted"})
+            continue
+        result = subprocess.run([sys.executable, "-c", WORKER, job_id], cwd=tree,
+                                env=env, capture_output=True, text=True, timeout=1800)
+        try:
+            out = json.loads(result.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise SystemExit(f"worker failed:\n{result.stderr[-3000:]}") from None
+        rows.append({"tree": label, "step": name, "process": "worker",
+                     "status": out["status"], "error": out["error"],
+                     "rss_before": out["before"]["VmRSS"],
+                     "peak": out["after"]["VmHWM"], "rss_after": out["after"]["VmRSS"]})
+    return rows
+
+
 def measure(tree: Path, label: str) -> list[dict]:
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="debm-memory-") as tmp:
@@ -140,13 +172,7 @@ def measure(tree: Path, label: str) -> list[dict]:
                                 "service.app:create_app", "--port", str(port),
                                 "--log-level", "warning"], cwd=tree, env=env)
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.3)
+            wait_healthy(port)
             body, ctype = multipart([("files", "warm.png", png(28, "L", 0))])
             request(port, "POST", "/ood-score?wait=0", body, ctype)  # warm the code paths
 
@@ -181,24 +207,9 @@ def measure(tree: Path, label: str) -> list[dict]:
                                                    "data": {"holdout_fraction": 0.25}}})
             status, trained = api_step("train on it (tiny, 2 steps)", "POST", "/train",
                                        train_body.encode(), "application/json")
-            for name, answer in (("score 4 x 4096^2 RGB", scored),
-                                 ("score 16 x 4096^2 RGB", scored16),
-                                 ("train on it (tiny, 2 steps)", trained)):
-                job_id = answer.get("job_id")
-                if not job_id:
-                    rows.append({"tree": label, "step": name, "process": "worker",
-                                 "status": "not accepted"})
-                    continue
-                result = subprocess.run([sys.executable, "-c", WORKER, job_id], cwd=tree,
-                                        env=env, capture_output=True, text=True, timeout=1800)
-                try:
-                    out = json.loads(result.stdout.strip().splitlines()[-1])
-                except (IndexError, ValueError):
-                    raise SystemExit(f"worker failed:\n{result.stderr[-3000:]}") from None
-                rows.append({"tree": label, "step": name, "process": "worker",
-                             "status": out["status"], "error": out["error"],
-                             "rss_before": out["before"]["VmRSS"],
-                             "peak": out["after"]["VmHWM"], "rss_after": out["after"]["VmRSS"]})
+            rows += run_worker_jobs(tree, env, label, [
+                ("score 4 x 4096^2 RGB", scored), ("score 16 x 4096^2 RGB", scored16),
+                ("train on it (tiny, 2 steps)", trained)])
         finally:
             api.terminate()
             api.wait(30)
@@ -207,7 +218,7 @@ def measure(tree: Path, label: str) -> list[dict]:
 
 def estimate(tree: Path) -> dict[str, int] | None:
     """The API's own estimate of the training job (model/formats/netshape.py), if present."""
-    code = ("import json; from model.formats.config import preset; "
+    code = ("import json; from model.formats.presets import preset; "
             "from model.formats.netshape import training_memory; "
             "c = preset('tiny'); print(json.dumps(training_memory(c, 16)))")
     result = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True,

@@ -45,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from model.formats.config import ExperimentConfig, NoiseConfig, SamplerConfig, preset
+from model.formats.config import ExperimentConfig, NoiseConfig, SamplerConfig
+from model.formats.presets import preset
 from model.networks import DenoisingEBM
 from model.samplers import sample, with_overrides
 

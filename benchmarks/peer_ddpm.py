@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.checkpoints import load_checkpoint  # noqa: E402
 from model.classifier import classifier_for  # noqa: E402
-from model.formats.config import ExperimentConfig, preset  # noqa: E402
+from model.formats.config import ExperimentConfig  # noqa: E402
+from model.formats.presets import preset  # noqa: E402
 from model.data import to_model_range  # noqa: E402
 from model.evaluation import TIMING_BATCH, sample_in_batches, sample_metrics  # noqa: E402
 from model.pipeline import load_splits  # noqa: E402
@@ -158,7 +159,7 @@ def _config_for(checkpoint: str | None) -> tuple[ExperimentConfig, Any]:
     return preset("demo"), None
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-minutes", type=float, default=36.0,
                         help="wall-clock training budget of the DDPM")
@@ -174,7 +175,23 @@ def main() -> int:
     parser.add_argument("--save", help="directory for the EMA weights (diffusers format)")
     parser.add_argument("--grids", help="directory for one PNG grid of 64 per row")
     parser.add_argument("--json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def print_table(rows: dict[str, dict[str, Any]], stats: dict, classifier, args) -> None:
+    print(f"DDPM peer ({stats['parameters'] / 1e6:.2f} M parameters, {stats['steps']} steps in "
+          f"{stats['train_seconds']:.0f} s wall, {stats['train_cpu_seconds']:.0f} s CPU) vs "
+          f"{args.checkpoint or 'no EBM'}; n={args.n}, classifier accuracy "
+          f"{classifier.accuracy:.3f}")
+    print(f"{'row':<18}{'FD':>8}{'conf':>7}{'max cls':>9}{'steps':>7}{'s/64':>8}  histogram")
+    for name, r in rows.items():
+        print(f"{name:<18}{r['fd']:8.1f}{r['confidence']:7.3f}{r['max_class_fraction']:9.2f}"
+              f"{r['steps']:7d}{r['seconds_per_64']:8.2f}  "
+              + " ".join(str(c) for c in r["class_histogram"]))
+
+
+def main() -> int:
+    args = parse_args()
     torch.set_num_threads(args.threads)
 
     config, loaded = _config_for(args.checkpoint)
@@ -218,15 +235,7 @@ def main() -> int:
                                                           seed=args.seed, overrides={})
         record("ebm_two_stage", samples, steps, seconds)
 
-    print(f"DDPM peer ({stats['parameters'] / 1e6:.2f} M parameters, {stats['steps']} steps in "
-          f"{stats['train_seconds']:.0f} s wall, {stats['train_cpu_seconds']:.0f} s CPU) vs "
-          f"{args.checkpoint or 'no EBM'}; n={args.n}, classifier accuracy "
-          f"{classifier.accuracy:.3f}")
-    print(f"{'row':<18}{'FD':>8}{'conf':>7}{'max cls':>9}{'steps':>7}{'s/64':>8}  histogram")
-    for name, r in rows.items():
-        print(f"{name:<18}{r['fd']:8.1f}{r['confidence']:7.3f}{r['max_class_fraction']:9.2f}"
-              f"{r['steps']:7d}{r['seconds_per_64']:8.2f}  "
-              + " ".join(str(c) for c in r["class_histogram"]))
+    print_table(rows, stats, classifier, args)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({

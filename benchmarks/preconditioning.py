@@ -29,7 +29,8 @@ import torch
 
 from model.data import to_model_range
 from model.energies import texture_energy
-from model.formats.config import ExperimentConfig, preset
+from model.formats.config import ExperimentConfig
+from model.formats.presets import preset
 from model.pipeline import load_splits
 from model.training import EnergyExplosion, Trainer
 

@@ -31,6 +31,18 @@ def best_of(repeats: int, fn) -> float:
     return min(times)
 
 
+def add_ratios(rows: dict[str, dict]) -> None:
+    """Generation rows relative to two_stage, scoring rows relative to batch 1."""
+    reference = rows["generate/two_stage"]["seconds"]
+    for name, row in rows.items():
+        if name.startswith("generate/"):
+            row["ratio_to_two_stage"] = row["seconds"] / reference
+    single = rows["score/batch1"]["images_per_second"]
+    for name, row in rows.items():
+        if name.startswith("score/"):
+            row["throughput_ratio_to_batch1"] = row["images_per_second"] / single
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="checkpoints/demo")
@@ -74,15 +86,7 @@ def main() -> int:
                                        "images_per_second": batch / seconds,
                                        "draws": loaded.config.scoring.draws}
 
-    reference = rows["generate/two_stage"]["seconds"]
-    for name, row in rows.items():
-        if name.startswith("generate/"):
-            row["ratio_to_two_stage"] = row["seconds"] / reference
-    single = rows["score/batch1"]["images_per_second"]
-    for name, row in rows.items():
-        if name.startswith("score/"):
-            row["throughput_ratio_to_batch1"] = row["images_per_second"] / single
-
+    add_ratios(rows)
     print(f"checkpoint {args.checkpoint} on {device}, torch threads {torch.get_num_threads()}, "
           f"n={args.n}, best of {args.repeats}; sampler defaults K={sampler_cfg.steps_latent} "
           f"T={sampler_cfg.steps_pixel}")

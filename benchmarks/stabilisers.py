@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 
-from model.formats.config import ExperimentConfig, preset
+from model.formats.config import ExperimentConfig
+from model.formats.presets import preset
 from model.data import to_model_range
 from model.energies import texture_score
 from model.metrics import auroc

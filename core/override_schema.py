@@ -1,92 +1,27 @@
-"""The declared type and range of every training-config field, checked by pydantic.
+"""The API's schema of training overrides, derived from model.formats.config's declarations.
 
 A training request's overrides are checked here, field by field, before any config object is
 built: a value of the wrong type (a string, a fraction where an integer belongs, a list of the
-wrong length, a 400-digit integer) or outside its range is a 422 that names the field.  The
-models are generated from model.formats.config's dataclasses, so a field added there is checked by its
-type at once; ``RANGES`` gives each field its range, and tests/service/test_overrides.py fails
-while a field has none.  Cross-field rules (divisibility, sums of fractions) stay in the
-dataclasses' ``validate``; the network's shape is checked by model.formats.netshape.
+wrong length, a 400-digit integer) or outside its declared range is a 422 that names the field.
+Each field's type, range and meaning come from its one declaration, ``setting(...)`` in
+model/formats/config.py (model/formats/settingspec.py); the meaning becomes the field's
+OpenAPI description.  tests/service/test_overrides.py proves this schema and the dataclasses'
+``validate()`` agree on random values.  Cross-field rules (divisibility, sums of fractions)
+stay in ``validate``; the network's shape is checked by model.formats.netshape.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import types
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError,
-                      create_model)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict,
+                      ValidationError, create_model)
 
-from model.formats.config import (DAE_LOSS_WEIGHTINGS, LATENT_INITS, NEGATIVE_AUGMENTATIONS,
-                                  PRECISIONS, PRECONDITIONINGS, SCORES,
-                                  DataConfig, NetworkConfig, NoiseConfig, SamplerConfig,
-                                  ScoringConfig, TrainingConfig)
-
-SECTIONS: dict[str, type] = {"network": NetworkConfig, "noise": NoiseConfig,
-                             "sampler": SamplerConfig, "training": TrainingConfig,
-                             "data": DataConfig, "scoring": ScoringConfig}
-
-# Absolute bounds: types that cannot overflow anything downstream.  The tighter limits that
-# an operator sets (DEBM_MAX_TRAINING_*, DEBM_MAX_GENERATE_STEPS) are checked after these, by
-# core.trainconfig, with messages that name the setting.
-SEED = (0, 2 ** 31 - 1)
-STEPS = (0, 10 ** 9)
-COUNT = (1, 10 ** 9)
-POSITIVE = ("gt", 0.0, 100.0)  # (bound kind, low, high): gt = exclusive low
-UNIT = (0.0, 1.0)
-WEIGHT = (0.0, 1e6)
-BETA = ("lt1", 0.0, 1.0)  # [0, 1)
-SIZE = (1, 1 << 16)
-
-# section -> field -> range.  Integers: (low, high) inclusive; floats: (low, high) inclusive,
-# or ("gt", low, high) with an exclusive low, or ("lt1", low, high) with an exclusive high;
-# tuples: (item range, min length, max length); strings: max length or a tuple of choices.
-RANGES: dict[str, dict[str, Any]] = {
-    "network": {"image_size": (4, 1 << 16), "channels": (1, 3), "base_width": SIZE,
-                "channel_mults": ((1, 1 << 16), 1, 64), "blocks_per_level": (1, 64),
-                "latent_dim": SIZE, "decoder_width": SIZE, "embedding_dim": (2, 1 << 16),
-                "sigma_data": POSITIVE, "groups": (1, 1024),
-                "preconditioning": PRECONDITIONINGS},
-    "noise": {"num_sigmas": COUNT, "sigma_max": POSITIVE, "sigma_min": POSITIVE},
-    "sampler": {"steps_latent": STEPS, "steps_pixel": STEPS, "step_size_latent": POSITIVE,
-                "step_size_pixel": POSITIVE, "sigma_latent": POSITIVE, "sigma_pixel": POSITIVE,
-                "temperature_latent": (0.0, 100.0), "temperature_pixel": (0.0, 100.0),
-                "grad_clip": (0.0, 1e9), "clamp_pixels": None, "final_denoise": None,
-                "precision": PRECISIONS, "latent_init": LATENT_INITS,
-                "annealed_steps_per_level": STEPS, "annealed_levels": STEPS,
-                "annealed_step_size": ("gt", 0.0, 1.0)},
-    "training": {"batch_size": COUNT, "warmup_steps": (0, 10 ** 9),
-                 "iterations": (0, 10 ** 9), "recon_steps": STEPS,
-                 "lr": ("gt", 0.0, 10.0), "betas": (BETA, 2, 2),
-                 "contrastive_lr": ("gt", 0.0, 10.0), "contrastive_betas": (BETA, 2, 2),
-                 "contrastive_weight": WEIGHT, "semantic_contrastive_weight": WEIGHT,
-                 "latent_moment_weight": WEIGHT, "energy_penalty": WEIGHT,
-                 "grad_clip_norm": (0.0, 1e9), "chain_grad_clip": (0.0, 1e9),
-                 "chain_batch_size": COUNT, "semantic_contrastive_lr": ("gt", 0.0, 10.0),
-                 "shared_sigma": None, "simultaneous_updates": None, "clamp_chains": None,
-                 "dae_loss_weighting": DAE_LOSS_WEIGHTINGS, "precision": PRECISIONS,
-                 "steps_latent": STEPS, "steps_pixel": STEPS, "step_size_latent": POSITIVE,
-                 "step_size_pixel": POSITIVE, "sigma_latent": POSITIVE,
-                 "temperature_latent": (0.0, 100.0), "temperature_pixel": (0.0, 100.0),
-                 "contrastive_sigma_min": POSITIVE, "contrastive_sigma_max": POSITIVE,
-                 "replay_buffer_size": STEPS, "replay_prob": UNIT,
-                 "pixel_replay_size": STEPS, "pixel_replay_fraction": UNIT,
-                 "noise_chain_fraction": UNIT, "augmented_chain_fraction": UNIT,
-                 "negative_augmentations": (NEGATIVE_AUGMENTATIONS, 0,
-                                            len(NEGATIVE_AUGMENTATIONS)),
-                 "lr_contrastive_phase": ("gt", 0.0, 10.0), "flip": None, "freeze_dae": None,
-                 "decoder_trains_encoder": None,
-                 "max_energy": ("gt", 0.0, 1e12), "checkpoint_every": (0, 10 ** 9),
-                 "seed": SEED},
-    "data": {"dataset": 4096, "holdout_fraction": ("lt1", 0.0, 1.0), "split_seed": SEED},
-    "scoring": {"sigma": POSITIVE, "draws": COUNT, "seed": SEED, "score": SCORES,
-                "semantic_sigma": POSITIVE},
-}
-# A field without an entry above is still checked by its type, within these bounds.
-FALLBACK = {int: (-(2 ** 31), 2 ** 31 - 1), float: (-1e12, 1e12), str: 256}
+from model.formats.config import SECTIONS
+from model.formats.settingspec import Spec, field_specs
 
 
 def _integral(value: Any) -> Any:
@@ -96,61 +31,69 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def _number(kind: type, spec: Any) -> Any:
+def _one_of(choices: tuple) -> Any:
+    def check(value: Any) -> Any:
+        if value not in choices:
+            raise ValueError(f"must be {' or '.join(str(c) for c in choices)}")
+        return value
+    return AfterValidator(check)
+
+
+def _number(kind: type, spec: Spec) -> Any:
+    bounds = Field(ge=spec.ge, gt=spec.gt, le=spec.le, lt=spec.lt)
     if kind is int:
-        low, high = spec
-        return Annotated[int, BeforeValidator(_integral), Strict(), Field(ge=low, le=high)]
-    if spec and spec[0] == "gt":
-        bounds = Field(gt=spec[1], le=spec[2], allow_inf_nan=False)
-    elif spec and spec[0] == "lt1":
-        bounds = Field(ge=spec[1], lt=spec[2], allow_inf_nan=False)
-    else:
-        bounds = Field(ge=spec[0], le=spec[1], allow_inf_nan=False)
-    return Annotated[float, Strict(), bounds]
+        if spec.choices is not None:  # the choices, checked and shown as an enum
+            return Annotated[int, Strict(), _one_of(spec.choices),
+                             Field(json_schema_extra={"enum": list(spec.choices)}),
+                             BeforeValidator(_integral)]
+        return Annotated[int, Strict(), bounds, BeforeValidator(_integral)]
+    return Annotated[float, Strict(), bounds, Field(allow_inf_nan=False)]
 
 
-def _field_type(hint: Any, spec: Any) -> Any:
+def field_type(hint: Any, spec: Spec) -> Any:
+    """The pydantic type of one declared field."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is bool:
         return Annotated[bool, Strict()]
     if hint in (int, float):
-        return _number(hint, spec if spec is not None else FALLBACK[hint])
+        return _number(hint, spec)
     if hint is str:
-        if isinstance(spec, tuple):
-            return Literal[spec]
-        return Annotated[str, Strict(), Field(max_length=spec or FALLBACK[str])]
+        if spec.choices is not None:
+            return Literal[spec.choices]
+        return Annotated[str, Strict(), Field(max_length=spec.max_length)]
     if origin is tuple:
-        item_hint = args[0]
-        item_spec, low, high = spec if spec is not None else (None, 0, 16)
-        if item_hint is str and isinstance(item_spec, tuple):
-            item = Literal[item_spec]
-        else:
-            item = _field_type(item_hint, item_spec)
-        if len(args) == 2 and args[1] is not Ellipsis:
-            low = high = len(args)
+        fixed = not (len(args) == 2 and args[1] is Ellipsis)
+        low, high = (len(args), len(args)) if fixed else (spec.min_length, spec.max_length)
+        item = field_type(args[0], Spec(spec.meaning, ge=spec.ge, gt=spec.gt, le=spec.le,
+                                        lt=spec.lt, choices=spec.choices))
         return Annotated[tuple[item, ...], Field(min_length=low, max_length=high)]
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _field_type(inner[0], spec) | None
-    if origin is Literal:
-        return hint
-    # A type this module does not know yet: left to model.formats.config's own checks (never
-    # an import error that would stop the API); the RANGES test names the field.
-    return Any
+        return field_type(inner[0], spec) | None
+    raise TypeError(f"no override schema for type {hint!r}")  # a new kind of setting
 
 
-def _section_model(name: str, cls: type) -> type[BaseModel]:
-    hints = typing.get_type_hints(cls)
-    ranges = RANGES.get(name, {})
-    fields = {f.name: (_field_type(hints[f.name], ranges.get(f.name)), None)
-              for f in dataclasses.fields(cls)}
+def _section_model(cls: type) -> type[BaseModel]:
+    fields = {name: (field_type(hint, spec),
+                     Field(None, description=f"{spec.meaning} (default {default!r})"))
+              for name, hint, spec, default in field_specs(cls)}
     return create_model(f"{cls.__name__}Overrides", __config__=ConfigDict(extra="forbid"),
-                        **fields)
+                        __doc__=f"Overrides of {cls.__name__}; unset fields keep the preset's "
+                                "value.", **fields)
 
 
-SECTION_MODELS: dict[str, type[BaseModel]] = {name: _section_model(name, cls)
+SECTION_MODELS: dict[str, type[BaseModel]] = {name: _section_model(cls)
                                               for name, cls in SECTIONS.items()}
+
+
+def overrides_json_schema() -> dict[str, Any]:
+    """The overrides object for OpenAPI: one property per section, each field described."""
+    properties = {}
+    for name, model in SECTION_MODELS.items():
+        schema = model.model_json_schema()
+        schema.pop("title", None)
+        properties[name] = schema
+    return {"properties": properties, "additionalProperties": False}
 
 
 class OverrideError(ValueError):

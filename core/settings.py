@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     max_training_width: int = Field(1024, ge=8)  # widest layer, latent and embedding sizes
     # Memory one training job may claim on a worker (422 above it): the dataset at the
     # network's size, plus the estimate of parameters, optimiser state and activations
-    # (core of service/trainmemory.py).
+    # (model.formats.netshape.training_memory, checked by core.trainconfig).
     worker_memory_bytes: int = Field(8 * 1024 * MiB, ge=64 * MiB)
     # Quotas count queued + running *work* (core.work_units: one unit per image to score, one per
     # sampler step of one chain), so many small requests pass where few big ones would not.
@@ -102,19 +102,10 @@ class Settings(BaseSettings):
     # the batcher.  Generate jobs run generate_concurrency at a time among them.
     inference_concurrency: int = Field(32, ge=1, le=256)
     generate_concurrency: int = Field(1, ge=1, le=64)
-    # Optional fast paths of the serving model (model.pipeline.InferenceOptions); off unless
-    # measured to win (docs/PERFORMANCE.md).  bf16 applies on CUDA only and changes numbers.
-    inference_compile: bool = False
-    inference_channels_last: bool = False
-    inference_bf16: bool = False
     # Scoring through a TorchScript trace of the denoiser: bit-identical scores, and the
     # forward does not wait on the GIL per operator while other threads run Python
     # (model.pipeline.traced_chunk_scorer).  Off: eager PyTorch.
     inference_trace: bool = True
-    # Serving processes run their short threads (HTTP, job records) under Linux's SCHED_BATCH
-    # and the model's work under the default policy, so the API's wake-ups do not preempt a
-    # forward (core.scheduling; measured in docs/PERFORMANCE.md round four).
-    short_threads_yield: bool = True
     # A worker process serves its Prometheus series on this port (0: off); see core.prometheus.
     metrics_port: int = Field(0, ge=0, le=65535)
     # Seconds a generate / score / training task may run.  Enforced between steps in every

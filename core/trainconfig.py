@@ -7,18 +7,17 @@ which re-validates what it reads from the job record.  model.formats.config is p
 The checks, in order: every override's type and range (core.override_schema), the
 config's own cross-field rules, the limits from Settings, the network's shapes and size
 (model.formats.netshape walks model.networks without torch) and, when the dataset is known, the
-memory the job would claim on a worker.  Anything else that goes wrong while checking is a
-TrainingRequestError too: a request is never a 500.
+memory the job would claim on a worker.  Only the errors a bad override can raise (the
+override schema's OverrideError and the config's ConfigError) become TrainingRequestError;
+anything else is our bug and propagates as one (a 500 and a traceback in the log), never
+hidden as "invalid overrides".
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from model.formats.errors import UserError
-
-log = logging.getLogger("debm.trainconfig")
 
 
 class TrainingRequestError(UserError, ValueError):
@@ -87,26 +86,9 @@ def build_training_config(*, preset_name: str, overrides: dict[str, Any] | None,
                           dataset_images: int | None = None):
     """The job's config, or TrainingRequestError naming the field.  ``dataset_images`` (the
     dataset's image count, when known) enables the memory check against ``memory_budget``."""
-    try:
-        return _build(preset_name=preset_name, overrides=overrides, seed=seed,
-                      dataset=dataset, max_steps=max_steps, checkpoint_every=checkpoint_every,
-                      max_image_size=max_image_size, max_batch=max_batch, max_width=max_width,
-                      max_chain_steps=max_chain_steps, memory_budget=memory_budget,
-                      dataset_images=dataset_images)
-    except TrainingRequestError:
-        raise
-    except Exception as exc:  # an unforeseen value: still the request's fault, still a 422
-        log.warning("training request refused by an unexpected %s: %s",
-                    type(exc).__name__, exc)
-        raise TrainingRequestError(f"invalid overrides ({type(exc).__name__}: "
-                                   f"{str(exc)[:200]})") from None
-
-
-def _build(*, preset_name, overrides, seed, dataset, max_steps, checkpoint_every,
-           max_image_size, max_batch, max_width, max_chain_steps, memory_budget,
-           dataset_images):
-    from model.formats.config import ConfigError, preset
+    from model.formats.config import ConfigError
     from model.formats.netshape import network_shape, training_memory
+    from model.formats.presets import preset
 
     from .override_schema import OverrideError, check_overrides
 
@@ -129,8 +111,6 @@ def _build(*, preset_name, overrides, seed, dataset, max_steps, checkpoint_every
             config = config.replace(training={"checkpoint_every": checkpoint_every})
     except ConfigError as exc:
         raise TrainingRequestError(str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise TrainingRequestError(f"invalid override: {exc}") from None
     total = config.training.warmup_steps + config.training.iterations
     if total < 1:
         raise TrainingRequestError("warmup_steps + iterations must be at least 1")

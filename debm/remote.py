@@ -10,9 +10,9 @@
     debm remote cancel JOB_ID
 
 The service is --url (or $DEBM_URL, default http://127.0.0.1:8000); the key comes from
-$DEBM_API_KEY or the file --key-file (default $DEBM_API_KEY_FILE, else var/debm/api-key, the
-key `debm serve` generates): never from the command line, where other users and shell
-histories would see it.
+$DEBM_API_KEY or the file --key-file (default $DEBM_API_KEY_FILE, else the key `debm serve`
+generates in its data directory, $DEBM_DATA_DIR or var/debm): never from the command line,
+where other users and shell histories would see it.
 """
 
 from __future__ import annotations
@@ -25,11 +25,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import parse_set
+from core.datadir import DataDir
+from core.jobs.records import KINDS, STATUSES
+from model.formats.config import SAMPLER_NAMES
+from model.formats.presets import PRESETS
+from model.formats.settingspec import parse_set
+
 from .progress import MODES, StepProgress
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-DEFAULT_KEY_FILE = "var/debm/api-key"
+
+
+def default_key_file() -> Path:
+    """The key `debm serve` generates, in its data directory (core.datadir names the file)."""
+    return DataDir(Path(os.environ.get("DEBM_DATA_DIR") or "var/debm")).api_key_file
 
 
 class RemoteError(Exception):
@@ -40,7 +49,7 @@ def _key(args: argparse.Namespace) -> str:
     key = os.environ.get("DEBM_API_KEY", "").strip()
     if key:
         return key
-    path = Path(args.key_file or os.environ.get("DEBM_API_KEY_FILE") or DEFAULT_KEY_FILE)
+    path = Path(args.key_file or os.environ.get("DEBM_API_KEY_FILE") or default_key_file())
     try:
         key = path.read_text().strip()
     except OSError as exc:
@@ -242,60 +251,73 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 # --- parser --------------------------------------------------------------------------------
 
-def add_parser(sub, positive_int, non_negative_int) -> None:
-    remote = sub.add_parser("remote", help="use a running service (debm.client)")
+def _common_options() -> argparse.ArgumentParser:
+    """--url, --key-file, --timeout and --progress, shared by every remote command."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", default=os.environ.get("DEBM_URL", DEFAULT_URL))
+    common.add_argument("--url", default=os.environ.get("DEBM_URL", DEFAULT_URL),
+                        help=f"the service ($DEBM_URL, default {DEFAULT_URL})")
     common.add_argument("--key-file", help="file holding the API key (default "
-                                           "$DEBM_API_KEY_FILE or var/debm/api-key; "
-                                           "$DEBM_API_KEY wins)")
-    common.add_argument("--timeout", type=float, default=30.0)
+                                           "$DEBM_API_KEY_FILE, else the key `debm serve` "
+                                           "generated; $DEBM_API_KEY wins)")
+    common.add_argument("--timeout", type=float, default=30.0,
+                        help="seconds to wait for each HTTP answer")
     common.add_argument("--progress", choices=MODES, default="auto",
                         help="auto: a bar on a terminal, nothing otherwise")
-    rsub = remote.add_subparsers(dest="remote_command", required=True)
+    return common
 
+
+def _add_generate(rsub, common, positive_int, non_negative_int) -> None:
     p = rsub.add_parser("generate", parents=[common], help="generate samples into a PNG grid")
-    p.add_argument("--n", type=positive_int, default=16)
-    p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--sampler", choices=("two_stage", "texture_only", "annealed"),
-                   default="two_stage")
-    p.add_argument("--steps-latent", type=non_negative_int)
-    p.add_argument("--steps-pixel", type=non_negative_int)
-    p.add_argument("--model", help="name or name:version")
-    p.add_argument("--out", default="grid.png")
+    p.add_argument("--n", type=positive_int, default=16, help="number of samples")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the chains")
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, default="two_stage",
+                   help="the chains to run (default two_stage, the paper's)")
+    p.add_argument("--steps-latent", type=non_negative_int,
+                   help="K, latent steps (default the model's)")
+    p.add_argument("--steps-pixel", type=non_negative_int,
+                   help="T, pixel steps (default the model's)")
+    p.add_argument("--model", help="name or name:version (default the service's default)")
+    p.add_argument("--out", default="grid.png", help="PNG file of the grid")
     p.add_argument("--samples-dir", help="also save every sample as a PNG here")
     p.add_argument("--previews", help="save the live chain previews here")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.set_defaults(func=cmd_generate)
 
+
+def _add_score_and_train(rsub, common, non_negative_int) -> None:
     p = rsub.add_parser("score", parents=[common], help="OOD scores of image files")
-    p.add_argument("--model")
-    p.add_argument("images", nargs="+")
+    p.add_argument("--model", help="name or name:version (default the service's default)")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, WebP, ...)")
     p.set_defaults(func=cmd_score)
 
     p = rsub.add_parser("train", parents=[common], help="train a model version (admin key)")
     p.add_argument("--dataset", required=True,
                    help="mnist5k, digits8x8, a ds_... id, or a local .zip/.npz to upload")
-    p.add_argument("--preset", choices=("tiny", "demo", "paper"), default="demo")
-    p.add_argument("--set", nargs="*", metavar="SECTION.NAME=VALUE")
-    p.add_argument("--seed", type=non_negative_int)
-    p.add_argument("--name", default="custom")
+    p.add_argument("--preset", choices=PRESETS, default="demo",
+                   help="the named config the overrides start from")
+    p.add_argument("--set", nargs="*", metavar="SECTION.NAME=VALUE",
+                   help="override config values, e.g. training.iterations=50 "
+                        "(docs/CONFIG.md)")
+    p.add_argument("--seed", type=non_negative_int, help="training.seed")
+    p.add_argument("--name", default="custom",
+                   help="the model name the finished job registers a version of")
     p.add_argument("--out-dir", help="save the sample grids and the metric history here")
-    p.add_argument("--no-wait", action="store_true")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     p.set_defaults(func=cmd_train)
 
+
+def _add_listing(rsub, common, positive_int) -> None:
     p = rsub.add_parser("jobs", parents=[common], help="list jobs, newest first")
-    p.add_argument("--kind", choices=("generate", "score", "train"))
-    p.add_argument("--status", choices=("queued", "running", "succeeded", "failed",
-                                        "cancelled"))
-    p.add_argument("--limit", type=positive_int, default=20)
+    p.add_argument("--kind", choices=KINDS, help="only jobs of this kind")
+    p.add_argument("--status", choices=STATUSES, help="only jobs in this state")
+    p.add_argument("--limit", type=positive_int, default=20, help="at most this many jobs")
     p.add_argument("--all", action="store_true", help="every key's jobs (admin)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_jobs)
 
     p = rsub.add_parser("models", parents=[common], help="models, versions and defaults; "
                                                          "`models add` registers a checkpoint")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
     p.set_defaults(func=cmd_models)
     msub = p.add_subparsers(dest="models_command")
     add = msub.add_parser("add", parents=[common],
@@ -309,10 +331,20 @@ def add_parser(sub, positive_int, non_negative_int) -> None:
 
     p = rsub.add_parser("default", parents=[common], help="set a model's default version "
                                                           "(admin)")
-    p.add_argument("name")
-    p.add_argument("version", type=positive_int)
+    p.add_argument("name", help="model name")
+    p.add_argument("version", type=positive_int, help="the version to serve by default")
     p.set_defaults(func=cmd_default)
 
     p = rsub.add_parser("cancel", parents=[common], help="cancel jobs")
-    p.add_argument("job_ids", nargs="+")
+    p.add_argument("job_ids", nargs="+", help="ids of the jobs to cancel")
     p.set_defaults(func=cmd_cancel)
+
+
+def add_parser(sub, positive_int, non_negative_int) -> None:
+    """`debm remote` and its commands, under the `debm` parser's subcommands ``sub``."""
+    remote = sub.add_parser("remote", help="use a running service (debm.client)")
+    common = _common_options()
+    rsub = remote.add_subparsers(dest="remote_command", required=True)
+    _add_generate(rsub, common, positive_int, non_negative_int)
+    _add_score_and_train(rsub, common, non_negative_int)
+    _add_listing(rsub, common, positive_int)

@@ -36,7 +36,6 @@ from pathlib import Path
 from core.jobs import RUNNING, SqliteJobStore
 from core.prometheus import WorkerLiveness
 from core.names import INFERENCE_QUEUE, TRAINING_QUEUE
-from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
 from core.queue import send_job
 from worker.celery_app import WorkerApp
@@ -231,8 +230,6 @@ def serve(*, host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | N
         raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Before any thread starts, like the arena: they inherit the policy (core.scheduling).
-    short_threads_yield(settings.short_threads_yield)
     embedded = EmbeddedWorkers(settings)
     try:
         embedded.lock_data_dir()

@@ -1,5 +1,6 @@
-"""The FastAPI service and the state it shares with the workers.
+"""The FastAPI service: the app factory and its error table, request and response schemas,
+authentication, uploads, dispatch and one router per resource.
 
-Modules the workers import too (settings, jobs, registry, datadir, trainconfig) import neither
-fastapi nor torch; the FastAPI parts (app, deps, routers, schemas, uploads) never import torch.
+It never imports torch or worker/; the state it shares with the workers (settings, jobs,
+registry, data directory, training-request checks) lives in core/.
 """

@@ -27,9 +27,8 @@ from core.jobs.events import open_event_log
 from core.jobs.retention import Reaper
 from core.jobs.wakeups import JobWakeups
 from core.queue import create_producer
-from core.registry import (CorruptCheckpoint, RegistryError, UnknownModel,
-                           open_registry)
-from core.scheduling import short_threads_yield
+from core.registry import (CorruptCheckpoint, ModelRegistry, RegistryError,
+                           UnknownModel, open_registry)
 from core.settings import Settings, get_settings
 from model.formats.errors import UserError
 
@@ -55,13 +54,14 @@ poll `GET /jobs/{id}` and fetch `GET /jobs/{id}/result`.
 """
 
 
-def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
-    """Build the app.  ``embedded`` (debm.serve.EmbeddedWorkers) runs the Celery
-    workers in this process; without it the app only enqueues (distributed mode, or route
-    tests)."""
-    settings = settings or get_settings()
-    logging.getLogger("debm").setLevel(settings.log_level)
-    observe.redact_access_log()  # event tokens never reach the access log
+ROUTERS = (health.router, generate.router, score.router, train.router, datasets.router,
+           jobs.router, events.router, models.router, page.router, observe.router,
+           keys_router.router)
+
+
+def open_services(settings: Settings, embedded=None) -> Services:
+    """What every request shares: the data directory, the artifact store (checked at start),
+    the job store, the registry (the seed checkpoint registered), keys, the Celery producer."""
     data = DataDir(settings.data_root).ensure()
     artifacts = open_artifacts(settings)
     # Fail fast: a missing bucket (unless DEBM_S3_CREATE_BUCKET) or refused credentials stop
@@ -69,31 +69,31 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     artifacts.check(create=settings.s3_create_bucket)
     store = open_store(settings)
     registry = open_registry(settings, artifacts)
-    keys = load_keys(settings, store=store)
     celery = create_producer(settings)  # a producer: sends tasks by name, has no task code
-    wakeups = JobWakeups()
     services = Services(settings=settings, data=data, store=store, registry=registry,
-                        keys=keys, dispatcher=Dispatcher(settings, store, celery, data),
+                        keys=load_keys(settings, store=store),
+                        dispatcher=Dispatcher(settings, store, celery, data),
                         celery=celery, embedded=embedded, events=open_event_log(settings),
                         event_tokens=TokenSigner(load_secret(settings.data_root),
                                                  settings.event_token_seconds),
-                        wakeups=wakeups, artifacts=artifacts)
+                        wakeups=JobWakeups(), artifacts=artifacts)
     services.dispatcher.artifacts = artifacts
-    try:
-        seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
-        if seeded:
-            log.info("registered %s as %s:%d", settings.seed_checkpoint,
-                     settings.seed_model_name, seeded)
-    except (RegistryError, OSError, StoreUnavailable) as exc:
-        log.error("could not register the seed checkpoint %s: %s", settings.seed_checkpoint, exc)
+    register_seed_checkpoint(registry, settings)
+    return services
+
+
+def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
+    """Build the app.  ``embedded`` (debm.serve.EmbeddedWorkers) runs the Celery
+    workers in this process; without it the app only enqueues (distributed mode, or route
+    tests)."""
+    settings = settings or get_settings()
+    logging.getLogger("debm").setLevel(settings.log_level)
+    observe.redact_access_log()  # event tokens never reach the access log
+    services = open_services(settings, embedded)
+    store, wakeups, keys = services.store, services.wakeups, services.keys
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if embedded is None and settings.distributed:
-            # The API process of distributed mode: all its threads are short ones, and a
-            # worker on the same machine keeps its CPU (core.scheduling).  `debm serve`
-            # applies it at process start instead.
-            short_threads_yield(settings.short_threads_yield)
         if isinstance(store, SqliteJobStore):
             wakeups.attach_local(store.path)
         else:
@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
             embedded.start(services)
         # Retention (core.jobs.retention): every API process runs the reaper; in
         # distributed mode a Redis lock lets one replica at a time do a pass.
-        reaper = Reaper(settings, store, services.events, data, artifacts).start()
+        reaper = Reaper(settings, store, services.events, services.data,
+                        services.artifacts).start()
         try:
             yield
         finally:
@@ -120,9 +121,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
                          static_url="/static/docs", redoc_url=None,  # /redoc: routers/page.py
                          swagger_ui_parameters={"validatorUrl": None})
     app.state.services = services
-    for router in (health.router, generate.router, score.router, train.router,
-                   datasets.router, jobs.router, events.router, models.router, page.router,
-                   observe.router, keys_router.router):
+    for router in ROUTERS:
         app.include_router(router)
     app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(
@@ -139,6 +138,18 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     app.add_middleware(CatchAllMiddleware)  # outermost: see service/uploads.py
     _install_error_handlers(app)
     return app
+
+
+def register_seed_checkpoint(registry: ModelRegistry, settings: Settings) -> None:
+    """DEBM_SEED_CHECKPOINT as a version of DEBM_SEED_MODEL_NAME (once); a bad one is logged,
+    never a reason not to start."""
+    try:
+        seeded = registry.seed(settings.seed_model_name, settings.seed_checkpoint)
+        if seeded:
+            log.info("registered %s as %s:%d", settings.seed_checkpoint,
+                     settings.seed_model_name, seeded)
+    except (RegistryError, OSError, StoreUnavailable) as exc:
+        log.error("could not register the seed checkpoint %s: %s", settings.seed_checkpoint, exc)
 
 
 def _error(status: int, detail: str, **headers: str) -> JSONResponse:

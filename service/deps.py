@@ -23,6 +23,7 @@ from core.settings import Settings
 
 from .auth import KeyRing, Principal
 from .dispatch import Dispatcher
+from .schemas import UNAUTHORIZED
 
 log = logging.getLogger("debm.auth")
 
@@ -72,9 +73,7 @@ def authenticate(request: Request, services: ServicesDep,
         log.warning("401 %s %s from %s: %s API key", request.method, request.url.path,
                     request.client.host if request.client else "?",
                     "invalid" if candidate else "no")
-        raise HTTPException(401, "missing or invalid API key; send it as 'X-API-Key: <key>' or "
-                                 "'Authorization: Bearer <key>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"})
     return principal
 
 

@@ -9,8 +9,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.jobs import KINDS, STATUSES
+from core.override_schema import overrides_json_schema
 from core.names import MODEL_NAME_PATTERN, MODEL_SPEC_PATTERN
-from model.formats.config import PRESETS, SAMPLER_NAMES
+from model.formats.config import SAMPLER_NAMES
+from model.formats.presets import PRESETS
 
 MODEL_SPEC = MODEL_SPEC_PATTERN
 JobStatus = Literal[STATUSES]  # type: ignore[valid-type]
@@ -50,7 +52,8 @@ class TrainRequest(_Request):
                                                   "worker (one per GPU), same total batch")
     overrides: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description='config overrides by section, e.g. {"training": '
-                                          '{"iterations": 50}}')
+                                          '{"iterations": 50}}; every setting is in docs/CONFIG.md',
+        json_schema_extra=overrides_json_schema())
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1)
     name: str = Field("custom", pattern=MODEL_NAME_PATTERN,
                       description="the model name the finished job registers a version of")
@@ -205,6 +208,10 @@ class Readiness(BaseModel):
 class ErrorBody(BaseModel):
     detail: Any
 
+
+# The one 401 message (service.deps, service.uploads and the event stream answer with it).
+UNAUTHORIZED = ("missing or invalid API key; send it as 'X-API-Key: <key>' or "
+                "'Authorization: Bearer <key>'")
 
 ERROR_DESCRIPTIONS = {
     400: "a body that cannot be parsed at all (not UTF-8 JSON, broken multipart)",

@@ -31,12 +31,12 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from .schemas import UNAUTHORIZED
+
 log = logging.getLogger("debm.api")
 
 UPLOAD_READ_CHUNK = 1 << 20
 BODYLESS_METHODS = ("GET", "HEAD", "OPTIONS", "DELETE")
-UNAUTHORIZED = ("missing or invalid API key; send it as 'X-API-Key: <key>' or "
-                "'Authorization: Bearer <key>'")
 
 
 class BodyTooLarge(Exception):
@@ -87,30 +87,37 @@ class BodyLimitMiddleware:
             # The HTTP server enforces Content-Length framing, so the body cannot be longer.
             return await self.app(scope, receive, send)
         if not multipart_route:
-            # A chunked JSON body: read it here (it is small by definition), so that a body
-            # over the limit gets 413 rather than FastAPI's generic 400.
-            chunks, seen = [], 0
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                chunks.append(message.get("body", b""))
-                seen += len(chunks[-1])
-                if seen > limit:
-                    return await _send_error(send, 413, str(BodyTooLarge(limit, what)))
-                if not message.get("more_body", False):
-                    break
-            replayed = False
+            return await self._read_chunked_json(scope, receive, send, limit, what)
+        return await self._stream_upload(scope, receive, send, limit, what)
 
-            async def replay():
-                nonlocal replayed
-                if not replayed:
-                    replayed = True
-                    return {"type": "http.request", "body": b"".join(chunks),
-                            "more_body": False}
-                return await receive()
+    async def _read_chunked_json(self, scope, receive, send, limit: int, what: str):
+        """A chunked JSON body: read it here (it is small by definition), so that a body over
+        the limit gets 413 rather than FastAPI's generic 400, then replay it to the app."""
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > limit:
+                return await _send_error(send, 413, str(BodyTooLarge(limit, what)))
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-            return await self.app(scope, replay, send)
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _stream_upload(self, scope, receive, send, limit: int, what: str):
+        """A chunked multipart upload: passed through to the route while counted; past the
+        limit it stops with 413 (unless the route already answered)."""
         seen = 0
         started = False
 

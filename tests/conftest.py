@@ -14,7 +14,7 @@ def tiny_checkpoint(tmp_path_factory):
     session in a few seconds."""
     import torch
 
-    from model.formats.config import preset
+    from model.formats.presets import preset
     from model.pipeline import run_training
 
     out = tmp_path_factory.mktemp("tiny") / "checkpoint"

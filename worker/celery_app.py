@@ -19,7 +19,6 @@ from celery import Celery, signals
 
 from core.prometheus import WorkerLiveness, start_worker_exporter
 from core.queue import celery_config, send_job
-from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
 from model.allocator import keep_freed_memory
 
@@ -90,8 +89,6 @@ def get_worker_app() -> WorkerApp:
             from core.artifacts import open_artifacts
 
             open_artifacts(settings).check(create=settings.s3_create_bucket)
-            # The pool's threads inherit it; the model's work leaves it (core.scheduling).
-            short_threads_yield(settings.short_threads_yield)
             logging.getLogger("debm").setLevel(settings.log_level)
             _worker_app = WorkerApp(settings)
             _worker_app.set_current()

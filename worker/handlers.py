@@ -22,7 +22,6 @@ from core.artifacts.keys import (DATASET_MARKER, RESULT_MARKER, dataset_prefix, 
 from core.datadir import DATASET_ID_RE
 from core.jobs import JobRecord
 from core.names import MODEL_NAME_RE
-from core.scheduling import model_work
 from core.trainconfig import build_training_config, dataset_budget, training_limits
 from model.formats.archives import BUILTIN_DATASETS
 from model.formats.config import SAMPLER_NAMES
@@ -92,9 +91,8 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     model_ref, loaded = _model_of(runtime, params)
     # Never merged with other requests (worker.batching says why); at most
     # generate_concurrency chains run at once per process (worker.lifecycle.execute).
-    with model_work():  # not preempted by the API's wake-ups (core.scheduling)
-        result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
-                          should_cancel=should_cancel, on_state=report.preview, **overrides)
+    result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
+                      should_cancel=should_cancel, on_state=report.preview, **overrides)
     prefix = result_prefix(job.id)
     # Staged beside the data directory's results folder (so the local backend renames it
     # into place, replacing an earlier attempt's folder in one atomic exchange), or

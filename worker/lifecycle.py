@@ -186,25 +186,7 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
     except StoreDown:
         raise
     except Cancelled:
-        if cancel.lease_lost:
-            # Our lease expired (the store was unreachable for longer than the lease) and the
-            # job may be someone else's now: leave the record to them.
-            log.warning("job %s: lease lost; stopped without touching the job", job_id)
-            return {"job_id": job_id, "status": "lease lost"}
-        cancel_asked = _with_store(runtime, lambda: store.cancel_requested(job_id))
-        if cancel.timed_out and not cancel_asked:
-            log.info("job %s: time limit of %s s exceeded", job_id, time_limit)
-            return finish(FAILED, error=f"time limit of {time_limit} s exceeded")
-        if cancel.interrupted and not cancel_asked:
-            # Embedded server stopping: the job goes back to queued and the next start sends
-            # it again (EmbeddedWorkers.recover); training resumes from the checkpoint that
-            # run_training saved on the way out.  The message itself is acknowledged: kombu
-            # cannot requeue it once the consumer is closing.
-            _with_store(runtime, lambda: store.requeue(job_id, graceful=True))
-            log.info("job %s: interrupted by shutdown; requeued", job_id)
-            return {"job_id": job_id, "status": "requeued"}
-        log.info("job %s: cancelled", job_id)
-        return finish(CANCELLED)
+        return _stopped_at_a_check(runtime, job_id, cancel, finish, time_limit)
     except SoftTimeLimitExceeded:
         return finish(FAILED, error=f"time limit of {time_limit} s exceeded")
     except Exception as exc:
@@ -221,3 +203,29 @@ def _run_leased(runtime: TaskRuntime, job_id: str, kind: str, body: Body, holder
         raise
     log.info("job %s: succeeded", job_id)
     return finish(SUCCEEDED, result=result)
+
+
+def _stopped_at_a_check(runtime: TaskRuntime, job_id: str, cancel: CancelCheck, finish,
+                        time_limit: int | None) -> dict[str, Any]:
+    """The body stopped at a cancel check: our lease was lost, the time limit passed, the
+    embedded server is stopping, or a client cancelled the job."""
+    store = runtime.store
+    if cancel.lease_lost:
+        # Our lease expired (the store was unreachable for longer than the lease) and the
+        # job may be someone else's now: leave the record to them.
+        log.warning("job %s: lease lost; stopped without touching the job", job_id)
+        return {"job_id": job_id, "status": "lease lost"}
+    cancel_asked = _with_store(runtime, lambda: store.cancel_requested(job_id))
+    if cancel.timed_out and not cancel_asked:
+        log.info("job %s: time limit of %s s exceeded", job_id, time_limit)
+        return finish(FAILED, error=f"time limit of {time_limit} s exceeded")
+    if cancel.interrupted and not cancel_asked:
+        # Embedded server stopping: the job goes back to queued and the next start sends
+        # it again (EmbeddedWorkers.recover); training resumes from the checkpoint that
+        # run_training saved on the way out.  The message itself is acknowledged: kombu
+        # cannot requeue it once the consumer is closing.
+        _with_store(runtime, lambda: store.requeue(job_id, graceful=True))
+        log.info("job %s: interrupted by shutdown; requeued", job_id)
+        return {"job_id": job_id, "status": "requeued"}
+    log.info("job %s: cancelled", job_id)
+    return finish(CANCELLED)

@@ -24,8 +24,8 @@ log = logging.getLogger("debm.worker")
 PREVIEWS_PER_STAGE = 10  # preview grids per job (about; plus one at each stage's end)
 PREVIEW_IMAGES = 16  # the first 16 chains, as a 4x4 grid
 # At most one preview per this many seconds within a stage (the stage's last state is always
-# sent).  A preview decodes h(z) and encodes a PNG; at one per step of a 15-step chain that
-# cost ~10% of a /generate (docs/PERFORMANCE.md).
+# sent).  A preview decodes h(z) and encodes a PNG; one per step of a short chain cost a
+# noticeable share of a /generate (measured in docs/PERFORMANCE.md).
 PREVIEW_MIN_SECONDS = 0.5
 HISTORY_POINTS_PER_SNAPSHOT = 10  # metric history resolution: 10 points per snapshot period
 VISUALS = "visuals"

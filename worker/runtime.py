@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from core.artifacts import ArtifactStore, open_artifacts
 from core.datadir import DataDir
@@ -22,15 +22,20 @@ from core.jobs import JobStore, open_store
 from core.jobs.events import EventLog, open_event_log
 from core.prometheus import BATCH_IMAGES, BATCH_REQUESTS, BATCH_SECONDS
 from core.registry import ModelRegistry, open_registry
-from core.scheduling import model_work
 from core.settings import Settings
 
 from .batching import Batcher
 from .cache import CheckpointFiles, ModelCache
 from .progress_events import LiveEvents
 
-if TYPE_CHECKING:
-    from .celery_app import WorkerApp
+
+class RuntimeOwner(Protocol):
+    """What a runtime needs from the app that runs its tasks (worker.celery_app.WorkerApp;
+    named by its attributes so that this module, below the app, does not import it)."""
+
+    settings: Settings
+    interrupt: threading.Event
+
 
 log = logging.getLogger("debm.worker")
 
@@ -122,9 +127,8 @@ class TaskRuntime:
 def inference_options(settings: Settings):
     from model.pipeline import InferenceOptions
 
-    return InferenceOptions(channels_last=settings.inference_channels_last,
-                            compile=settings.inference_compile, bf16=settings.inference_bf16,
-                            trace_scoring=settings.inference_trace)
+    # bf16 is the checkpoint's sampler.precision (the one bf16 switch, docs/OPERATIONS.md).
+    return InferenceOptions(trace_scoring=settings.inference_trace)
 
 
 def _score_batch(key, items):
@@ -138,9 +142,8 @@ def _score_batch(key, items):
     parts = [x for _, x in items]
     sizes = [len(x) for x in parts]
     _, _, sigma, draws, seed = key
-    with model_work():  # not preempted by the API's wake-ups (core.scheduling)
-        scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
-                              sigma=sigma, draws=draws, seed=seed)
+    scores = score_images(loaded, torch.cat(parts) if len(parts) > 1 else parts[0],
+                          sigma=sigma, draws=draws, seed=seed)
     return list(torch.split(scores, sizes))
 
 
@@ -155,7 +158,7 @@ _runtimes_lock = threading.Lock()
 _torch_configured: set[int] = set()
 
 
-def runtime_for(app: WorkerApp) -> TaskRuntime:
+def runtime_for(app: RuntimeOwner) -> TaskRuntime:
     """One runtime per (app, process): connections and caches are never shared across fork."""
     key = (id(app), os.getpid())
     with _runtimes_lock:

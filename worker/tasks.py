@@ -6,8 +6,9 @@ the job record the API wrote (broker messages stay small, and there is one sourc
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from celery import Celery
 from celery.exceptions import Reject
 
 from core.names import GENERATE, SCORE, TRAIN
@@ -16,15 +17,13 @@ from .handlers import BODIES
 from .lifecycle import StoreDown, execute
 from .runtime import runtime_for
 
-if TYPE_CHECKING:
-    from .celery_app import WorkerApp
-
 log = logging.getLogger("debm.worker")
 
 
-def register_tasks(app: WorkerApp) -> None:
-    """Register the three tasks on ``app`` (explicitly, not as shared tasks: the embedded server
-    runs one app per in-process worker and each task must use its own app's backend)."""
+def register_tasks(app: Celery) -> None:
+    """Register the three tasks on ``app``, a worker.celery_app.WorkerApp (explicitly, not as
+    shared tasks: the embedded server runs one app per in-process worker and each task must
+    use its own app's backend)."""
     settings = app.settings
     common = dict(bind=True, shared=False, acks_late=True, reject_on_worker_lost=True,
                   ignore_result=False)

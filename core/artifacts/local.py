@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from model.formats.files import atomic_write_bytes
 
-from . import ArtifactMissing, ArtifactStore, check_key, check_prefix
+from .base import ArtifactMissing, ArtifactStore, check_key, check_prefix
 from .localfiles import swap_into_place, tree_files
 
 CHUNK = 1 << 20

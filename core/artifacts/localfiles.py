@@ -8,10 +8,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from . import ArtifactStore
+from typing import Any
 
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
@@ -60,8 +57,9 @@ def swap_into_place(staging: Path, target: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
-def fetch_tree_into(store: "ArtifactStore", prefix: str, target: Path, *, marker: str) -> Path:
-    """Download every object of a tree (flat) into a staging folder beside ``target``, the
+def fetch_tree_into(store: Any, prefix: str, target: Path, *, marker: str) -> Path:
+    """``store`` is a core.artifacts.base.ArtifactStore (not imported: base imports this module).
+    Download every object of a tree (flat) into a staging folder beside ``target``, the
     marker's bytes last, and swap it into place.  The marker is read *first* and written
     last: the files downloaded are those of that marker's generation or newer."""
     marker_bytes = store.get_bytes(prefix + marker)

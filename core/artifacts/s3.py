@@ -29,7 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-from . import (ArtifactMissing, ArtifactsMisconfigured, ArtifactStore, ArtifactsUnavailable,
+from .base import (ArtifactMissing, ArtifactsMisconfigured, ArtifactStore, ArtifactsUnavailable,
                check_key, check_prefix)
 from .localfiles import tree_files
 

@@ -10,11 +10,11 @@ from typing import Any, AsyncIterator, Iterable
 import httpx
 
 from . import flows
-from .sse import SSEParser
+from .sse import ResumableStream
 from .sync import DEFAULT_TIMEOUT
 from .transport import (RetryPolicy, error_from, request_timeout, retry_after,
                         should_retry_status, transport_error)
-from .types import DebmError, Event
+from .types import Event
 
 
 class AsyncClient:
@@ -132,34 +132,24 @@ class AsyncClient:
 
     async def events(self, job_id: str, *, last_event_id: str | None = None,
                      reconnect: int = 5) -> AsyncIterator[Event]:
+        """See Client.events: the same stream, read asynchronously."""
         flows.checked_job_id(job_id)
-        parser, failures = SSEParser(), 0
-        parser.last_id = last_event_id
+        stream = ResumableStream(job_id, last_event_id, reconnect)
         while True:
-            headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
             lost: Exception | None = None
             try:
                 async with self.http.stream(
-                        "GET", f"/jobs/{job_id}/events", headers=headers,
+                        "GET", stream.path, headers=stream.headers(),
                         timeout=httpx.Timeout(self.timeout.connect, read=None)) as response:
                     if response.status_code != 200:
                         await response.aread()
                         raise error_from(response)
-                    got = False
                     async for line in response.aiter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        got, failures = True, 0
-                        yield event
-                        if event.event == "end":
-                            return
-                    if not got:
-                        lost = RuntimeError("closed without an event")
+                        event = stream.feed(line)
+                        if event is not None:
+                            yield event
+                            if event.event == "end":
+                                return
             except httpx.TransportError as exc:
                 lost = exc
-            if lost is not None:
-                failures += 1
-                if failures > reconnect:
-                    raise DebmError(f"event stream of job {job_id} lost: {lost}") from lost
-            await asyncio.sleep(min(1.0, (parser.retry_ms or 500) / 1000))
+            await asyncio.sleep(stream.connection_ended(lost))

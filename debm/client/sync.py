@@ -9,10 +9,10 @@ from typing import Any, Iterable, Iterator
 import httpx
 
 from . import flows
-from .sse import SSEParser
+from .sse import ResumableStream
 from .transport import (RetryPolicy, error_from, request_timeout, retry_after,
                         should_retry_status, transport_error)
-from .types import DebmError, Event
+from .types import Event
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -148,33 +148,22 @@ class Client:
         """The job's progress events (``GET /jobs/{id}/events``) until its ``end`` event;
         a dropped connection is resumed with Last-Event-ID (``reconnect`` times)."""
         flows.checked_job_id(job_id)
-        parser, failures = SSEParser(), 0
-        parser.last_id = last_event_id
+        stream = ResumableStream(job_id, last_event_id, reconnect)
         while True:
-            headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
             lost: Exception | None = None
             try:
-                with self.http.stream("GET", f"/jobs/{job_id}/events", headers=headers,
+                with self.http.stream("GET", stream.path, headers=stream.headers(),
                                       timeout=httpx.Timeout(self.timeout.connect,
                                                             read=None)) as response:
                     if response.status_code != 200:
                         response.read()
                         raise error_from(response)
-                    got = False
                     for line in response.iter_lines():
-                        event = parser.feed(line)
-                        if event is None:
-                            continue
-                        got, failures = True, 0
-                        yield event
-                        if event.event == "end":
-                            return
-                    if not got:
-                        lost = RuntimeError("closed without an event")
+                        event = stream.feed(line)
+                        if event is not None:
+                            yield event
+                            if event.event == "end":
+                                return
             except httpx.TransportError as exc:
                 lost = exc
-            if lost is not None:
-                failures += 1
-                if failures > reconnect:
-                    raise DebmError(f"event stream of job {job_id} lost: {lost}") from lost
-            time.sleep(min(1.0, (parser.retry_ms or 500) / 1000))
+            time.sleep(stream.connection_ended(lost))

@@ -1,4 +1,5 @@
-"""The paper's settings as presets: `paper` (= `cifar10`), `paper-stable` and `celeba64`.
+"""Named configurations: `tiny` (tests), `demo` (a 2-core CPU), and the paper's settings,
+`paper` (= `cifar10`), `paper-stable` and `celeba64`.
 
 `paper` is Algorithm 1 of Zeng (2023) as written, with no stabiliser of this project:
     - chains start as the paper says: z0 ~ N(0, I) (eq. 15), x0 = h(z_K) (eq. 16); no replay
@@ -30,7 +31,8 @@ sigma at which generation runs each stage, and the held-out split.
 
 `paper-stable` keeps the paper's schedule and turns on the stabilisers this project
 recommends for real training (see docs/RESULTS.md, "Stabilisers").  `celeba64` is the paper's
-CelebA 64x64 setting (K=40, T=100).  This module is torch-free, like config.py beside it.
+CelebA 64x64 setting (K=40, T=100).  This module is torch-free, like config.py beside it
+(which never imports it).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from .config import (ConfigError, DataConfig, ExperimentConfig, NetworkConfig, N
                      SamplerConfig, ScoringConfig, TrainingConfig)
 
 PAPER_PRESETS = ("paper", "cifar10", "paper-stable", "celeba64")
+PRESETS = ("tiny", "demo", "paper", "paper-stable", "cifar10", "celeba64")
 
 # Training settings of Algorithm 1 with every stabiliser off.  Each key is a named setting in
 # TrainingConfig; STABILISERS below lists the ones `paper-stable` turns back on.
@@ -126,3 +129,59 @@ def paper_preset(name: str) -> ExperimentConfig:
         config["data"]["dataset"] = "celeba"
         return ExperimentConfig.from_dict(config)
     raise ConfigError(f"unknown paper preset {name!r}")
+
+
+def preset(name: str) -> ExperimentConfig:
+    """Named configurations.
+
+    tiny:  seconds on a CPU, for tests.
+    demo:  MNIST-5k on a 2-core CPU in well under an hour (see docs/RESULTS.md for timings).
+    paper, cifar10, paper-stable, celeba64: the paper's settings (module docstring).
+    """
+    if name == "tiny":
+        return ExperimentConfig(
+            preset="tiny",
+            network=NetworkConfig(image_size=8, channels=1, base_width=8, channel_mults=(1, 2),
+                                  latent_dim=8, decoder_width=8, embedding_dim=8, groups=4),
+            sampler=SamplerConfig(steps_latent=3, steps_pixel=3, annealed_levels=4,
+                                  annealed_steps_per_level=2),
+            training=TrainingConfig(batch_size=8, warmup_steps=2, iterations=2, recon_steps=1,
+                                    chain_batch_size=4, steps_latent=2, steps_pixel=2,
+                                    replay_buffer_size=16, lr=1e-3, contrastive_lr=1e-3),
+            data=DataConfig(dataset="mnist5k"),
+            scoring=ScoringConfig(draws=2),
+        ).validate()
+    if name == "demo":
+        # Tuned on MNIST-5k on a 2-core CPU; every departure from the paper is measured in
+        # docs/RESULTS.md.  Warm-up at a high lr (reconstruction only), then a short contrastive
+        # phase with persistent latent chains, cold pixel chains and a share of chains seeded
+        # from negative augmentations (cutout, jigsaw) of data.
+        return ExperimentConfig(
+            preset="demo",
+            network=NetworkConfig(image_size=28, channels=1, base_width=32,
+                                  channel_mults=(1, 2, 2), latent_dim=64, decoder_width=64),
+            # Latent chains start from the latent prior fitted after training (a Gaussian
+            # mixture over the encoder's latents, model/latent_prior.py) and descend U^s for
+            # K=10 steps at temperature 0: better samples than the N(0, I) start in about half
+            # the time (the figures: docs/RESULTS.md, "Demo model v2").
+            sampler=SamplerConfig(steps_latent=10, steps_pixel=5, step_size_pixel=0.003,
+                                  temperature_latent=0.0, temperature_pixel=0.3,
+                                  latent_init="prior"),
+            training=TrainingConfig(
+                batch_size=64, warmup_steps=1500, iterations=150, recon_steps=2, lr=1e-3,
+                lr_contrastive_phase=1e-4, contrastive_lr=2e-4, energy_penalty=1.0,
+                semantic_contrastive_weight=0.0, chain_batch_size=32, steps_latent=15,
+                steps_pixel=5, step_size_pixel=0.001, temperature_pixel=0.1,
+                replay_buffer_size=64, replay_prob=0.95, noise_chain_fraction=0.125,
+                augmented_chain_fraction=0.125, negative_augmentations=("erase", "jigsaw"),
+                checkpoint_every=100),
+            data=DataConfig(dataset="mnist5k"),
+            # The OOD score also reads the semantic reconstruction energy, which sees global
+            # shape: mirrored, upside-down and rotated digits are told apart far better, every
+            # easy set unchanged (the figures: docs/RESULTS.md, "Demo model v3").
+            scoring=ScoringConfig(score="texture+semantic"),
+        ).validate()
+    if name in PAPER_PRESETS:
+        return paper_preset(name)
+    raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+

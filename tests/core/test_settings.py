@@ -86,3 +86,13 @@ def test_artifact_store_settings(monkeypatch, tmp_path):
     monkeypatch.setenv("DEBM_CHECKPOINT_CACHE_BYTES", "1000")
     with pytest.raises(ValidationError, match="checkpoint_cache_bytes"):
         Settings()
+
+
+def test_every_setting_says_in_operations_when_to_change_it():
+    """docs/OPERATIONS.md names every setting (issue 21 item 2: a setting pays rent)."""
+    from tests.support import REPO
+
+    operations = (REPO / "docs" / "OPERATIONS.md").read_text()
+    names = ["REDIS_URL" if name == "redis_url" else f"DEBM_{name.upper()}"
+             for name in Settings.model_fields]
+    assert [name for name in names if f"`{name}`" not in operations] == []

@@ -162,3 +162,39 @@ def test_train_can_start_from_an_exported_checkpoint(trained, tmp_path):
     # Weights only: the new run counts its own steps from 0.
     assert manifest["step"] == 1
     assert manifest["metadata"]["init_from_weights"] == str(exported)
+
+
+def _subcommands(parser, prefix=()):
+    """(command path, parser) of every `debm` subcommand, `debm remote ...` included."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*prefix, name), sub
+                yield from _subcommands(sub, (*prefix, name))
+
+
+def test_every_subcommand_describes_every_option():
+    """`debm X --help` explains each option (issue 25 item 6); a new option without help fails."""
+    from debm.cli import build_parser
+
+    found = list(_subcommands(build_parser()))
+    assert len(found) >= 18, [path for path, _ in found]
+    undocumented = [f"debm {' '.join(path)} {action.dest}" for path, sub in found
+                    for action in sub._actions
+                    if action.dest != "help" and not action.help
+                    and not action.__class__.__name__.startswith("_SubParsers")]
+    assert undocumented == []
+
+
+def test_set_sampler_help_lists_the_declared_sampler_settings(capsys):
+    from debm.cli import main
+    from model.formats.config import SamplerConfig
+    from model.formats.settingspec import field_specs
+
+    with pytest.raises(SystemExit):
+        main(["set-sampler", "--help"])
+    text = capsys.readouterr().out
+    for name, _, spec, _ in field_specs(SamplerConfig):
+        assert f"  {name} (" in text and spec.meaning in text

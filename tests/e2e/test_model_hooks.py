@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from model.checkpoints import load_checkpoint
-from model.formats.config import preset
+from model.formats.presets import preset
 from model.pipeline import SNAPSHOT_N, generate, run_training
 
 

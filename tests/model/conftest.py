@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from model.data import ImageDataset
-from model.formats.config import NetworkConfig, preset
+from model.formats.config import NetworkConfig
+from model.formats.presets import preset
 from model.networks import DenoisingEBM
 
 

@@ -9,7 +9,8 @@ import torch
 
 from model.checkpoints import (CheckpointError, load_checkpoint, read_manifest,
                                save_checkpoint)
-from model.formats.config import ExperimentConfig, preset
+from model.formats.config import ExperimentConfig
+from model.formats.presets import preset
 from model.networks import DenoisingEBM
 
 from .conftest import tiny_network

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from model.formats.config import ConfigError, ExperimentConfig, preset
+from model.formats.config import ConfigError, ExperimentConfig
+from model.formats.presets import preset
 
 
 def test_replace_overrides_and_validates():
@@ -43,7 +44,8 @@ def test_from_dict_rejects_unknown_keys():
 
 
 def test_semantic_contrastive_lr_round_trips_and_is_validated():
-    from model.formats.config import ConfigError, ExperimentConfig, preset
+    from model.formats.config import ConfigError, ExperimentConfig
+    from model.formats.presets import preset
 
     for name in ("tiny", "demo", "paper"):
         assert preset(name).training.semantic_contrastive_lr is None

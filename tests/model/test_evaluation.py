@@ -11,7 +11,7 @@ import torch
 
 from debm.cli import main
 from model.evaluation import knn_pixel_scores, resolve_baseline
-from model.formats.config import preset
+from model.formats.presets import preset
 from model.ood_sets import OOD_SETS
 from model.pipeline import load_splits, run_training
 

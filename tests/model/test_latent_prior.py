@@ -122,7 +122,7 @@ def test_two_stage_starts_its_latent_chain_at_the_prior(tiny_model):
 
 
 def test_training_with_latent_init_prior_fits_and_uses_it(tmp_path):
-    from model.formats.config import preset
+    from model.formats.presets import preset
     from model.pipeline import generate, run_training
 
     config = preset("tiny").replace(sampler={"latent_init": "prior"})

@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.formats.config import ConfigError, NetworkConfig, preset
+from model.formats.config import ConfigError, NetworkConfig
+from model.formats.presets import preset
 from model.formats.netshape import network_shape, training_memory
 from model.networks import DenoisingEBM
 

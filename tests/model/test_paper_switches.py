@@ -13,7 +13,8 @@ import torch
 
 from model.checkpoints import load_checkpoint, save_checkpoint
 from model.data import to_model_range
-from model.formats.config import ExperimentConfig, NetworkConfig, preset
+from model.formats.config import ExperimentConfig, NetworkConfig
+from model.formats.presets import preset
 from model.networks import DenoisingEBM, DenoisingUNet
 from model.training import Trainer
 

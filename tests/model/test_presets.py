@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model.formats.config import (ExperimentConfig, NetworkConfig, NoiseConfig, SamplerConfig,
-                                  ScoringConfig, TrainingConfig, preset)
+                                  ScoringConfig, TrainingConfig)
+from model.formats.presets import preset
 from model.data import to_model_range
 from model.formats.presets import STABILISERS
 from model.training import Trainer

@@ -26,7 +26,7 @@ USE_KEYS_SPEC = f"user:{USE_KEY}"
 
 def tiny_total_steps(**training) -> int:
     """Warm-up + iterations of the tiny preset (with overrides), as model.formats.config defines it."""
-    from model.formats.config import preset
+    from model.formats.presets import preset
 
     config = preset("tiny").replace(training=training) if training else preset("tiny")
     return config.training.warmup_steps + config.training.iterations

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from model.formats.config import preset
+from model.formats.presets import preset
 from tests.support import tiny_total_steps, wait_until
 from worker.handlers import BODIES
 from worker.lifecycle import execute
