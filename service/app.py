@@ -158,6 +158,8 @@ async def _answer(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status if isinstance(exc, DatasetRejected) else answer.status
     retry_after = str(exc.retry_after) if isinstance(exc, QueueFull) else answer.retry_after
     headers = {"Retry-After": retry_after} if retry_after else {}
+    if isinstance(exc, QueueFull):  # its RateLimit headers (service.ratelimit_headers)
+        headers.update(getattr(exc, "headers", None) or {})
     return _error(status, answer.prefix + str(exc), **headers)
 
 

@@ -131,6 +131,14 @@ def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreRes
                        history_url=r.get("history_url"))
 
 
+def render_result(services: Services, job_id: str) -> dict[str, Any]:
+    """The result document of a job, again (an idempotent replay of a large answer)."""
+    job = services.store.get(job_id)
+    if job is None:
+        raise HTTPException(410, f"job {job_id} is gone")
+    return result_json(services, job).model_dump(mode="json")
+
+
 def _history(services: Services, job: JobRecord) -> list[dict[str, Any]]:
     path = services.data.job_dir(job.id) / "visuals" / "history.json"
     try:

@@ -9,6 +9,7 @@ import shutil
 import time
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -18,6 +19,7 @@ from model.formats.files import atomic_write_bytes
 from ..dataset_check import (DatasetRejected, check_image_zip, check_npz,
                              detect_format)
 from ..deps import AdminPrincipal, ServicesDep
+from ..idempotency import IdempotencyKey, accept, fingerprint
 from ..schemas import DatasetInfo, DatasetList, errors
 from ..uploads import _clean_filename, read_form
 
@@ -36,8 +38,9 @@ MULTIPART_DATASET = {
 
 @router.post("/datasets", status_code=201, response_model=DatasetInfo,
              openapi_extra=MULTIPART_DATASET,
-             responses=errors(400, 401, 403, 413, 415, 422, 507))
-async def upload_dataset(request: Request, services: ServicesDep, principal: AdminPrincipal):
+             responses=errors(400, 401, 403, 409, 413, 415, 422, 507))
+async def upload_dataset(request: Request, services: ServicesDep, principal: AdminPrincipal,
+                         idempotency_key: IdempotencyKey = None):
     settings = services.settings
     form = await read_form(request, max_files=2)
     try:
@@ -88,12 +91,30 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
 
-        try:
-            return await run_in_threadpool(store_and_check)
-        except DatasetRejected as exc:
-            raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") from None
+        async def create() -> JSONResponse:
+            try:
+                info = await run_in_threadpool(store_and_check)
+            except DatasetRejected as exc:
+                raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") \
+                    from None
+            return JSONResponse(info.model_dump(mode="json"), status_code=201)
+
+        request_print = fingerprint("/datasets", {}, [
+            filename, await run_in_threadpool(_file_digest, upload.file)]) \
+            if idempotency_key else None
+        return await accept(services, principal.key_id, idempotency_key, request_print,
+                            create)
     finally:
         await form.close()
+
+
+def _file_digest(handle) -> str:
+    digest = hashlib.sha256()
+    handle.seek(0)
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    handle.seek(0)
+    return digest.hexdigest()
 
 
 @router.get("/datasets", response_model=DatasetList, responses=errors(401, 403))
