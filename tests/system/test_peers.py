@@ -140,9 +140,11 @@ def test_a_duplicate_while_the_first_waits_is_409_then_replayed(server):
     thread = threading.Thread(target=send)
     thread.start()
     try:
-        conflict = wait_until(lambda: (r := post(client, "/generate", key, json={
-            **LONG, "seed": 31})).status_code == 409 and r, timeout=4, interval=0.05,
-            what="a 409 while the first request waits")
+        wait_until(lambda: [j for j in client.get("/jobs", headers=KEY_HEADERS).json()
+                            ["jobs"] if j["params"].get("seed") == 31], timeout=4,
+                   interval=0.05, what="the first request's job")
+        conflict = post(client, "/generate", key, json={**LONG, "seed": 31})
+        assert conflict.status_code == 409, (conflict.status_code, conflict.text)
         assert "still being accepted" in conflict.json()["detail"]
     finally:
         thread.join()
