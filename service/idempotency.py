@@ -82,8 +82,10 @@ async def accept(services, owner: str, key: str | None, request_fingerprint: str
         raise HTTPException(422, "this Idempotency-Key was already used with a different "
                                  "request; use a new key for a new request")
     if claim.state == "pending":
+        # Retry-After tells a client (debm.client does) that this 409 is worth retrying.
         raise HTTPException(409, "a request with this Idempotency-Key is still being "
-                                 "accepted; retry once it has been answered")
+                                 "accepted; retry once it has been answered",
+                            headers={"Retry-After": "1"})
     if claim.state == "done":
         return await _replay(services, owner, claim.answer, render)
     try:
