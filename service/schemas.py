@@ -70,6 +70,27 @@ class JobAccepted(BaseModel):
     url: str = Field(description="poll this for status")
 
 
+class QueuePosition(BaseModel):
+    """Where a queued job stands in its queue (GET /jobs/{id}, ``queue`` events)."""
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "queue": "inference", "position": 3, "ahead": 2, "running": 1,
+        "estimated_wait_seconds": 7.5, "estimated_start": 1764867000.5, "basis_jobs": 20,
+        "estimate": "an estimate from the mean run time of the queue's recent jobs and the "
+                    "jobs running in it now; not a promise", "as_of": 1764866993.0}})
+    queue: str = Field(description="inference (generate, score) or training (train)")
+    position: int = Field(description="1: the next of its queue to start")
+    ahead: int = Field(description="queued jobs of the queue before this one")
+    running: int = Field(description="jobs of the queue running now")
+    estimated_wait_seconds: float | None = Field(
+        None, description="an ESTIMATE of the seconds until it starts (null: no recent jobs "
+                          "to estimate from)")
+    estimated_start: float | None = Field(None, description="as_of + the estimated wait "
+                                                            "(Unix time); an estimate")
+    basis_jobs: int = Field(description="recent jobs of the queue the estimate averages")
+    estimate: str = Field(description="what the estimate is made of")
+    as_of: float = Field(description="when the queue was read (at most ~1 s old)")
+
+
 class Job(BaseModel):
     job_id: str
     kind: JobKind
@@ -87,6 +108,8 @@ class Job(BaseModel):
     model: str | None = None
     result: dict[str, Any] | None = None
     result_url: str | None = None
+    queue: QueuePosition | None = Field(None, description="queued jobs only: position and "
+                                                          "estimated start")
 
 
 class JobList(BaseModel):

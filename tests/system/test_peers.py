@@ -5,6 +5,7 @@ headers, and the queue position of queued jobs."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import uuid
@@ -220,3 +221,63 @@ def test_ratelimit_headers_count_down_and_come_with_429(server):
                  files={"files": ("a.png", digit_png(), "image/png")})
     assert early.status_code == 429 and re.match(r'"jobs";r=0;t=\d+', early.headers["RateLimit"])
     cancel_all(client, USE_HEADERS)
+
+
+def read_events(client, job_id, until, headers=KEY_HEADERS, timeout=60):
+    """Events of the job's stream until ``until(events)`` holds."""
+    events: list[tuple[str, dict]] = []
+    with client.stream("GET", f"/jobs/{job_id}/events", headers=headers,
+                       timeout=timeout) as response:
+        assert response.status_code == 200
+        name = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and name:
+                events.append((name, json.loads(line.split(":", 1)[1])))
+                if until(events):
+                    return events
+    return events
+
+
+def test_queue_position_and_estimated_start(server):
+    client, procs = server
+    done = post(client, "/generate?wait=60", json={"n": 1, "seed": 41})  # a recent run time
+    assert done.status_code == 200, done.text
+    long = post(client, "/generate", json={**LONG, "seed": 42}).json()["job_id"]
+    wait_until(lambda: client.get(f"/jobs/{long}", headers=KEY_HEADERS).json()["status"]
+               == "running", timeout=60, what="the long job to run")
+    first = post(client, "/generate", json={**LONG, "seed": 43}).json()["job_id"]
+    second = post(client, "/generate", json={**LONG, "seed": 44}).json()["job_id"]
+    try:
+        running = client.get(f"/jobs/{long}", headers=KEY_HEADERS).json()
+        assert running["queue"] is None
+        views = [client.get(f"/jobs/{j}", headers=KEY_HEADERS).json() for j in (first, second)]
+        assert [v["status"] for v in views] == ["queued", "queued"], views
+        a, b = views[0]["queue"], views[1]["queue"]
+        assert (a["queue"], a["position"], a["ahead"], a["running"]) == ("inference", 1, 0, 1)
+        assert (b["position"], b["ahead"]) == (2, 1)
+        assert a["basis_jobs"] >= 1 and "estimate" in a["estimate"]
+        assert 0 < a["estimated_wait_seconds"] < b["estimated_wait_seconds"]
+        assert a["estimated_start"] == pytest.approx(a["as_of"] + a["estimated_wait_seconds"],
+                                                     abs=0.01)
+
+        # The stream of a queued job: its position, then the new one when the job before
+        # it leaves the queue.
+        cancelled = threading.Event()
+
+        def until(events):
+            positions = [data["position"] for name, data in events if name == "queue"]
+            if positions == [2] and not cancelled.is_set():
+                cancelled.set()
+                client.delete(f"/jobs/{first}", headers=KEY_HEADERS)
+            return positions[-1:] == [1]
+
+        events = read_events(client, second, until)
+        queue_events = [data for name, data in events if name == "queue"]
+        assert [e["position"] for e in queue_events] == [2, 1], events
+        assert events[0] == ("status", {"status": "queued"})
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
+    finally:
+        cancel_all(client, KEY_HEADERS)
