@@ -5,18 +5,23 @@ headers, and the queue position of queued jobs."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import threading
+import time
 import uuid
+from dataclasses import dataclass
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.support import API_KEY, KEY_HEADERS, PYTHON, USE_HEADERS, wait_until
-from tests.support.images import digit_png, image_zip
+from tests.support.images import digit_png, image_bytes, image_zip
 from tests.support.processes import Proc, dump_logs, free_port, service_env
-from tests.system.conftest import api_server, celery_worker, wait_ready
+from tests.system.conftest import api_server, wait_ready
+from tests.system.test_serving import metric, threads_worker
 
 pytestmark = pytest.mark.system
 
@@ -27,10 +32,17 @@ LIMITS = {"DEBM_MAX_QUEUED_JOBS_PER_KEY": str(JOBS_PER_KEY),
 LONG = {"n": 2, "steps_latent": 2000, "steps_pixel": 2000}  # a minute here: it stays queued
 
 
+@dataclass
+class Server:
+    client: httpx.Client
+    procs: list[Proc]
+    metrics_url: str  # where the inference worker's series are
+
+
 @pytest.fixture(scope="module", params=["embedded", "distributed"])
 def server(request, tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp(request.param)
-    data, port = root / "data", free_port()
+    data, port, metrics_port = root / "data", free_port(), free_port()
     procs: list[Proc] = []
     if request.param == "embedded":
         env = service_env(data, seed_checkpoint=tiny_checkpoint, **LIMITS)
@@ -40,13 +52,16 @@ def server(request, tmp_path_factory, tiny_checkpoint):
         redis_url = request.getfixturevalue("redis_url")
         env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
                           DEBM_REDIS_PREFIX=f"peers-{uuid.uuid4().hex[:6]}", **LIMITS)
-        procs += [api_server(env, root, port), celery_worker("inference", "inference", env,
-                                                             root)]
+        # As docs/OPERATIONS.md runs it: threads of one process, its own metrics exporter.
+        procs += [api_server(env, root, port),
+                  threads_worker(env, root, metrics_port=metrics_port)]
     base = f"http://127.0.0.1:{port}"
+    metrics_url = f"{base}/metrics" if request.param == "embedded" else \
+        f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         wait_ready(base, procs, training=False)
         with httpx.Client(base_url=base, timeout=60) as client:
-            yield client, procs
+            yield Server(client, procs, metrics_url)
     finally:
         for proc in reversed(procs):
             proc.kill()
@@ -72,7 +87,7 @@ def cancel_all(client, headers):
 
 
 def test_generate_replays_conflicts_and_is_per_key(server):
-    client, procs = server
+    client, procs = server.client, server.procs
     key, body = uuid.uuid4().hex, {"n": 1, "seed": 11}
     first = post(client, "/generate", key, json=body)
     assert first.status_code == 202, first.text
@@ -101,7 +116,7 @@ def test_generate_replays_conflicts_and_is_per_key(server):
 
 
 def test_concurrent_duplicates_create_one_job(server):
-    client, _ = server
+    client = server.client
     key, body = uuid.uuid4().hex, {"n": 1, "seed": 21}
     answers: list[httpx.Response] = []
     start = threading.Barrier(8)
@@ -130,7 +145,7 @@ def test_concurrent_duplicates_create_one_job(server):
 
 
 def test_a_duplicate_while_the_first_waits_is_409_then_replayed(server):
-    client, _ = server
+    client = server.client
     key = uuid.uuid4().hex
     first: list[httpx.Response] = []
 
@@ -156,7 +171,7 @@ def test_a_duplicate_while_the_first_waits_is_409_then_replayed(server):
 
 
 def test_score_train_and_dataset_uploads_replay(server):
-    client, _ = server
+    client = server.client
     key = uuid.uuid4().hex
     files = [("files", ("a.png", digit_png(1), "image/png")),
              ("files", ("b.png", digit_png(2), "image/png"))]
@@ -198,7 +213,7 @@ def parse_items(value: str) -> dict[str, dict[str, str]]:
 
 
 def test_ratelimit_headers_count_down_and_come_with_429(server):
-    client, _ = server
+    client = server.client
     left = []
     for seed in range(JOBS_PER_KEY):
         response = post(client, "/generate", headers=USE_HEADERS, json={**LONG, "seed": seed})
@@ -241,7 +256,7 @@ def read_events(client, job_id, until, headers=KEY_HEADERS, timeout=60):
 
 
 def test_queue_position_and_estimated_start(server):
-    client, procs = server
+    client, procs = server.client, server.procs
     done = post(client, "/generate?wait=60", json={"n": 1, "seed": 41})  # a recent run time
     assert done.status_code == 200, done.text
     long = post(client, "/generate", json={**LONG, "seed": 42}).json()["job_id"]
@@ -252,7 +267,13 @@ def test_queue_position_and_estimated_start(server):
     try:
         running = client.get(f"/jobs/{long}", headers=KEY_HEADERS).json()
         assert running["queue"] is None
-        views = [client.get(f"/jobs/{j}", headers=KEY_HEADERS).json() for j in (first, second)]
+        # The queue is read at most once a second per API process (``as_of``): wait for a
+        # reading taken after both were queued.
+        submitted = time.time()
+        views = wait_until(lambda: (vs := [client.get(f"/jobs/{j}", headers=KEY_HEADERS)
+                                           .json() for j in (first, second)])
+                           and all(v["queue"] and v["queue"]["as_of"] > submitted for v in vs)
+                           and vs, timeout=10, interval=0.3, what="a fresh queue reading")
         assert [v["status"] for v in views] == ["queued", "queued"], views
         a, b = views[0]["queue"], views[1]["queue"]
         assert (a["queue"], a["position"], a["ahead"], a["running"]) == ("inference", 1, 0, 1)
@@ -281,3 +302,34 @@ def test_queue_position_and_estimated_start(server):
         raise AssertionError(f"{exc}\n{dump_logs(*procs)}") from None
     finally:
         cancel_all(client, KEY_HEADERS)
+
+
+def test_rescoring_is_answered_from_the_score_cache(server):
+    client = server.client
+    pngs = [image_bytes("PNG", seed=9000 + i) for i in range(3)]  # seen by no other test
+    files = [("files", (f"{i}.png", png, "image/png")) for i, png in enumerate(pngs)]
+
+    def lookups():
+        text = httpx.get(server.metrics_url, timeout=10).text
+        return {result: metric(text, "debm_score_cache_lookups_total", result=result)
+                if f'result="{result}"' in text else 0.0 for result in ("hit", "miss")}
+
+    before = lookups()
+    first = post(client, "/ood-score", files=files)
+    assert first.status_code == 200, first.text
+    middle = lookups()
+    assert middle["miss"] - before["miss"] == 3 and middle["hit"] == before["hit"]
+    # The same pixels in another file format and name: the key is the decoded pixels.
+    as_webp = []
+    for i in range(3):
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(pngs[i])).save(buffer, format="WEBP", lossless=True)
+        as_webp.append(("files", (f"again-{i}.webp", buffer.getvalue(), "image/webp")))
+    again = post(client, "/ood-score", files=as_webp)
+    assert again.status_code == 200, again.text
+    after = lookups()
+    assert after["hit"] - middle["hit"] == 3 and after["miss"] == middle["miss"]
+    assert [r["score"] for r in again.json()["results"]] == \
+        [r["score"] for r in first.json()["results"]]
+    text = httpx.get(server.metrics_url, timeout=10).text
+    assert metric(text, "debm_score_cache_hit_ratio") > 0
