@@ -40,6 +40,8 @@ from core.scheduling import short_threads_yield
 from core.settings import Settings, get_settings
 from worker.celery_app import WorkerApp
 from worker.lease import Heartbeat
+from worker.runtime import runtime_for
+from worker.warmup import start_when_warm
 from worker.local import LocalWorker
 
 log = logging.getLogger("debm.embedded")
@@ -88,8 +90,10 @@ class EmbeddedWorkers:
 
             services.dispatcher.local = run_here
             name = f"{INFERENCE_QUEUE}@embedded-{host}"
-            self._heartbeats.append(Heartbeat(self.settings, name, [INFERENCE_QUEUE],
-                                              alive=local.alive).start())
+            beat = Heartbeat(self.settings, name, [INFERENCE_QUEUE], alive=local.alive)
+            self._heartbeats.append(beat)
+            # /readyz counts it once its first heartbeat is written: after the warm-up.
+            start_when_warm(runtime_for(app), beat.start)
             self._liveness.append(WorkerLiveness(INFERENCE_QUEUE, name, local.alive))
         if not self.settings.distributed:
             self.recover(services)

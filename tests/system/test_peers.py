@@ -60,6 +60,10 @@ def server(request, tmp_path_factory, tiny_checkpoint):
         f"http://127.0.0.1:{metrics_port}/metrics"
     try:
         wait_ready(base, procs, training=False)
+        # The inference worker's first heartbeat, which /readyz counts, follows its warm-up
+        # (worker.warmup): at the first 200 the warm-up has been logged.
+        logs = dump_logs(*procs)
+        assert "warm-up done: {'model': 'demo:1'" in logs, logs
         with httpx.Client(base_url=base, timeout=60) as client:
             yield Server(client, procs, metrics_url)
     finally:
