@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from debm.client import AsyncClient, Client
-from tests.support import API_KEY
+from tests.support import API_KEY, wait_until
 from tests.support.images import digit_png
 
 pytestmark = pytest.mark.system
@@ -72,3 +72,22 @@ def test_async_client_sends_a_key_and_reads_the_quota(live):
 
     first, second, quota = asyncio.run(run())
     assert first.job_id == second.job_id and quota["jobs"]["limit"] > 0
+
+
+def test_a_queued_job_has_its_queue_block(live):
+    slow = {"n": 1, "steps_latent": 2000, "steps_pixel": 1500}  # within the work quota
+    with Client(live.base, API_KEY) as api:
+        first = api.generate(seed=4301, wait=False, **slow)
+        second = api.generate(seed=4302, wait=False, **slow)
+        try:
+            def queued_view():
+                job = api.job(second.job_id)
+                return job if job.status == "queued" and job.queue else None
+            job = wait_until(queued_view, timeout=10, what="the second job queued")
+            assert job.queue["queue"] == "inference" and job.queue["position"] >= 1
+            assert "estimate" in job.queue["estimate"]
+            assert api.job(first.job_id).queue is None or api.job(first.job_id).status \
+                == "queued"
+        finally:
+            api.cancel(second.job_id)
+            api.cancel(first.job_id)
