@@ -95,7 +95,8 @@ async def accept(services, owner: str, key: str | None, request_fingerprint: str
         await run_in_threadpool(store.release, owner, key, claim.token)
         raise
     answer: dict[str, Any] = {"status": response.status_code}
-    if len(response.body) <= STORED_BODY_BYTES or render is None:
+    if response.status_code != 200 or len(response.body) <= STORED_BODY_BYTES or \
+            render is None:  # only a 200 holds a result that its job can render again
         answer["body"] = json.loads(response.body)
     else:
         answer["job_id"] = json.loads(response.body)["job_id"]
