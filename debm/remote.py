@@ -87,6 +87,11 @@ def follow(api, job_id: str, progress: StepProgress, *, previews: Path | None = 
                 (grids / Path(data["url"]).name).write_bytes(response.content)
                 progress.note(f"sample grid at step {data.get('step')}: "
                               f"{grids / Path(data['url']).name}")
+        elif event.event == "queue":  # while queued: its place (GET /jobs/{id} "queue")
+            wait = data.get("estimated_wait_seconds")
+            progress.note(f"queued: position {data.get('position')} in {data.get('queue')}"
+                          + (f", starts in ~{_eta(wait)} (estimate)" if wait is not None
+                             else ""))
         elif event.event == "end":
             progress.close()
             return data
