@@ -151,6 +151,21 @@ class Settings(BaseSettings):
     warmup: bool = True
     # Finished jobs per queue that the queue-position estimate averages over.
     eta_window_jobs: int = Field(20, ge=1, le=1000)
+    # Job-completion webhooks: the whsec_ secret that signs them (none: callback_url is 422),
+    # host names or CIDRs admitted besides public https hosts, how long delivery is retried.
+    webhook_secret: str | None = None
+    webhook_allowed_hosts: str = ""
+    webhook_retry_seconds: int = Field(3600, ge=1)
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret(cls, value):
+        if isinstance(value, str) and not value.strip():
+            return None
+        if value is not None:
+            from .webhooks import secret_key
+            secret_key(value)  # raises ValueError with the reason (never the secret)
+        return value
 
     @field_validator("redis_url")
     @classmethod

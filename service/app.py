@@ -36,6 +36,8 @@ from .auth import load_keys
 from .dataset_check import DatasetRejected
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
+from .routers.common import webhook_payload
+from .webhooks import WebhookDelivery
 from .event_tokens import TokenSigner, load_secret
 from .observe import LatencyMiddleware
 from .routers import datasets, events, generate, health, jobs, models, page, score, train
@@ -91,9 +93,11 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
             wakeups.listen_redis(settings.redis_url, settings.redis_prefix)
         if embedded is not None:
             embedded.start(services)
+        delivery = WebhookDelivery(services, webhook_payload).start()  # service.webhooks
         try:
             yield
         finally:
+            delivery.stop()
             if embedded is not None:
                 embedded.stop()
             wakeups.stop()

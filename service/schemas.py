@@ -23,7 +23,14 @@ class _Request(BaseModel):
 
 # --- requests -------------------------------------------------------------------------------
 
+CALLBACK_URL = Field(None, max_length=2048, examples=["https://example.org/debm-hook"],
+                     description="POSTed the job's record, signed per Standard Webhooks, when "
+                                 "the job ends (https to a public host unless "
+                                 "DEBM_WEBHOOK_ALLOWED_HOSTS admits it)")
+
+
 class GenerateRequest(_Request):
+    callback_url: str | None = CALLBACK_URL
     n: int = Field(16, ge=1, description="number of samples (at most DEBM_MAX_GENERATE_N)")
     seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="the same seed gives the same images")
     sampler: Literal[SAMPLER_NAMES] = Field("two_stage",  # type: ignore[valid-type]
@@ -42,6 +49,7 @@ class GenerateRequest(_Request):
 
 
 class TrainRequest(_Request):
+    callback_url: str | None = CALLBACK_URL
     dataset: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$",
                          description="a built-in name (mnist5k, digits8x8) or an id from "
                                      "POST /datasets")
@@ -110,6 +118,13 @@ class Job(BaseModel):
     result_url: str | None = None
     queue: QueuePosition | None = Field(None, description="queued jobs only: position and "
                                                           "estimated start")
+    webhook: dict[str, Any] | None = Field(
+        None, description="with callback_url: url, webhook_id, state (pending, delivered, "
+                          "failed), attempt_count, last_status and the last attempts",
+        examples=[{"url": "https://example.org/debm-hook", "webhook_id": "msg_3f2a...",
+                   "state": "delivered", "attempt_count": 2, "last_status": 200,
+                   "attempts": [{"at": 1764867000.1, "status": 500, "error": None},
+                                {"at": 1764867001.2, "status": 200, "error": None}]}])
 
 
 class JobList(BaseModel):

@@ -139,6 +139,16 @@ def render_result(services: Services, job_id: str) -> dict[str, Any]:
     return result_json(services, job).model_dump(mode="json")
 
 
+def webhook_payload(job: JobRecord) -> dict[str, Any]:
+    """What a webhook posts: the job's public record (GET /jobs/{id}), Standard Webhooks'
+    ``type`` / ``timestamp`` / ``data`` envelope."""
+    from datetime import datetime, timezone
+
+    return {"type": f"job.{job.status}",
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "data": job_view(job).model_dump(mode="json")}
+
+
 def _history(services: Services, job: JobRecord) -> list[dict[str, Any]]:
     path = services.data.job_dir(job.id) / "visuals" / "history.json"
     try:

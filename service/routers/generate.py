@@ -14,6 +14,7 @@ from core.work_units import generate_work, sampler_defaults
 from ..deps import ServicesDep, UsePrincipal
 from ..idempotency import IdempotencyKey, accept, fingerprint
 from ..ratelimit_headers import RATELIMIT_RESPONSE_HEADERS
+from ..webhooks import check_callback_url, register
 from ..schemas import GenerateRequest, GenerateResult, JobAccepted, errors
 from .common import check_wait, invalid, render_result, result_json, wait_for
 
@@ -43,7 +44,8 @@ async def generate(body: GenerateRequest, services: ServicesDep, principal: UseP
     seconds = check_wait(wait, services)
     model_name, version = await run_in_threadpool(
         services.registry.resolve_servable, body.model, default_model=settings.default_model)
-    params = body.model_dump(exclude={"model"})
+    await check_callback_url(services, body.callback_url, ["body", "callback_url"])
+    params = body.model_dump(exclude={"model", "callback_url"})
     params.update(model_name=model_name, model_version=version)
     defaults = await run_in_threadpool(sampler_defaults,
                                        services.registry.path(model_name, version))
@@ -52,6 +54,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, principal: UseP
         job = await run_in_threadpool(services.dispatcher.submit, "generate",
                                       principal.key_id, params,
                                       work=generate_work(params, defaults))
+        await register(services, job.id, body.callback_url)
         if seconds > 0:
             done = await wait_for(services, job.id, seconds)
             if done is not None and done.status == SUCCEEDED:

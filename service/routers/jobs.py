@@ -14,6 +14,7 @@ from ..deps import ServicesDep, UsePrincipal
 from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus, QueuePosition,
                        ScoreResult, TrainResult, errors)
 from ..queue_info import queue_position
+from ..webhooks import webhook_view
 from .common import check_wait, get_job, job_view, not_ready, result_json, wait_for
 
 router = APIRouter(tags=["jobs"])
@@ -50,6 +51,7 @@ async def get_job_status(job_id: str, services: ServicesDep, principal: UsePrinc
     view = job_view(job)
     block = await queue_position(services, job)
     view.queue = QueuePosition(**block) if block else None
+    view.webhook = await webhook_view(services, job.id)
     return view
 
 

@@ -17,6 +17,7 @@ from model.formats.imagefile import ImageRejected, decode_image, read_header
 from ..deps import ServicesDep, UsePrincipal
 from ..idempotency import IdempotencyKey, accept, file_digest, fingerprint, idempotency_store
 from ..ratelimit_headers import RATELIMIT_RESPONSE_HEADERS, check_capacity
+from ..webhooks import check_callback_url, register
 from ..schemas import MODEL_SPEC, JobAccepted, ScoreResult, errors
 from ..uploads import UploadedFile, read_files, read_form
 from .common import check_wait, render_result, result_json, wait_for
@@ -77,11 +78,15 @@ def validate_images(files: list[UploadedFile], max_pixels: int, max_request_pixe
                **errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 507)})
 async def ood_score(request: Request, services: ServicesDep, principal: UsePrincipal,
                     idempotency_key: IdempotencyKey = None,
+                    callback_url: Annotated[str | None, Query(
+                        max_length=2048, description="POSTed the job's record, signed per "
+                        "Standard Webhooks, when the job ends")] = None,
                     model: Annotated[str | None, Query(pattern=MODEL_SPEC)] = None,
                     wait: Annotated[float | None, Query(
                         description="seconds to wait (default DEBM_SCORE_WAIT_SECONDS)")]
                     = None):
     settings = services.settings
+    await check_callback_url(services, callback_url, ["query", "callback_url"])
     seconds = check_wait(wait, services) if wait is not None else settings.score_wait_seconds
     model_name, version = await run_in_threadpool(
         services.registry.resolve_servable, model, default_model=settings.default_model)
@@ -106,9 +111,9 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
 
     async def create() -> JSONResponse:
         return await _queue_and_wait(services, principal.key_id, files, model_name, version,
-                                     seconds)
+                                     seconds, callback_url)
 
-    request_print = fingerprint("/ood-score", {"model": model}, [
+    request_print = fingerprint("/ood-score", {"model": model, "callback": callback_url}, [
         [upload.filename, file_digest(upload.data)] for upload in files]) \
         if idempotency_key else None
     return await accept(services, principal.key_id, idempotency_key, request_print, create,
@@ -116,7 +121,8 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
 
 
 async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model_name: str,
-                          version: int, seconds: float) -> JSONResponse:
+                          version: int, seconds: float, callback_url: str | None = None
+                          ) -> JSONResponse:
     """Store the uploads, queue the job, and wait up to ``seconds`` for its scores."""
     job_id = services.dispatcher.new_id()
     upload_dir = services.data.upload_dir(job_id)
@@ -137,6 +143,7 @@ async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise
+    await register(services, job.id, callback_url)
     done = await wait_for(services, job.id, seconds) if seconds > 0 else job
     if done is not None and done.status == SUCCEEDED:
         result = await run_in_threadpool(result_json, services, done)

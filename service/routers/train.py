@@ -17,6 +17,7 @@ from model.formats.netshape import BUILTIN_DATASET_SIZES  # torch-free
 from ..deps import AdminPrincipal, ServicesDep
 from ..idempotency import IdempotencyKey, accept, fingerprint
 from ..ratelimit_headers import RATELIMIT_RESPONSE_HEADERS
+from ..webhooks import check_callback_url, register
 from ..schemas import JobAccepted, TrainRequest, errors
 from .common import invalid
 
@@ -44,6 +45,7 @@ def dataset_images(services, dataset: str) -> int:
 async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal,
                 idempotency_key: IdempotencyKey = None):
     settings = services.settings
+    await check_callback_url(services, body.callback_url, ["body", "callback_url"])
     images = await run_in_threadpool(dataset_images, services, body.dataset)
     try:  # the same function the worker runs again on the record
         build_training_config(preset_name=body.preset, overrides=body.overrides,
@@ -54,7 +56,8 @@ async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrinc
 
     async def create() -> JSONResponse:
         job = await run_in_threadpool(services.dispatcher.submit, "train", principal.key_id,
-                                      body.model_dump())
+                                      body.model_dump(exclude={"callback_url"}))
+        await register(services, job.id, body.callback_url)
         accepted = JobAccepted(job_id=job.id, status=job.status, kind="train",
                                model=body.name, url=f"/jobs/{job.id}")
         return JSONResponse(accepted.model_dump(), status_code=202)

@@ -3,6 +3,8 @@ of every creating POST, the quota headers of their answers, and a queued job's `
 
 from __future__ import annotations
 
+from tests.support import KEY_HEADERS
+
 
 def test_schema_has_the_new_fields_with_examples(client):
     spec = client.get("/openapi.json").json()
@@ -18,3 +20,11 @@ def test_schema_has_the_new_fields_with_examples(client):
     queue = spec["components"]["schemas"]["QueuePosition"]
     assert queue["example"]["position"] == 3 and "estimate" in queue["properties"]
     assert "queue" in spec["components"]["schemas"]["Job"]["properties"]
+
+
+def test_callback_url_without_a_secret_is_422(client):
+    response = client.post("/generate", json={"n": 1, "callback_url": "https://example.org/h"},
+                           headers=KEY_HEADERS)
+    assert response.status_code == 422 and "DEBM_WEBHOOK_SECRET" in response.text
+    job = client.app.state.services.store.list(limit=1)
+    assert job == []  # nothing was queued

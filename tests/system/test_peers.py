@@ -5,6 +5,7 @@ headers, and the queue position of queued jobs."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -26,9 +27,12 @@ from tests.system.test_serving import metric, threads_worker
 pytestmark = pytest.mark.system
 
 JOBS_PER_KEY, WORK_PER_KEY = 4, 10 ** 6
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"peers-test-webhook-key-of-32-byt").decode()
 LIMITS = {"DEBM_MAX_QUEUED_JOBS_PER_KEY": str(JOBS_PER_KEY),
           "DEBM_MAX_QUEUED_WORK_PER_KEY": str(WORK_PER_KEY),
-          "DEBM_MAX_QUEUED_WORK": str(4 * WORK_PER_KEY)}
+          "DEBM_MAX_QUEUED_WORK": str(4 * WORK_PER_KEY),
+          # the test's receiver listens on loopback: admitted (http included) by name
+          "DEBM_WEBHOOK_SECRET": WEBHOOK_SECRET, "DEBM_WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
 LONG = {"n": 2, "steps_latent": 2000, "steps_pixel": 2000}  # a minute here: it stays queued
 
 
@@ -337,3 +341,80 @@ def test_rescoring_is_answered_from_the_score_cache(server):
         [r["score"] for r in first.json()["results"]]
     text = httpx.get(server.metrics_url, timeout=10).text
     assert metric(text, "debm_score_cache_hit_ratio") > 0
+
+
+class Receiver:
+    """A real HTTP server on loopback that records webhook posts and answers them with the
+    statuses queued in ``answers`` (then 200)."""
+
+    def __init__(self, answers: list[int]):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received, answers = [], list(answers)
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append((dict(self.headers), body))
+                self.send_response(answers.pop(0) if answers else 200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_webhook_signed_retried_and_visible_on_the_job(server):
+    from standardwebhooks.webhooks import Webhook
+
+    client = server.client
+    receiver = Receiver([500])  # the first attempt fails: the second must follow
+    try:
+        job_id = post(client, "/generate", json={"n": 1, "seed": 51,
+                                                 "callback_url": receiver.url}).json()["job_id"]
+        view = wait_until(lambda: (j := client.get(f"/jobs/{job_id}", headers=KEY_HEADERS)
+                                   .json())["webhook"]["state"] == "delivered" and j,
+                          timeout=60, what="the webhook delivered")
+        assert view["webhook"]["attempt_count"] == 2 and view["webhook"]["last_status"] == 200
+        assert [a["status"] for a in view["webhook"]["attempts"]] == [500, 200]
+        assert len(receiver.received) == 2
+        ids = {headers["webhook-id"] for headers, _ in receiver.received}
+        assert ids == {view["webhook"]["webhook_id"]}  # the same id on every retry
+        for headers, body in receiver.received:
+            payload = Webhook(WEBHOOK_SECRET).verify(body, headers)
+            assert payload["type"] == "job.succeeded" and payload["data"]["job_id"] == job_id
+            assert payload["data"]["status"] == "succeeded"
+        forged = dict(receiver.received[0][0], **{"webhook-signature": "v1,AAAA"})
+        with pytest.raises(Exception):
+            Webhook(WEBHOOK_SECRET).verify(receiver.received[0][1], forged)
+        # /ood-score takes it as a query parameter
+        scored = post(client, f"/ood-score?callback_url={receiver.url}",
+                      files={"files": ("d.png", digit_png(7), "image/png")})
+        assert scored.status_code == 200, scored.text
+        wait_until(lambda: len(receiver.received) == 3, timeout=30, what="the score webhook")
+        assert Webhook(WEBHOOK_SECRET).verify(receiver.received[2][1], receiver.received[2][0]
+                                              )["data"]["kind"] == "score"
+    finally:
+        receiver.close()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("http://10.1.2.3/hook", "must be https"),
+    ("https://127.0.0.2:9/hook", "non-public address"),  # loopback, not the admitted one
+    ("https://192.168.0.10/hook", "non-public address"),
+    ("ftp://example.org/x", "http(s) URL"),
+    ("https://no-such-host.invalid/x", "does not resolve"),
+    ("https://user:pw@127.0.0.1/x", "credentials"),
+])
+def test_refused_callback_urls_are_422_at_submit(server, url, words):
+    response = post(server.client, "/generate", json={"n": 1, "callback_url": url})
+    assert response.status_code == 422 and words in response.text, response.text
