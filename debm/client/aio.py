@@ -85,23 +85,28 @@ class AsyncClient:
                        step_size_latent: float | None = None,
                        step_size_pixel: float | None = None, model: str | None = None,
                        wait: bool = True, timeout: float | None = None,
-                       idempotency_key: str | None = None):
+                       idempotency_key: str | None = None,
+                       callback_url: str | None = None):
         return await self._run(flows.generate(
             wait_for=wait, timeout=timeout, n=n, seed=seed, sampler=sampler,
             steps_latent=steps_latent, steps_pixel=steps_pixel,
             step_size_latent=step_size_latent, step_size_pixel=step_size_pixel, model=model,
-            idempotency_key=idempotency_key))
+            idempotency_key=idempotency_key, callback_url=callback_url))
 
     async def score(self, images: Iterable[flows.ImageInput], *, model: str | None = None,
-                    timeout: float | None = None, idempotency_key: str | None = None):
+                    timeout: float | None = None, idempotency_key: str | None = None,
+                    callback_url: str | None = None):
         return await self._run(flows.score(images, model=model, timeout=timeout,
-                                           idempotency_key=idempotency_key))
+                                           idempotency_key=idempotency_key,
+                                           callback_url=callback_url))
 
     async def train(self, dataset: str, *, preset: str = "demo",
                     overrides: dict[str, dict[str, Any]] | None = None,
                     seed: int | None = None, name: str = "custom", wait: bool = False,
-                    timeout: float | None = None, idempotency_key: str | None = None):
+                    timeout: float | None = None, idempotency_key: str | None = None,
+                    callback_url: str | None = None):
         return await self._run(flows.train(idempotency_key=idempotency_key,
+                                           callback_url=callback_url,
                                            wait_for=wait, timeout=timeout, dataset=dataset,
                                            preset=preset, overrides=overrides or {},
                                            seed=seed, name=name))

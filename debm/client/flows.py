@@ -134,11 +134,12 @@ def generate(*, wait_for: bool, timeout: float | None, idempotency_key: str | No
 
 
 def score(images: Iterable[ImageInput], *, model: str | None, timeout: float | None,
-          idempotency_key: str | None = None) -> Flow:
+          idempotency_key: str | None = None, callback_url: str | None = None) -> Flow:
     files = [image_part(item, i) for i, item in enumerate(images)]
     if not files:
         raise DebmError("score() needs at least one image")
-    response = yield Call("POST", "/ood-score", params=_drop_none({"model": model}),
+    response = yield Call("POST", "/ood-score",
+                          params=_drop_none({"model": model, "callback_url": callback_url}),
                           files=files, expect=(200, 202), extra_time=60.0,
                           idempotency_key=new_idempotency_key(idempotency_key))
     data = response.json()

@@ -403,6 +403,14 @@ def test_webhook_signed_retried_and_visible_on_the_job(server):
         wait_until(lambda: len(receiver.received) == 3, timeout=30, what="the score webhook")
         assert Webhook(WEBHOOK_SECRET).verify(receiver.received[2][1], receiver.received[2][0]
                                               )["data"]["kind"] == "score"
+        # debm.client takes callback_url and shows the webhook on the job
+        from debm.client import Client
+        with Client(str(client.base_url), API_KEY) as api:
+            job = api.generate(n=1, seed=52, wait=False, callback_url=receiver.url)
+            seen = wait_until(lambda: (j := api.job(job.job_id)).webhook and
+                              j.webhook["state"] == "delivered" and j, timeout=60,
+                              what="the client's webhook")
+            assert seen.webhook["last_status"] == 200
     finally:
         receiver.close()
 
