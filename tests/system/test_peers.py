@@ -347,7 +347,7 @@ class Receiver:
     """A real HTTP server on loopback that records webhook posts and answers them with the
     statuses queued in ``answers`` (then 200)."""
 
-    def __init__(self, answers: list[int]):
+    def __init__(self, answers: list[int], port: int | None = None):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         received, answers = [], list(answers)
@@ -364,7 +364,8 @@ class Receiver:
                 pass
 
         self.received = received
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", port or free_port()), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -426,3 +427,43 @@ def test_webhook_signed_retried_and_visible_on_the_job(server):
 def test_refused_callback_urls_are_422_at_submit(server, url, words):
     response = post(server.client, "/generate", json={"n": 1, "callback_url": url})
     assert response.status_code == 422 and words in response.text, response.text
+
+
+
+def test_pending_webhooks_survive_a_restart(tmp_path, tiny_checkpoint):
+    """Embedded mode: the receiver fails until the server is killed; the restarted server
+    resumes the pending delivery from the job store and delivers it, with the same id."""
+    from standardwebhooks.webhooks import Webhook
+
+    data, port = tmp_path / "data", free_port()
+    env = service_env(data, seed_checkpoint=tiny_checkpoint, **LIMITS)
+    command = [PYTHON, "-m", "debm.cli", "serve", "--data-dir", str(data), "--port", str(port)]
+    base = f"http://127.0.0.1:{port}"
+    failing = Receiver([500] * 1000)
+    proc = Proc("serve", command, env, tmp_path)
+    try:
+        wait_ready(base, [proc], training=False)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            job_id = post(client, "/generate", json={"n": 1, "seed": 61,
+                                                     "callback_url": failing.url}
+                          ).json()["job_id"]
+            wait_until(lambda: failing.received, timeout=60, what="a first attempt")
+    finally:
+        proc.kill()
+        failing.close()
+    first_id = failing.received[0][0]["webhook-id"]
+    working = Receiver([], port=failing.server.server_port)  # the URL the record names
+    proc = Proc("serve", command, env, tmp_path)
+    try:
+        wait_ready(base, [proc], training=False)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            view = wait_until(lambda: (j := client.get(f"/jobs/{job_id}", headers=KEY_HEADERS)
+                                       .json())["webhook"]["state"] == "delivered" and j,
+                              timeout=60, what="the delivery after the restart")
+        headers, body = working.received[-1]
+        assert headers["webhook-id"] == first_id == view["webhook"]["webhook_id"]
+        assert Webhook(WEBHOOK_SECRET).verify(body, headers)["data"]["job_id"] == job_id
+        assert view["webhook"]["attempt_count"] >= 2
+    finally:
+        proc.kill()
+        working.close()
