@@ -101,9 +101,18 @@ def check_callback(url: str, allowed_hosts: str) -> None:
                               f"({private[0]}); list it in DEBM_WEBHOOK_ALLOWED_HOSTS to allow")
 
 
-def new_record(job_id: str, url: str) -> dict[str, Any]:
+def new_secret() -> str:
+    """A fresh ``whsec_`` secret: 32 random bytes from the OS (not a seeded generator: a
+    secret must not be reproducible)."""
+    import os
+
+    return "whsec_" + base64.b64encode(os.urandom(32)).decode()
+
+
+def new_record(job_id: str, url: str, owner: str = "") -> dict[str, Any]:
     now = time.time()
-    return {"job_id": job_id, "url": url, "webhook_id": f"msg_{uuid.uuid4().hex}",
+    return {"job_id": job_id, "url": url, "owner": owner,
+            "webhook_id": f"msg_{uuid.uuid4().hex}",
             "state": PENDING, "attempts": [], "attempt_count": 0, "next_at": now,
             "created": now}
 
@@ -114,6 +123,9 @@ class WebhookStore:
     def pending(self, limit: int = 100) -> list[dict[str, Any]]: ...
     def lock(self, job_id: str, seconds: float) -> bool: ...
     def unlock(self, job_id: str) -> None: ...
+    # A key's own signing secret (issued and rotated by an admin), else the service's.
+    def set_key_secret(self, key_id: str, secret: str) -> None: ...
+    def key_secret(self, key_id: str) -> str | None: ...
 
 
 class RedisWebhooks(WebhookStore):
@@ -152,6 +164,15 @@ class RedisWebhooks(WebhookStore):
     def unlock(self, job_id):
         self.store._call(lambda: self.client.delete(self.store._key("webhook-lock", job_id)))
 
+    def set_key_secret(self, key_id, secret):
+        self.store._call(lambda: self.client.set(self.store._key("webhook-secret", key_id),
+                                                 secret))
+
+    def key_secret(self, key_id):
+        raw = self.store._call(lambda: self.client.get(
+            self.store._key("webhook-secret", key_id)))
+        return raw.decode() if raw else None
+
 
 class SqliteWebhooks(WebhookStore):
     def __init__(self, store: SqliteJobStore):
@@ -161,6 +182,8 @@ class SqliteWebhooks(WebhookStore):
                 job_id TEXT PRIMARY KEY, state TEXT NOT NULL, lock_until REAL NOT NULL,
                 doc TEXT NOT NULL)""")
             db.execute("CREATE INDEX IF NOT EXISTS webhooks_state ON webhooks(state)")
+            db.execute("""CREATE TABLE IF NOT EXISTS webhook_secrets (
+                key_id TEXT PRIMARY KEY, secret TEXT NOT NULL)""")
 
     def save(self, record):
         with self.store._connect(durable=True) as db:
@@ -189,6 +212,16 @@ class SqliteWebhooks(WebhookStore):
     def unlock(self, job_id):
         with self.store._connect() as db:
             db.execute("UPDATE webhooks SET lock_until = 0 WHERE job_id = ?", (job_id,))
+
+    def set_key_secret(self, key_id, secret):
+        with self.store._connect(durable=True) as db:
+            db.execute("INSERT OR REPLACE INTO webhook_secrets VALUES (?, ?)", (key_id, secret))
+
+    def key_secret(self, key_id):
+        with self.store._connect() as db:
+            row = db.execute("SELECT secret FROM webhook_secrets WHERE key_id = ?",
+                             (key_id,)).fetchone()
+        return row[0] if row else None
 
 
 def open_webhooks(store) -> WebhookStore:

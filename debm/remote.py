@@ -229,6 +229,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        # stdout only: a secret goes where the operator redirects it, never into a log
+        print(api.webhook_secret(args.key_id))
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def add_parser(sub, positive_int, non_negative_int) -> None:
@@ -295,3 +302,8 @@ def add_parser(sub, positive_int, non_negative_int) -> None:
     p = rsub.add_parser("cancel", parents=[common], help="cancel jobs")
     p.add_argument("job_ids", nargs="+")
     p.set_defaults(func=cmd_cancel)
+
+    p = rsub.add_parser("webhook-secret", parents=[common],
+                        help="issue or rotate an API key's own webhook secret (admin)")
+    p.add_argument("key_id", help="the key's name (GET /session shows yours)")
+    p.set_defaults(func=cmd_webhook_secret)

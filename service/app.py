@@ -40,7 +40,8 @@ from .routers.common import webhook_payload
 from .webhooks import WebhookDelivery
 from .event_tokens import TokenSigner, load_secret
 from .observe import LatencyMiddleware
-from .routers import datasets, events, generate, health, jobs, models, page, score, train
+from .routers import (datasets, events, generate, health, jobs, models, page, score, train,
+                      webhook_secrets)
 from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
 log = logging.getLogger("debm.api")
@@ -113,7 +114,7 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
     app.state.services = services
     for router in (health.router, generate.router, score.router, train.router,
                    datasets.router, jobs.router, events.router, models.router, page.router,
-                   observe.router):
+                   observe.router, webhook_secrets.router):
         app.include_router(router)
     app.mount("/static/app", StaticFiles(directory=page.STATIC), name="static-app")
     app.add_middleware(

@@ -35,11 +35,12 @@ def webhooks(services):
     return existing
 
 
-async def check_callback_url(services, url: str | None, loc: list) -> None:
-    """A 422 at submit for a URL the rule refuses, or when no secret is configured."""
+async def check_callback_url(services, url: str | None, loc: list, owner: str = "") -> None:
+    """A 422 at submit for a URL the rule refuses, or when no secret signs for ``owner``."""
     if url is None:
         return
-    if not services.settings.webhook_secret:
+    if not services.settings.webhook_secret and not await run_in_threadpool(
+            webhooks(services).key_secret, owner):
         raise HTTPException(422, [{"type": "value_error", "loc": loc, "msg":
                                    "this service has no webhook secret "
                                    "(DEBM_WEBHOOK_SECRET); callback_url is unavailable"}])
@@ -50,9 +51,9 @@ async def check_callback_url(services, url: str | None, loc: list) -> None:
                                    "msg": str(exc)}]) from None
 
 
-async def register(services, job_id: str, url: str | None) -> None:
+async def register(services, job_id: str, url: str | None, owner: str = "") -> None:
     if url is not None:
-        await run_in_threadpool(webhooks(services).save, new_record(job_id, url))
+        await run_in_threadpool(webhooks(services).save, new_record(job_id, url, owner))
 
 
 async def webhook_view(services, job_id: str) -> dict[str, Any] | None:
@@ -108,14 +109,17 @@ class WebhookDelivery:
         body = json.dumps(self.payload(job), separators=(",", ":")).encode()
         stamp = int(time.time())
         entry: dict[str, Any] = {"at": time.time(), "status": None, "error": None}
+        # The key's own secret when an admin issued one, else DEBM_WEBHOOK_SECRET.
+        secret = hooks.key_secret(record.get("owner") or "") or settings.webhook_secret
         try:
+            if not secret:
+                raise CallbackRefused("no webhook secret signs for this key any more")
             # Checked again at delivery: the host may resolve elsewhere by now.
             check_callback(record["url"], settings.webhook_allowed_hosts)
             response = self.http.post(record["url"], content=body, headers={
                 "content-type": "application/json", "webhook-id": record["webhook_id"],
                 "webhook-timestamp": str(stamp),
-                "webhook-signature": sign(settings.webhook_secret, record["webhook_id"],
-                                          stamp, body)})
+                "webhook-signature": sign(secret, record["webhook_id"], stamp, body)})
             entry["status"] = response.status_code
             ok = 200 <= response.status_code < 300
         except (httpx.HTTPError, CallbackRefused) as exc:

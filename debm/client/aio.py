@@ -135,6 +135,9 @@ class AsyncClient:
     async def models(self):
         return await self._run(flows.models())
 
+    async def webhook_secret(self, key_id: str) -> str:
+        return await self._run(flows.webhook_secret(key_id))
+
     async def set_default(self, name: str, version: int):
         return await self._run(flows.set_default(name, version))
 

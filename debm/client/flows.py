@@ -206,3 +206,10 @@ def calibration(name: str | None, version: int | None) -> Flow:
     response = yield Call("GET", f"/models/{name}/calibration",
                           params=_drop_none({"version": version}))
     return response.json()
+
+
+def webhook_secret(key_id: str) -> Flow:
+    """Issue (or rotate) ``key_id``'s own webhook signing secret (admin keys); the
+    ``whsec_`` value is returned once."""
+    response = yield Call("POST", f"/keys/{key_id}/webhook-secret", expect=(201,))
+    return response.json()["secret"]

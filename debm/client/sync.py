@@ -145,6 +145,10 @@ class Client:
     def models(self):
         return self._run(flows.models())
 
+    def webhook_secret(self, key_id: str) -> str:
+        """Issue or rotate an API key's own webhook secret (admin keys): the whsec_ value."""
+        return self._run(flows.webhook_secret(key_id))
+
     def set_default(self, name: str, version: int):
         return self._run(flows.set_default(name, version))
 

@@ -44,7 +44,8 @@ async def generate(body: GenerateRequest, services: ServicesDep, principal: UseP
     seconds = check_wait(wait, services)
     model_name, version = await run_in_threadpool(
         services.registry.resolve_servable, body.model, default_model=settings.default_model)
-    await check_callback_url(services, body.callback_url, ["body", "callback_url"])
+    await check_callback_url(services, body.callback_url, ["body", "callback_url"],
+                             principal.key_id)
     params = body.model_dump(exclude={"model", "callback_url"})
     params.update(model_name=model_name, model_version=version)
     defaults = await run_in_threadpool(sampler_defaults,
@@ -54,7 +55,7 @@ async def generate(body: GenerateRequest, services: ServicesDep, principal: UseP
         job = await run_in_threadpool(services.dispatcher.submit, "generate",
                                       principal.key_id, params,
                                       work=generate_work(params, defaults))
-        await register(services, job.id, body.callback_url)
+        await register(services, job.id, body.callback_url, principal.key_id)
         if seconds > 0:
             done = await wait_for(services, job.id, seconds)
             if done is not None and done.status == SUCCEEDED:

@@ -86,7 +86,8 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
                         description="seconds to wait (default DEBM_SCORE_WAIT_SECONDS)")]
                     = None):
     settings = services.settings
-    await check_callback_url(services, callback_url, ["query", "callback_url"])
+    await check_callback_url(services, callback_url, ["query", "callback_url"],
+                             principal.key_id)
     seconds = check_wait(wait, services) if wait is not None else settings.score_wait_seconds
     model_name, version = await run_in_threadpool(
         services.registry.resolve_servable, model, default_model=settings.default_model)
@@ -143,7 +144,7 @@ async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model
     except BaseException:
         shutil.rmtree(upload_dir, ignore_errors=True)
         raise
-    await register(services, job.id, callback_url)
+    await register(services, job.id, callback_url, owner)
     done = await wait_for(services, job.id, seconds) if seconds > 0 else job
     if done is not None and done.status == SUCCEEDED:
         result = await run_in_threadpool(result_json, services, done)

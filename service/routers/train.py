@@ -45,7 +45,8 @@ def dataset_images(services, dataset: str) -> int:
 async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal,
                 idempotency_key: IdempotencyKey = None):
     settings = services.settings
-    await check_callback_url(services, body.callback_url, ["body", "callback_url"])
+    await check_callback_url(services, body.callback_url, ["body", "callback_url"],
+                             principal.key_id)
     images = await run_in_threadpool(dataset_images, services, body.dataset)
     try:  # the same function the worker runs again on the record
         build_training_config(preset_name=body.preset, overrides=body.overrides,
@@ -57,7 +58,7 @@ async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrinc
     async def create() -> JSONResponse:
         job = await run_in_threadpool(services.dispatcher.submit, "train", principal.key_id,
                                       body.model_dump(exclude={"callback_url"}))
-        await register(services, job.id, body.callback_url)
+        await register(services, job.id, body.callback_url, principal.key_id)
         accepted = JobAccepted(job_id=job.id, status=job.status, kind="train",
                                model=body.name, url=f"/jobs/{job.id}")
         return JSONResponse(accepted.model_dump(), status_code=202)

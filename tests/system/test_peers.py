@@ -467,3 +467,35 @@ def test_pending_webhooks_survive_a_restart(tmp_path, tiny_checkpoint):
     finally:
         proc.kill()
         working.close()
+
+
+
+def test_a_keys_own_webhook_secret_issued_by_the_cli(server):
+    import os
+    import subprocess
+
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    client = server.client
+    assert post(client, "/keys/nobody/webhook-secret").status_code == 404
+    assert post(client, "/keys/user/webhook-secret", headers=USE_HEADERS).status_code == 403
+    env = {**os.environ, "DEBM_API_KEY": API_KEY, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([PYTHON, "-m", "debm.cli", "remote", "webhook-secret", "user", "--url",
+                          str(client.base_url)], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    secret = run.stdout.strip()
+    assert secret.startswith("whsec_") and secret not in run.stderr
+    receiver = Receiver([])
+    try:
+        job_id = post(client, "/generate", headers=USE_HEADERS, json={
+            "n": 1, "seed": 71, "callback_url": receiver.url}).json()["job_id"]
+        wait_until(lambda: receiver.received, timeout=60, what="the user's webhook")
+        headers, body = receiver.received[0]
+        assert Webhook(secret).verify(body, headers)["data"]["job_id"] == job_id
+        with pytest.raises(WebhookVerificationError):
+            Webhook(WEBHOOK_SECRET).verify(body, headers)  # not the service's secret
+    finally:
+        receiver.close()
+    logs = dump_logs(*server.procs)
+    assert secret not in logs and WEBHOOK_SECRET not in logs
