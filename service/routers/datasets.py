@@ -91,21 +91,26 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
 
-        async def create() -> JSONResponse:
-            try:
-                info = await run_in_threadpool(store_and_check)
-            except DatasetRejected as exc:
-                raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") \
-                    from None
-            return JSONResponse(info.model_dump(mode="json"), status_code=201)
-
-        request_print = fingerprint("/datasets", {}, [
-            filename, await run_in_threadpool(_file_digest, upload.file)]) \
-            if idempotency_key else None
-        return await accept(services, principal.key_id, idempotency_key, request_print,
-                            create)
+        return await _accept(services, principal.key_id, idempotency_key, filename,
+                             upload, store_and_check)
     finally:
         await form.close()
+
+
+async def _accept(services, owner: str, idempotency_key: str | None, filename: str, upload,
+                  store_and_check) -> JSONResponse:
+    """Store and check the upload once per Idempotency-Key (service.idempotency)."""
+    async def create() -> JSONResponse:
+        try:
+            info = await run_in_threadpool(store_and_check)
+        except DatasetRejected as exc:
+            raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") from None
+        return JSONResponse(info.model_dump(mode="json"), status_code=201)
+
+    request_print = fingerprint("/datasets", {}, [
+        filename, await run_in_threadpool(_file_digest, upload.file)]) \
+        if idempotency_key else None
+    return await accept(services, owner, idempotency_key, request_print, create)
 
 
 def _file_digest(handle) -> str:
