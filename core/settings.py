@@ -159,6 +159,32 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- what serving peers offer (issue 26; docs/OPERATIONS.md "Peers' features") -------
+    # How long an Idempotency-Key is remembered (the IETF draft's 24 h by default).
+    idempotency_seconds: int = Field(24 * 3600, ge=60)
+    # Scores cached per inference worker, by model version and decoded pixels; 0 = off.
+    score_cache_entries: int = Field(4096, ge=0)
+    # A worker (and the embedded server) runs a warm-up batch of each served shape before
+    # it reports ready; off only to measure what warm-up saves.
+    warmup: bool = True
+    # Finished jobs per queue that the queue-position estimate averages over.
+    eta_window_jobs: int = Field(20, ge=1, le=1000)
+    # Job-completion webhooks: the whsec_ secret that signs them (none: callback_url is 422),
+    # host names or CIDRs admitted besides public https hosts, how long delivery is retried.
+    webhook_secret: str | None = None
+    webhook_allowed_hosts: str = ""
+    webhook_retry_seconds: int = Field(3600, ge=1)
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret(cls, value):
+        if isinstance(value, str) and not value.strip():
+            return None
+        if value is not None:
+            from .webhooks import secret_key
+            secret_key(value)  # raises ValueError with the reason (never the secret)
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:

@@ -67,23 +67,3 @@ def generate_work(params: dict[str, Any], sampler_defaults: dict[str, Any]) -> i
     else:
         steps = value("steps_latent", 0) + value("steps_pixel", 0)
     return max(1, n * max(1, steps))
-
-
-_defaults_cache: dict[str, dict[str, Any]] = {}
-
-
-def sampler_defaults(checkpoint_dir) -> dict[str, Any]:
-    """``config.sampler`` of a registered checkpoint's manifest (versions are immutable, so
-    it is read once per directory)."""
-    from model.formats.manifest import read_manifest
-
-    key = str(checkpoint_dir)
-    if key not in _defaults_cache:
-        try:
-            sampler = (read_manifest(checkpoint_dir).get("config") or {}).get("sampler") or {}
-        except Exception:  # the job itself reports an unreadable checkpoint
-            sampler = {}
-        if len(_defaults_cache) > 256:
-            _defaults_cache.clear()
-        _defaults_cache[key] = dict(sampler)
-    return _defaults_cache[key]

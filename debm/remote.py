@@ -97,6 +97,11 @@ def follow(api, job_id: str, progress: StepProgress, *, previews: Path | None = 
                 (grids / Path(data["url"]).name).write_bytes(response.content)
                 progress.note(f"sample grid at step {data.get('step')}: "
                               f"{grids / Path(data['url']).name}")
+        elif event.event == "queue":  # while queued: its place (GET /jobs/{id} "queue")
+            wait = data.get("estimated_wait_seconds")
+            progress.note(f"queued: position {data.get('position')} in {data.get('queue')}"
+                          + (f", starts in ~{_eta(wait)} (estimate)" if wait is not None
+                             else ""))
         elif event.event == "end":
             progress.close()
             return data
@@ -249,6 +254,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_secret(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        # stdout only: a secret goes where the operator redirects it, never into a log
+        print(api.webhook_secret(args.key_id))
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 def _common_options() -> argparse.ArgumentParser:
@@ -338,6 +350,11 @@ def _add_listing(rsub, common, positive_int) -> None:
     p = rsub.add_parser("cancel", parents=[common], help="cancel jobs")
     p.add_argument("job_ids", nargs="+", help="ids of the jobs to cancel")
     p.set_defaults(func=cmd_cancel)
+
+    p = rsub.add_parser("webhook-secret", parents=[common],
+                        help="issue or rotate an API key's own webhook secret (admin)")
+    p.add_argument("key_id", help="the key's name (GET /session shows yours)")
+    p.set_defaults(func=cmd_webhook_secret)
 
 
 def add_parser(sub, positive_int, non_negative_int) -> None:

@@ -40,6 +40,8 @@ from core.settings import Settings, get_settings
 from core.queue import send_job
 from worker.celery_app import WorkerApp
 from worker.lease import Heartbeat
+from worker.runtime import runtime_for
+from worker.warmup import start_when_warm
 from worker.local import LocalWorker
 from worker.recovery import BrokerView
 
@@ -91,10 +93,12 @@ class EmbeddedWorkers:
             name = f"{INFERENCE_QUEUE}@embedded-{host}"
             # Its beats also recover lost jobs periodically (worker.recovery), not only at
             # the next start: queued jobs against what the pool holds, running ones by lease.
-            self._heartbeats.append(Heartbeat(
-                self.settings, name, [INFERENCE_QUEUE], alive=local.alive,
-                send=lambda kind, job_id: local.send(kind, job_id),
-                view=lambda: BrokerView(waiting=local.pending())).start())
+            beat = Heartbeat(self.settings, name, [INFERENCE_QUEUE], alive=local.alive,
+                             send=lambda kind, job_id: local.send(kind, job_id),
+                             view=lambda: BrokerView(waiting=local.pending()))
+            self._heartbeats.append(beat)
+            # /readyz counts it once its first heartbeat is written: after the warm-up.
+            start_when_warm(runtime_for(app), beat.start)
             self._liveness.append(WorkerLiveness(INFERENCE_QUEUE, name, local.alive))
         if not self.settings.distributed:
             self.recover(services)

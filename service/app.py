@@ -37,10 +37,12 @@ from .auth import load_keys
 from .dataset_check import DatasetRejected
 from .deps import Services
 from .dispatch import BrokerUnavailable, Dispatcher, QueueFull
+from .routers.common import webhook_payload
+from .webhooks import WebhookDelivery
 from .event_tokens import TokenSigner, load_secret
 from .observe import LatencyMiddleware
 from .routers import (datasets, events, generate, health, jobs, keys as keys_router,
-                      models, page, score, train)
+                      models, page, score, train, webhook_secrets)
 from .uploads import BodyLimitMiddleware, CatchAllMiddleware
 
 log = logging.getLogger("debm.api")
@@ -56,7 +58,7 @@ poll `GET /jobs/{id}` and fetch `GET /jobs/{id}/result`.
 
 ROUTERS = (health.router, generate.router, score.router, train.router, datasets.router,
            jobs.router, events.router, models.router, page.router, observe.router,
-           keys_router.router)
+           keys_router.router, webhook_secrets.router)
 
 
 def open_services(settings: Settings, embedded=None) -> Services:
@@ -104,9 +106,11 @@ def create_app(settings: Settings | None = None, *, embedded=None) -> FastAPI:
         # distributed mode a Redis lock lets one replica at a time do a pass.
         reaper = Reaper(settings, store, services.events, services.data,
                         services.artifacts).start()
+        delivery = WebhookDelivery(services, webhook_payload).start()  # service.webhooks
         try:
             yield
         finally:
+            delivery.stop()
             reaper.stop()
             if embedded is not None:
                 embedded.stop()
@@ -188,6 +192,8 @@ async def _answer(request: Request, exc: Exception) -> JSONResponse:
     status = exc.status if isinstance(exc, DatasetRejected) else answer.status
     retry_after = str(exc.retry_after) if isinstance(exc, QueueFull) else answer.retry_after
     headers = {"Retry-After": retry_after} if retry_after else {}
+    if isinstance(exc, QueueFull):  # its RateLimit headers (service.ratelimit_headers)
+        headers.update(getattr(exc, "headers", None) or {})
     return _error(status, answer.prefix + str(exc), **headers)
 
 

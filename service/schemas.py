@@ -25,7 +25,14 @@ class _Request(BaseModel):
 
 # --- requests -------------------------------------------------------------------------------
 
+CALLBACK_URL = Field(None, max_length=2048, examples=["https://example.org/debm-hook"],
+                     description="POSTed the job's record, signed per Standard Webhooks, when "
+                                 "the job ends (https to a public host unless "
+                                 "DEBM_WEBHOOK_ALLOWED_HOSTS admits it)")
+
+
 class GenerateRequest(_Request):
+    callback_url: str | None = CALLBACK_URL
     n: int = Field(16, ge=1, description="number of samples (at most DEBM_MAX_GENERATE_N)")
     seed: int = Field(0, ge=0, le=2 ** 63 - 1, description="the same seed gives the same images")
     sampler: Literal[SAMPLER_NAMES] = Field("two_stage",  # type: ignore[valid-type]
@@ -44,6 +51,7 @@ class GenerateRequest(_Request):
 
 
 class TrainRequest(_Request):
+    callback_url: str | None = CALLBACK_URL
     dataset: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$",
                          description="a built-in name (mnist5k, digits8x8) or an id from "
                                      "POST /datasets")
@@ -73,6 +81,27 @@ class JobAccepted(BaseModel):
     url: str = Field(description="poll this for status")
 
 
+class QueuePosition(BaseModel):
+    """Where a queued job stands in its queue (GET /jobs/{id}, ``queue`` events)."""
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "queue": "inference", "position": 3, "ahead": 2, "running": 1,
+        "estimated_wait_seconds": 7.5, "estimated_start": 1764867000.5, "basis_jobs": 20,
+        "estimate": "an estimate from the mean run time of the queue's recent jobs and the "
+                    "jobs running in it now; not a promise", "as_of": 1764866993.0}})
+    queue: str = Field(description="inference (generate, score) or training (train)")
+    position: int = Field(description="1: the next of its queue to start")
+    ahead: int = Field(description="queued jobs of the queue before this one")
+    running: int = Field(description="jobs of the queue running now")
+    estimated_wait_seconds: float | None = Field(
+        None, description="an ESTIMATE of the seconds until it starts (null: no recent jobs "
+                          "to estimate from)")
+    estimated_start: float | None = Field(None, description="as_of + the estimated wait "
+                                                            "(Unix time); an estimate")
+    basis_jobs: int = Field(description="recent jobs of the queue the estimate averages")
+    estimate: str = Field(description="what the estimate is made of")
+    as_of: float = Field(description="when the queue was read (at most ~1 s old)")
+
+
 class Job(BaseModel):
     job_id: str
     kind: JobKind
@@ -90,6 +119,15 @@ class Job(BaseModel):
     model: str | None = None
     result: dict[str, Any] | None = None
     result_url: str | None = None
+    queue: QueuePosition | None = Field(None, description="queued jobs only: position and "
+                                                          "estimated start")
+    webhook: dict[str, Any] | None = Field(
+        None, description="with callback_url: url, webhook_id, state (pending, delivered, "
+                          "failed), attempt_count, last_status and the last attempts",
+        examples=[{"url": "https://example.org/debm-hook", "webhook_id": "msg_3f2a...",
+                   "state": "delivered", "attempt_count": 2, "last_status": 200,
+                   "attempts": [{"at": 1764867000.1, "status": 500, "error": None},
+                                {"at": 1764867001.2, "status": 200, "error": None}]}])
 
 
 class JobList(BaseModel):

@@ -18,6 +18,7 @@ import threading
 from celery import Celery, signals
 
 from core.prometheus import WorkerLiveness, start_worker_exporter
+from core.names import INFERENCE_QUEUE
 from core.queue import celery_config, send_job
 from core.settings import Settings, get_settings
 from model.allocator import keep_freed_memory
@@ -102,6 +103,13 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+def _runs_tasks_here(consumer) -> bool:
+    """Whether this process runs the tasks (threads or solo pool), so a warm-up here helps."""
+    pool = getattr(getattr(consumer, "controller", None), "pool_cls", None)
+    name = getattr(pool, "__module__", str(pool or ""))
+    return any(kind in name for kind in ("thread", "solo"))
+
+
 def _connect_heartbeat(app: WorkerApp) -> None:
     """Beat (and, in distributed mode, recover orphaned jobs) while the worker runs."""
     state: dict[str, Heartbeat] = {}
@@ -110,8 +118,17 @@ def _connect_heartbeat(app: WorkerApp) -> None:
     def _ready(sender=None, **_):
         queues = sorted(sender.app.amqp.queues.consume_from or sender.app.amqp.queues)
         settings = app.settings
-        state["beat"] = Heartbeat(settings, sender.hostname, queues,
-                                  send=app.send_job if settings.distributed else None).start()
+        beat = Heartbeat(settings, sender.hostname, queues,
+                         send=app.send_job if settings.distributed else None)
+        state["beat"] = beat
+        if INFERENCE_QUEUE in queues and _runs_tasks_here(sender):
+            from .runtime import runtime_for
+            from .warmup import start_when_warm
+
+            # Its first heartbeat (what /readyz counts) after the warm-up (worker.warmup).
+            start_when_warm(runtime_for(app), beat.start)
+        else:
+            beat.start()
         # This process's series (batch sizes, model loads, liveness) on DEBM_METRICS_PORT:
         # a per-worker exporter (core.prometheus says why).  Inference workers run their tasks
         # on threads of this process (-P threads), so every series is here.

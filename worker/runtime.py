@@ -27,6 +27,7 @@ from core.settings import Settings
 from .batching import Batcher
 from .cache import CheckpointFiles, ModelCache
 from .progress_events import LiveEvents
+from .score_cache import ScoreCache
 
 
 class RuntimeOwner(Protocol):
@@ -54,6 +55,7 @@ class TaskRuntime:
     report_interval: float = 0.5  # seconds between progress writes (0: every step)
     events: EventLog | None = None  # the per-job event logs behind GET /jobs/{id}/events
     _batcher: Batcher | None = field(default=None, repr=False)
+    _score_cache: ScoreCache | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _generate_slots: threading.Semaphore | None = field(default=None, repr=False)
 
@@ -88,7 +90,15 @@ class TaskRuntime:
         do not depend on batch mates, see worker.batching)."""
         scoring = loaded.config.scoring
         key = (model_ref, id(loaded), scoring.sigma, scoring.draws, scoring.seed)
-        return self.batcher()(key, (loaded, x), len(x))
+        # Images scored before by this process come from its score cache (worker.score_cache).
+        return self.score_cache().scores(
+            model_ref, loaded, x, lambda rows: self.batcher()(key, (loaded, rows), len(rows)))
+
+    def score_cache(self) -> ScoreCache:
+        with self._lock:
+            if self._score_cache is None:
+                self._score_cache = ScoreCache(self.settings.score_cache_entries)
+            return self._score_cache
 
     def batcher(self) -> Batcher:
         with self._lock:

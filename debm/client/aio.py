@@ -12,7 +12,7 @@ import httpx
 from . import flows
 from .sse import ResumableStream
 from .sync import DEFAULT_TIMEOUT
-from .transport import (RetryPolicy, error_from, request_timeout, retry_after,
+from .transport import (RetryPolicy, error_from, quota, request_timeout, retry_after,
                         should_retry_status, transport_error)
 from .types import Event
 
@@ -27,6 +27,9 @@ class AsyncClient:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.timeout = httpx.Timeout(timeout)
         self.policy = RetryPolicy(retries=retries, max_retry_wait=max_retry_wait)
+        # The key's quotas as the last job-creating answer told them (RateLimit headers):
+        # {"jobs": {"limit": 8, "remaining": 5}, "work": {...}}.
+        self.quota: dict[str, dict[str, int]] = {}
         self.http = httpx.AsyncClient(base_url=base_url.rstrip("/"), headers=headers,
                                       timeout=self.timeout, transport=transport)
 
@@ -45,7 +48,8 @@ class AsyncClient:
             try:
                 response = await self.http.request(
                     call.method, call.path, params=call.params, json=call.json,
-                    files=call.files, timeout=request_timeout(self.timeout, call))
+                    files=call.files, headers=call.headers,
+                    timeout=request_timeout(self.timeout, call))
             except httpx.HTTPError as exc:
                 error = transport_error(exc, call, attempt, self.policy,
                                         self.timeout.read or 0.0)
@@ -55,8 +59,10 @@ class AsyncClient:
                 attempt += 1
                 continue
             if response.status_code in call.expect:
+                if call.idempotency_key:
+                    self.quota = quota(response) or self.quota
                 return response
-            if should_retry_status(response, attempt, self.policy):
+            if should_retry_status(response, attempt, self.policy, call):
                 await asyncio.sleep(self.policy.delay(attempt, retry_after(response)))
                 attempt += 1
                 continue
@@ -78,26 +84,36 @@ class AsyncClient:
                        steps_latent: int | None = None, steps_pixel: int | None = None,
                        step_size_latent: float | None = None,
                        step_size_pixel: float | None = None, model: str | None = None,
-                       wait: bool = True, timeout: float | None = None):
+                       wait: bool = True, timeout: float | None = None,
+                       idempotency_key: str | None = None,
+                       callback_url: str | None = None):
         return await self._run(flows.generate(
             wait_for=wait, timeout=timeout, n=n, seed=seed, sampler=sampler,
             steps_latent=steps_latent, steps_pixel=steps_pixel,
-            step_size_latent=step_size_latent, step_size_pixel=step_size_pixel, model=model))
+            step_size_latent=step_size_latent, step_size_pixel=step_size_pixel, model=model,
+            idempotency_key=idempotency_key, callback_url=callback_url))
 
     async def score(self, images: Iterable[flows.ImageInput], *, model: str | None = None,
-                    timeout: float | None = None):
-        return await self._run(flows.score(images, model=model, timeout=timeout))
+                    timeout: float | None = None, idempotency_key: str | None = None,
+                    callback_url: str | None = None):
+        return await self._run(flows.score(images, model=model, timeout=timeout,
+                                           idempotency_key=idempotency_key,
+                                           callback_url=callback_url))
 
     async def train(self, dataset: str, *, preset: str = "demo",
                     overrides: dict[str, dict[str, Any]] | None = None,
                     seed: int | None = None, name: str = "custom", wait: bool = False,
-                    timeout: float | None = None):
-        return await self._run(flows.train(wait_for=wait, timeout=timeout, dataset=dataset,
+                    timeout: float | None = None, idempotency_key: str | None = None,
+                    callback_url: str | None = None):
+        return await self._run(flows.train(idempotency_key=idempotency_key,
+                                           callback_url=callback_url,
+                                           wait_for=wait, timeout=timeout, dataset=dataset,
                                            preset=preset, overrides=overrides or {},
                                            seed=seed, name=name))
 
-    async def upload_dataset(self, file: str | Path | bytes | tuple):
-        return await self._run(flows.upload_dataset(file))
+    async def upload_dataset(self, file: str | Path | bytes | tuple, *,
+                             idempotency_key: str | None = None):
+        return await self._run(flows.upload_dataset(file, idempotency_key))
 
     async def jobs(self, *, status: str | None = None, kind: str | None = None,
                    limit: int = 50, all: bool = False):
@@ -123,6 +139,9 @@ class AsyncClient:
                                 make_default: bool = False):
         return await self._run(flows.add_model_version(name, checkpoint,
                                                        make_default=make_default))
+
+    async def webhook_secret(self, key_id: str) -> str:
+        return await self._run(flows.webhook_secret(key_id))
 
     async def set_default(self, name: str, version: int):
         return await self._run(flows.set_default(name, version))

@@ -12,6 +12,7 @@ import math
 import re
 import tarfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generator, Iterable, Union
@@ -35,10 +36,22 @@ class Call:
     files: list | None = None
     expect: tuple[int, ...] = (200,)
     extra_time: float = 0.0  # a long poll: added to the read timeout
+    # Sent as Idempotency-Key: the server answers a retry with the original job, so a POST
+    # that carries one is retried after a timeout like a GET.
+    idempotency_key: str | None = None
 
     @property
     def idempotent(self) -> bool:
-        return self.method in ("GET", "PUT", "DELETE", "HEAD")
+        return self.method in ("GET", "PUT", "DELETE", "HEAD") or bool(self.idempotency_key)
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Idempotency-Key": self.idempotency_key} if self.idempotency_key else None
+
+
+def new_idempotency_key(given: str | None) -> str:
+    """The caller's key, or a fresh one for this call (its retries share it)."""
+    return given or uuid.uuid4().hex
 
 
 @dataclass
@@ -126,8 +139,10 @@ def result(job_id: str) -> Flow:
     return Scores.from_json(data) if job.kind == "score" else Trained.from_json(data)
 
 
-def generate(*, wait_for: bool, timeout: float | None, **body: Any) -> Flow:
-    response = yield Call("POST", "/generate", json=_drop_none(body), expect=(202,))
+def generate(*, wait_for: bool, timeout: float | None, idempotency_key: str | None = None,
+             **body: Any) -> Flow:
+    response = yield Call("POST", "/generate", json=_drop_none(body), expect=(202,),
+                          idempotency_key=new_idempotency_key(idempotency_key))
     job = Job.from_json(response.json())
     if not wait_for:
         return job
@@ -135,12 +150,15 @@ def generate(*, wait_for: bool, timeout: float | None, **body: Any) -> Flow:
     return (yield from generated(job.job_id))
 
 
-def score(images: Iterable[ImageInput], *, model: str | None, timeout: float | None) -> Flow:
+def score(images: Iterable[ImageInput], *, model: str | None, timeout: float | None,
+          idempotency_key: str | None = None, callback_url: str | None = None) -> Flow:
     files = [image_part(item, i) for i, item in enumerate(images)]
     if not files:
         raise DebmError("score() needs at least one image")
-    response = yield Call("POST", "/ood-score", params=_drop_none({"model": model}),
-                          files=files, expect=(200, 202), extra_time=60.0)
+    response = yield Call("POST", "/ood-score",
+                          params=_drop_none({"model": model, "callback_url": callback_url}),
+                          files=files, expect=(200, 202), extra_time=60.0,
+                          idempotency_key=new_idempotency_key(idempotency_key))
     data = response.json()
     if response.status_code == 200:
         return Scores.from_json(data)
@@ -148,8 +166,10 @@ def score(images: Iterable[ImageInput], *, model: str | None, timeout: float | N
     return (yield from result(data["job_id"]))
 
 
-def train(*, wait_for: bool, timeout: float | None, **body: Any) -> Flow:
-    response = yield Call("POST", "/train", json=_drop_none(body), expect=(202,))
+def train(*, wait_for: bool, timeout: float | None, idempotency_key: str | None = None,
+          **body: Any) -> Flow:
+    response = yield Call("POST", "/train", json=_drop_none(body), expect=(202,),
+                          idempotency_key=new_idempotency_key(idempotency_key))
     job = Job.from_json(response.json())
     if not wait_for:
         return job
@@ -157,7 +177,8 @@ def train(*, wait_for: bool, timeout: float | None, **body: Any) -> Flow:
     return (yield from result(job.job_id))
 
 
-def upload_dataset(file: str | Path | bytes | tuple) -> Flow:
+def upload_dataset(file: str | Path | bytes | tuple, idempotency_key: str | None = None
+                   ) -> Flow:
     if isinstance(file, tuple):
         name, data = file
     elif isinstance(file, (bytes, bytearray)):
@@ -166,7 +187,7 @@ def upload_dataset(file: str | Path | bytes | tuple) -> Flow:
         name, data = Path(file).name, Path(file).read_bytes()
     response = yield Call("POST", "/datasets",
                           files=[("file", (name, data, "application/octet-stream"))],
-                          expect=(201,))
+                          expect=(201,), idempotency_key=new_idempotency_key(idempotency_key))
     return Dataset.from_json(response.json())
 
 
@@ -235,3 +256,10 @@ def add_model_version(name: str, checkpoint: str | Path | bytes, *,
                                            "application/octet-stream"))],
                           expect=(201,), extra_time=60.0)
     return ModelVersion.from_json(response.json())
+
+
+def webhook_secret(key_id: str) -> Flow:
+    """Issue (or rotate) ``key_id``'s own webhook signing secret (admin keys); the
+    ``whsec_`` value is returned once."""
+    response = yield Call("POST", f"/keys/{key_id}/webhook-secret", expect=(201,))
+    return response.json()["secret"]

@@ -10,7 +10,7 @@ import httpx
 
 from . import flows
 from .sse import ResumableStream
-from .transport import (RetryPolicy, error_from, request_timeout, retry_after,
+from .transport import (RetryPolicy, error_from, quota, request_timeout, retry_after,
                         should_retry_status, transport_error)
 from .types import Event
 
@@ -35,6 +35,9 @@ class Client:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.timeout = httpx.Timeout(timeout)
         self.policy = RetryPolicy(retries=retries, max_retry_wait=max_retry_wait)
+        # The key's quotas as the last job-creating answer told them (RateLimit headers):
+        # {"jobs": {"limit": 8, "remaining": 5}, "work": {...}}.
+        self.quota: dict[str, dict[str, int]] = {}
         self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
                                  timeout=self.timeout, transport=transport)
 
@@ -54,6 +57,7 @@ class Client:
             try:
                 response = self.http.request(call.method, call.path, params=call.params,
                                              json=call.json, files=call.files,
+                                             headers=call.headers,
                                              timeout=request_timeout(self.timeout, call))
             except httpx.HTTPError as exc:
                 error = transport_error(exc, call, attempt, self.policy,
@@ -64,8 +68,10 @@ class Client:
                 attempt += 1
                 continue
             if response.status_code in call.expect:
+                if call.idempotency_key:
+                    self.quota = quota(response) or self.quota
                 return response
-            if should_retry_status(response, attempt, self.policy):
+            if should_retry_status(response, attempt, self.policy, call):
                 time.sleep(self.policy.delay(attempt, retry_after(response)))
                 attempt += 1
                 continue
@@ -87,28 +93,36 @@ class Client:
     def generate(self, n: int = 16, *, seed: int = 0, sampler: str = "two_stage",
                  steps_latent: int | None = None, steps_pixel: int | None = None,
                  step_size_latent: float | None = None, step_size_pixel: float | None = None,
-                 model: str | None = None, wait: bool = True, timeout: float | None = None):
+                 model: str | None = None, wait: bool = True, timeout: float | None = None,
+                 idempotency_key: str | None = None, callback_url: str | None = None):
         """Generated (PIL images + grid) once done; with ``wait=False`` the queued Job."""
         return self._run(flows.generate(
             wait_for=wait, timeout=timeout, n=n, seed=seed, sampler=sampler,
             steps_latent=steps_latent, steps_pixel=steps_pixel,
-            step_size_latent=step_size_latent, step_size_pixel=step_size_pixel, model=model))
+            step_size_latent=step_size_latent, step_size_pixel=step_size_pixel, model=model,
+            idempotency_key=idempotency_key, callback_url=callback_url))
 
     def score(self, images: Iterable[flows.ImageInput], *, model: str | None = None,
-              timeout: float | None = None):
+              timeout: float | None = None,
+              idempotency_key: str | None = None, callback_url: str | None = None):
         """Scores of image files (paths), PNG/JPEG bytes, PIL images or (name, bytes)."""
-        return self._run(flows.score(images, model=model, timeout=timeout))
+        return self._run(flows.score(images, model=model, timeout=timeout,
+                                     idempotency_key=idempotency_key,
+                                     callback_url=callback_url))
 
     def train(self, dataset: str, *, preset: str = "demo",
               overrides: dict[str, dict[str, Any]] | None = None, seed: int | None = None,
-              name: str = "custom", wait: bool = False, timeout: float | None = None):
+              name: str = "custom", wait: bool = False, timeout: float | None = None,
+              idempotency_key: str | None = None, callback_url: str | None = None):
         """The queued Job (admin keys); with ``wait=True`` the Trained result."""
-        return self._run(flows.train(wait_for=wait, timeout=timeout, dataset=dataset,
+        return self._run(flows.train(idempotency_key=idempotency_key, callback_url=callback_url,
+                                     wait_for=wait, timeout=timeout, dataset=dataset,
                                      preset=preset, overrides=overrides or {}, seed=seed,
                                      name=name))
 
-    def upload_dataset(self, file: str | Path | bytes | tuple):
-        return self._run(flows.upload_dataset(file))
+    def upload_dataset(self, file: str | Path | bytes | tuple, *,
+                       idempotency_key: str | None = None):
+        return self._run(flows.upload_dataset(file, idempotency_key))
 
     def jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50,
              all: bool = False):
@@ -136,6 +150,10 @@ class Client:
         """Register an exported checkpoint folder (or .tar/.zip bytes or path) as the next
         version of ``name``; the ModelVersion (admin key)."""
         return self._run(flows.add_model_version(name, checkpoint, make_default=make_default))
+
+    def webhook_secret(self, key_id: str) -> str:
+        """Issue or rotate an API key's own webhook secret (admin keys): the whsec_ value."""
+        return self._run(flows.webhook_secret(key_id))
 
     def set_default(self, name: str, version: int):
         return self._run(flows.set_default(name, version))

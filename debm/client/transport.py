@@ -4,8 +4,12 @@
   accepted, so it is sent again after the server's ``Retry-After`` (capped by
   ``max_retry_wait``), at most ``retries`` times; then DebmError carries the last answer.
 - A connection that could not be made is retried the same way (nothing reached the server).
-- A timeout after the request was sent is retried only for GET/PUT/DELETE; a POST may have
-  created a job, so it raises DebmError (status None) rather than risk a duplicate.
+- A timeout after the request was sent is retried for GET/PUT/DELETE and for a POST that
+  carries an ``Idempotency-Key`` (every job-creating call does, a fresh key per call unless
+  the caller gives one): the server answers its retry with the job the first attempt
+  created.  A 409 with Retry-After on such a POST (the first attempt is still being
+  accepted) is retried too.  A POST without a key raises DebmError (status None) rather
+  than risk a duplicate.
 - Any other answer outside the call's expected statuses raises DebmError with the server's
   status and ``detail``.
 """
@@ -66,8 +70,27 @@ def error_from(response: httpx.Response) -> DebmError:
                      retry_after=retry_after(response))
 
 
-def should_retry_status(response: httpx.Response, attempt: int, policy: RetryPolicy) -> bool:
-    return response.status_code in RETRY_STATUSES and attempt < policy.retries
+def should_retry_status(response: httpx.Response, attempt: int, policy: RetryPolicy,
+                        call: Call | None = None) -> bool:
+    if attempt >= policy.retries:
+        return False
+    if response.status_code == 409 and call is not None and call.idempotency_key:
+        return "retry-after" in response.headers  # our earlier attempt is being accepted
+    return response.status_code in RETRY_STATUSES
+
+
+def quota(response: httpx.Response) -> dict[str, dict[str, int]]:
+    """The RateLimit-Policy / RateLimit headers of a job-creating answer, as
+    ``{"jobs": {"limit": 8, "remaining": 5}, "work": {...}}`` (empty when absent)."""
+    out: dict[str, dict[str, int]] = {}
+    for header, field in (("ratelimit-policy", "limit"), ("ratelimit", "remaining")):
+        for item in response.headers.get(header, "").split(","):
+            name, *params = item.strip().split(";")
+            values = dict(p.split("=", 1) for p in params if "=" in p)
+            number = values.get("q" if field == "limit" else "r")
+            if name and number is not None and number.isdigit():
+                out.setdefault(name.strip('"'), {})[field] = int(number)
+    return out
 
 
 def transport_error(exc: httpx.HTTPError, call: Call, attempt: int, policy: RetryPolicy,

@@ -63,6 +63,11 @@ class Job:
     model: str | None = None
     result: dict[str, Any] | None = None
     result_url: str | None = None
+    # A queued job's place in its queue: position, ahead, estimated_wait_seconds,
+    # estimated_start (an estimate), as GET /jobs/{id} gives it; None otherwise.
+    queue: dict[str, Any] | None = None
+    # With callback_url: the webhook's state, attempt_count, last_status and last attempts.
+    webhook: dict[str, Any] | None = None
 
     @property
     def final(self) -> bool:

@@ -148,6 +148,24 @@ def result_json(services: Services, job: JobRecord) -> GenerateResult | ScoreRes
                        history_url=r.get("history_url"))
 
 
+def render_result(services: Services, job_id: str) -> dict[str, Any]:
+    """The result document of a job, again (an idempotent replay of a large answer)."""
+    job = services.store.get(job_id)
+    if job is None:
+        raise HTTPException(410, f"job {job_id} is gone")
+    return result_json(services, job).model_dump(mode="json")
+
+
+def webhook_payload(job: JobRecord) -> dict[str, Any]:
+    """What a webhook posts: the job's public record (GET /jobs/{id}), Standard Webhooks'
+    ``type`` / ``timestamp`` / ``data`` envelope."""
+    from datetime import datetime, timezone
+
+    return {"type": f"job.{job.status}",
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "data": job_view(job).model_dump(mode="json")}
+
+
 def _history(services: Services, job: JobRecord) -> list[dict[str, Any]]:
     try:
         history = json.loads(services.artifacts.get_bytes(

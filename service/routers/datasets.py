@@ -9,6 +9,7 @@ import shutil
 import time
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -20,6 +21,7 @@ from model.formats.files import atomic_write_bytes
 from ..dataset_check import (DatasetRejected, check_image_zip, check_npz,
                              detect_format)
 from ..deps import AdminPrincipal, ServicesDep
+from ..idempotency import IdempotencyKey, accept, fingerprint
 from ..schemas import DatasetInfo, DatasetList, errors
 from ..uploads import _clean_filename, read_form
 
@@ -38,8 +40,9 @@ MULTIPART_DATASET = {
 
 @router.post("/datasets", status_code=201, response_model=DatasetInfo,
              openapi_extra=MULTIPART_DATASET,
-             responses=errors(400, 401, 403, 413, 415, 422, 507))
-async def upload_dataset(request: Request, services: ServicesDep, principal: AdminPrincipal):
+             responses=errors(400, 401, 403, 409, 413, 415, 422, 507))
+async def upload_dataset(request: Request, services: ServicesDep, principal: AdminPrincipal,
+                         idempotency_key: IdempotencyKey = None):
     settings = services.settings
     form = await read_form(request, max_files=2)
     try:
@@ -79,12 +82,35 @@ async def upload_dataset(request: Request, services: ServicesDep, principal: Adm
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
 
-        try:
-            return await run_in_threadpool(store_and_check)
-        except DatasetRejected as exc:
-            raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") from None
+        return await _accept(services, principal.key_id, idempotency_key, filename,
+                             upload, store_and_check)
     finally:
         await form.close()
+
+
+async def _accept(services, owner: str, idempotency_key: str | None, filename: str, upload,
+                  store_and_check) -> JSONResponse:
+    """Store and check the upload once per Idempotency-Key (service.idempotency)."""
+    async def create() -> JSONResponse:
+        try:
+            info = await run_in_threadpool(store_and_check)
+        except DatasetRejected as exc:
+            raise HTTPException(exc.status, f"dataset {filename!r} refused: {exc}") from None
+        return JSONResponse(info.model_dump(mode="json"), status_code=201)
+
+    request_print = fingerprint("/datasets", {}, [
+        filename, await run_in_threadpool(_file_digest, upload.file)]) \
+        if idempotency_key else None
+    return await accept(services, owner, idempotency_key, request_print, create)
+
+
+def _file_digest(handle) -> str:
+    digest = hashlib.sha256()
+    handle.seek(0)
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    handle.seek(0)
+    return digest.hexdigest()
 
 
 @router.get("/datasets", response_model=DatasetList, responses=errors(401, 403))

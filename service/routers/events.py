@@ -5,6 +5,8 @@ The stream replays the job's event log after Last-Event-ID (header, or ``last_ev
 the query for a page that reconnects by itself), then follows it until the job is final:
 
     status     {"status"}: on connecting and at each change (no id: it is not in the log)
+    queue      while queued, at first and whenever the position changes: the ``queue``
+               block of GET /jobs/{id} (position, estimated start: an estimate; no id)
     progress   {"stage", "step", "total", "fraction", "elapsed", "eta_seconds"}
     preview    {"stage", "step", "total", "png_base64"}: the chain as a small PNG grid, h(z)
                in the latent stage, then the samples (generation)
@@ -32,6 +34,7 @@ from core.artifacts.keys import visuals_prefix
 
 from ..deps import ServicesDep, UsePrincipal
 from ..event_tokens import TokenError
+from ..queue_info import queue_position
 from ..schemas import EventToken, errors
 from .common import get_job
 
@@ -101,6 +104,7 @@ async def _stream(services, job_id: str, after: str | None,
     # The status on connecting comes first, before the replay: a job that started at once
     # (the embedded pool) already has events in its log.
     yield _sse("status", {"status": status})
+    last_position = None
     while True:
         # Subscribed before the record is read, so the job becoming final wakes the pause
         # below at once (core.jobs.wakeups) and ``end`` follows without a polling delay;
@@ -121,6 +125,10 @@ async def _stream(services, job_id: str, after: str | None,
             if job.status != status:
                 status = job.status
                 yield _sse("status", {"status": status})
+            block = await queue_position(services, job)
+            if block is not None and block["position"] != last_position:
+                last_position = block["position"]
+                yield _sse("queue", block)
             if job.final:
                 # The worker logs its events before it finishes the record: drain, then end.
                 while batch := await run_in_threadpool(log.read, job_id, after, BATCH):

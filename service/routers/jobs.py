@@ -11,8 +11,10 @@ from core.artifacts import ArtifactMissing
 from core.jobs import CANCELLED, SUCCEEDED
 
 from ..deps import ServicesDep, UsePrincipal
-from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus,
+from ..schemas import (GenerateResult, Job, JobKind, JobList, JobStatus, QueuePosition,
                        ScoreResult, TrainResult, errors)
+from ..queue_info import queue_position
+from ..webhooks import webhook_view
 from .common import check_wait, get_job, job_view, not_ready, result_json, wait_for
 
 router = APIRouter(tags=["jobs"])
@@ -46,7 +48,11 @@ async def get_job_status(job_id: str, services: ServicesDep, principal: UsePrinc
     seconds = check_wait(wait, services)
     if seconds > 0 and not job.final:
         job = await wait_for(services, job.id, seconds) or job
-    return job_view(job)
+    view = job_view(job)
+    block = await queue_position(services, job)
+    view.queue = QueuePosition(**block) if block else None
+    view.webhook = await webhook_view(services, job.id)
+    return view
 
 
 @router.get(

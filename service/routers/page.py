@@ -5,7 +5,6 @@ no build step), GET /session (who the page's key is) and GET /models/{name}/cali
 from __future__ import annotations
 
 import bisect
-import json
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -15,9 +15,12 @@ from core.work_units import score_work
 from model.formats.imagefile import ImageRejected, decode_image, read_header
 
 from ..deps import ServicesDep, UsePrincipal
+from ..idempotency import IdempotencyKey, accept, file_digest, fingerprint, idempotency_store
+from ..ratelimit_headers import RATELIMIT_RESPONSE_HEADERS, check_capacity
+from ..webhooks import check_callback_url, register
 from ..schemas import MODEL_SPEC, JobAccepted, ScoreResult, errors
 from ..uploads import UploadedFile, read_files, read_form
-from .common import check_wait, result_json, wait_for
+from .common import check_wait, render_result, result_json, wait_for
 
 log = logging.getLogger("debm.api")
 
@@ -71,18 +74,29 @@ def validate_images(files: list[UploadedFile], max_pixels: int, max_request_pixe
 
 @router.post(
     "/ood-score", response_model=ScoreResult, openapi_extra=MULTIPART_IMAGES,
-    responses={202: {"model": JobAccepted, "description": "not scored within the wait"},
+    responses={200: {"headers": RATELIMIT_RESPONSE_HEADERS, "description": "the scores"},
+               202: {"model": JobAccepted, "description": "not scored within the wait",
+                     "headers": RATELIMIT_RESPONSE_HEADERS},
                **errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503, 507)})
 async def ood_score(request: Request, services: ServicesDep, principal: UsePrincipal,
+                    idempotency_key: IdempotencyKey = None,
+                    callback_url: Annotated[str | None, Query(
+                        max_length=2048, description="POSTed the job's record, signed per "
+                        "Standard Webhooks, when the job ends")] = None,
                     model: Annotated[str | None, Query(pattern=MODEL_SPEC)] = None,
                     wait: Annotated[float | None, Query(
                         description="seconds to wait (default DEBM_SCORE_WAIT_SECONDS)")]
                     = None):
     settings = services.settings
+    await check_callback_url(services, callback_url, ["query", "callback_url"],
+                             principal.key_id)
     seconds = check_wait(wait, services) if wait is not None else settings.score_wait_seconds
     model_name, version = await run_in_threadpool(
         services.registry.resolve_servable, model, default_model=settings.default_model)
-    await run_in_threadpool(services.dispatcher.check_capacity, principal.key_id)
+    # The early 429 is skipped for a key already seen: its replay must not be refused.
+    if idempotency_key is None or not await run_in_threadpool(
+            idempotency_store(services).peek, principal.key_id, idempotency_key):
+        await check_capacity(services, principal.key_id)
     form = await read_form(request, max_files=settings.max_images_per_request + 1)
     try:
         files = await read_files(form, max_bytes=settings.max_upload_bytes)
@@ -97,6 +111,22 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
     await run_in_threadpool(validate_images, files, settings.max_image_pixels,
                             settings.max_request_pixels)
 
+
+    async def create() -> JSONResponse:
+        return await _queue_and_wait(services, principal.key_id, files, model_name, version,
+                                     seconds, callback_url)
+
+    request_print = fingerprint("/ood-score", {"model": model, "callback": callback_url}, [
+        [upload.filename, file_digest(upload.data)] for upload in files]) \
+        if idempotency_key else None
+    return await accept(services, principal.key_id, idempotency_key, request_print, create,
+                        render=lambda job_id: render_result(services, job_id))
+
+
+async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model_name: str,
+                          version: int, seconds: float, callback_url: str | None = None
+                          ) -> JSONResponse:
+    """Store the uploads, queue the job, and wait up to ``seconds`` for its scores."""
     job_id = services.dispatcher.new_id()
     uploads = upload_prefix(job_id)
 
@@ -113,7 +143,7 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
     try:
         entries = await run_in_threadpool(store_files)
         params = {"model_name": model_name, "model_version": version, "files": entries}
-        job = await run_in_threadpool(services.dispatcher.submit, "score", principal.key_id,
+        job = await run_in_threadpool(services.dispatcher.submit, "score", owner,
                                       params, job_id=job_id, work=score_work(len(files)))
     except BaseException:
         try:
@@ -121,9 +151,11 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
         except Exception as exc:  # the store is down: the reaper removes leftovers later
             log.warning("uploads of %s not removed: %s", job_id, exc)
         raise
+    await register(services, job.id, callback_url, owner)
     done = await wait_for(services, job.id, seconds) if seconds > 0 else job
     if done is not None and done.status == SUCCEEDED:
-        return await run_in_threadpool(result_json, services, done)
+        result = await run_in_threadpool(result_json, services, done)
+        return JSONResponse(result.model_dump(mode="json"), status_code=200)
     current = done or job
     accepted = JobAccepted(job_id=job.id, status=current.status, kind="score",
                            model=f"{model_name}:{version}", url=f"/jobs/{job.id}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, HTTPException
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.artifacts import ArtifactMissing
@@ -16,6 +17,9 @@ from model.formats.archives import BUILTIN_DATASETS  # torch-free
 from model.formats.netshape import BUILTIN_DATASET_SIZES  # torch-free
 
 from ..deps import AdminPrincipal, ServicesDep
+from ..idempotency import IdempotencyKey, accept, fingerprint
+from ..ratelimit_headers import RATELIMIT_RESPONSE_HEADERS
+from ..webhooks import check_callback_url, register
 from ..schemas import JobAccepted, TrainRequest, errors
 from .common import invalid
 
@@ -39,9 +43,13 @@ def dataset_images(services, dataset: str) -> int:
 
 
 @router.post("/train", status_code=202, response_model=JobAccepted,
-             responses=errors(400, 401, 403, 404, 413, 415, 422, 429, 503))
-async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal):
+             responses={202: {"headers": RATELIMIT_RESPONSE_HEADERS, "description": "queued"},
+                        **errors(400, 401, 403, 404, 409, 413, 415, 422, 429, 503)})
+async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrincipal,
+                idempotency_key: IdempotencyKey = None):
     settings = services.settings
+    await check_callback_url(services, body.callback_url, ["body", "callback_url"],
+                             principal.key_id)
     images = await run_in_threadpool(dataset_images, services, body.dataset)
     try:  # the same function the worker runs again on the record
         build_training_config(preset_name=body.preset, overrides=body.overrides,
@@ -49,7 +57,15 @@ async def train(body: TrainRequest, services: ServicesDep, principal: AdminPrinc
                               **training_limits(settings))
     except TrainingRequestError as exc:
         raise invalid(["body", "overrides"], str(exc)) from None
-    job = await run_in_threadpool(services.dispatcher.submit, "train", principal.key_id,
-                                  body.model_dump())
-    return JobAccepted(job_id=job.id, status=job.status, kind="train", model=body.name,
-                       url=f"/jobs/{job.id}")
+
+    async def create() -> JSONResponse:
+        job = await run_in_threadpool(services.dispatcher.submit, "train", principal.key_id,
+                                      body.model_dump(exclude={"callback_url"}))
+        await register(services, job.id, body.callback_url, principal.key_id)
+        accepted = JobAccepted(job_id=job.id, status=job.status, kind="train",
+                               model=body.name, url=f"/jobs/{job.id}")
+        return JSONResponse(accepted.model_dump(), status_code=202)
+
+    request_print = fingerprint("/train", {}, body.model_dump(mode="json")) \
+        if idempotency_key else None
+    return await accept(services, principal.key_id, idempotency_key, request_print, create)

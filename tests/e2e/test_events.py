@@ -48,7 +48,7 @@ def read_events(base: str, path: str, *, headers=None, stop_after: int | None = 
 def logged(events) -> list[tuple]:
     """The events that come from the job's log (they carry their own ids)."""
     return [(e.id, e.event, e.data.get("step"), e.data.get("stage")) for e in events
-            if e.event not in ("status", "end")]
+            if e.event not in ("status", "end", "queue")]  # these three carry no id
 
 
 def check_generate_stream(base: str, headers: dict) -> None:

@@ -39,6 +39,9 @@ NOT_RUN = {
     ("# Evaluation (docs/RESULTS.md)", "over 3 minutes"),
     ('export DEBM_ADMIN_KEYS="me', "docker"),
     ("# docker-compose.gpus.yml", "a compose file"),
+    ("# A lent GPU", "needs a lent GPU"),
+    ("KEY=$(cat var/debm/api-key)", "needs DEBM_WEBHOOK_SECRET"),
+    ("import os", "runs inside your webhook receiver"),
 }
 
 

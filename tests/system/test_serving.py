@@ -61,7 +61,9 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 def check_serving(base: str, procs, *, worker_metrics: str | None) -> None:
-    """What both modes must do (see the module docstring)."""
+    """What both modes must do (see the module docstring).  Four images are scored alone and
+    then again among others: the servers run without the score cache
+    (DEBM_SCORE_CACHE_ENTRIES=0), so the second time is a merged forward pass."""
     pngs = [digit_png(seed=i) for i in range(32)]
     try:
         alone = []
@@ -112,7 +114,8 @@ def test_distributed_batches_meters_and_counts_work(tmp_path, redis_url, redis_p
                                                     tiny_checkpoint):
     data = tmp_path / "data"
     env = service_env(data, redis_url=redis_url, seed_checkpoint=tiny_checkpoint,
-                      DEBM_REDIS_PREFIX=redis_prefix, DEBM_MAX_WAIT_MS="20")
+                      DEBM_REDIS_PREFIX=redis_prefix, DEBM_MAX_WAIT_MS="20",
+                      DEBM_SCORE_CACHE_ENTRIES="0")  # images scored twice: see check_serving
     port, metrics_port = free_port(), free_port()
     procs.append(api_server(env, tmp_path, port))
     procs.append(threads_worker(env, tmp_path, metrics_port=metrics_port))
@@ -123,7 +126,8 @@ def test_distributed_batches_meters_and_counts_work(tmp_path, redis_url, redis_p
 
 def test_embedded_batches_meters_and_counts_work(tmp_path, procs, tiny_checkpoint):
     data = tmp_path / "data"
-    env = service_env(data, seed_checkpoint=tiny_checkpoint, DEBM_MAX_WAIT_MS="20")
+    env = service_env(data, seed_checkpoint=tiny_checkpoint, DEBM_MAX_WAIT_MS="20",
+                      DEBM_SCORE_CACHE_ENTRIES="0")  # images scored twice: see check_serving
     port = free_port()
     procs.append(Proc("serve", [PYTHON, "-m", "debm.cli", "serve", "--data-dir", str(data),
                                 "--port", str(port)], env, tmp_path))

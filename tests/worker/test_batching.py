@@ -173,6 +173,11 @@ def _run_jobs(runtime, job_ids):
 def test_score_jobs_batched_equal_alone_and_a_bad_upload_fails_alone(runtime):
     from tests.support.images import digit_png
 
+    from worker.score_cache import ScoreCache
+
+    # Every score a forward pass: the second round scores the same images, and this test is
+    # about merging them, not about the score cache (tests/worker/test_score_cache.py).
+    runtime._score_cache = ScoreCache(0)
     sizes = [1, 2, 1, 3, 1, 1]
     requests = [[digit_png(seed=10 * i + k) for k in range(n)] for i, n in enumerate(sizes)]
     alone = []
