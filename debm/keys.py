@@ -64,11 +64,12 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from core.datadir import DataDir
     from core.settings import parse_api_keys
 
     settings = _settings(args)
     rows = []
-    if settings.local_key and (settings.data_root / "api-key").exists():
+    if settings.local_key and DataDir(settings.data_root).api_key_file.exists():
         rows.append({"id": "local", "scope": "admin", "created": None, "source": "generated"})
     rows += [{"id": key_id, "scope": scope, "created": None, "source": "env"}
              for spec, scope in ((settings.api_keys, "use"), (settings.admin_keys, "admin"))

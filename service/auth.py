@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.datadir import DataDir
 from core.keys import SCOPES as KEY_SCOPES
 from core.keys import KeyAdmin
 from core.settings import Settings, parse_api_keys
@@ -129,7 +130,7 @@ def load_keys(settings: Settings, *, store=None, announce=None) -> KeyRing:
         if GENERATED_KEY_ID in sources:
             raise KeyConflict(f"the key id {GENERATED_KEY_ID!r} belongs to the generated key "
                               "in DATA/api-key; name the environment's key otherwise")
-        path = settings.data_root / "api-key"
+        path = DataDir(settings.data_root).api_key_file
         admin = [(GENERATED_KEY_ID, ensure_generated_key(path, announce=announce)), *admin]
         sources[GENERATED_KEY_ID] = "generated"
     elif not admin:

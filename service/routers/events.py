@@ -33,6 +33,7 @@ from core.artifacts import ArtifactMissing
 from core.artifacts.keys import visuals_prefix
 
 from ..deps import ServicesDep, UsePrincipal
+from ..schemas import UNAUTHORIZED
 from ..event_tokens import TokenError
 from ..queue_info import queue_position
 from ..schemas import EventToken, errors
@@ -58,8 +59,8 @@ def _principal(request: Request, services, token: str | None, job_id: str):
         api_key = auth[7:].strip()
     principal = services.keys.authenticate(api_key or None)
     if principal is None:
-        raise HTTPException(401, "missing or invalid API key; send it as 'X-API-Key: <key>', "
-                                 "or pass ?token= from POST /jobs/{id}/events/token",
+        raise HTTPException(401, f"{UNAUTHORIZED}, or pass ?token= from "
+                                 "POST /jobs/{id}/events/token",
                             headers={"WWW-Authenticate": "Bearer"})
     if not principal.can("use"):
         raise HTTPException(403, "this API key lacks the 'use' scope")
