@@ -83,5 +83,20 @@ def wait_job(client, job_id: str, *, statuses=("succeeded", "failed", "cancelled
     return wait_until(check, timeout=timeout, what=f"job {job_id} to reach {statuses}")
 
 
+def wait_healthy(base: str, procs, *, timeout: float = 120) -> None:
+    """Until GET /healthz answers 200; a process of ``procs`` that exits meanwhile fails the
+    test with every log."""
+    import httpx
+
+    def up():
+        if not all(p.alive() for p in procs):
+            raise AssertionError(dump_logs(*procs))
+        try:
+            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+    wait_until(up, timeout=timeout, interval=0.5, what="the API")
+
+
 def dump_logs(*procs: Proc) -> str:
     return "\n".join(f"----- {p.name} ({p.log}) -----\n{p.output()[-6000:]}" for p in procs)

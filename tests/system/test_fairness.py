@@ -7,8 +7,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support import KEY_HEADERS, USE_HEADERS, wait_until
-from tests.support.processes import dump_logs, free_port, service_env
+from tests.support import KEY_HEADERS, USE_HEADERS
+from tests.support.processes import dump_logs, free_port, service_env, wait_healthy
 from tests.system.conftest import api_server
 
 pytestmark = pytest.mark.system
@@ -23,14 +23,7 @@ def _start_api(env, tmp_path, procs) -> str:
     procs.append(api_server(env, tmp_path, port))
     base = f"http://127.0.0.1:{port}"
 
-    def up():
-        if not procs[-1].alive():
-            raise AssertionError(dump_logs(*procs))
-        try:
-            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-    wait_until(up, timeout=120, interval=0.5, what="the API")
+    wait_healthy(base, procs)
     return base
 
 

@@ -9,21 +9,13 @@ import httpx
 import pytest
 
 from tests.support import PYTHON, USE_HEADERS, wait_until
-from tests.support.processes import Proc, dump_logs, free_port, service_env, wait_job
+from tests.support.processes import (Proc, dump_logs, free_port, service_env, wait_healthy,
+                                     wait_job)
 from tests.system.conftest import api_server, wait_ready
 
 pytestmark = pytest.mark.system
 
 
-def _healthy(base: str, procs) -> None:
-    def up():
-        if not all(p.alive() for p in procs):
-            raise AssertionError(dump_logs(*procs))
-        try:
-            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-    wait_until(up, timeout=120, interval=0.5, what="the API")
 
 
 def test_both_modes_reap_finished_jobs_by_themselves(tmp_path, procs, tiny_checkpoint,
@@ -42,7 +34,7 @@ def test_both_modes_reap_finished_jobs_by_themselves(tmp_path, procs, tiny_check
                                         DEBM_REDIS_PREFIX=redis_prefix, **retention),
                             tmp_path, port))
     wait_ready(embedded, procs[:1])
-    _healthy(distributed, procs)
+    wait_healthy(distributed, procs)
     small = {"n": 1, "seed": 1, "steps_latent": 2, "steps_pixel": 2}
     try:
         with httpx.Client(headers=USE_HEADERS, timeout=30) as client:

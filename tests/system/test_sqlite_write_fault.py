@@ -8,8 +8,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support import PYTHON, USE_HEADERS, wait_until
-from tests.support.processes import Proc, dump_logs, free_port, service_env
+from tests.support import PYTHON, USE_HEADERS
+from tests.support.processes import Proc, dump_logs, free_port, service_env, wait_healthy
 
 pytestmark = pytest.mark.system
 
@@ -29,14 +29,7 @@ def test_a_refused_sqlite_write_is_503_not_500(tmp_path, procs, tiny_checkpoint)
                               "--port", str(port)], env, tmp_path))
     base = f"http://127.0.0.1:{port}"
 
-    def up():
-        if not procs[-1].alive():
-            raise AssertionError(dump_logs(*procs))
-        try:
-            return httpx.get(f"{base}/healthz", timeout=5).status_code == 200
-        except httpx.HTTPError:
-            return False
-    wait_until(up, timeout=120, interval=0.5, what="the API")
+    wait_healthy(base, procs)
     codes = []
     with httpx.Client(base_url=base, headers=USE_HEADERS, timeout=30) as client:
         try:
