@@ -87,6 +87,7 @@ class EmbeddedWorkers:
                 return True
 
             services.dispatcher.local = run_here
+            services.dispatcher.score_inline = local.score_inline
             name = f"{INFERENCE_QUEUE}@embedded-{host}"
             self._heartbeats.append(Heartbeat(self.settings, name, [INFERENCE_QUEUE],
                                               alive=local.alive).start())

@@ -4,6 +4,8 @@ Concurrent ``/ood-score`` jobs for the same model (and the same scoring sigma, d
 seed) are merged into one forward batch of up to ``max_batch_size`` images; the batch leaves
 as soon as it is full, or ``max_wait_ms`` after its first request arrived.  Requests that
 arrive while a batch runs form the next one, so under load batches fill without waiting.
+After a batch of one request (a lone client), the next request leaves at once: the window
+would only add its wait, and requests that arrive while it runs are batched next.
 
 Every request is still its own job and its own task: it holds its own lease, is acknowledged
 late on its own, is validated by its own task (a bad upload fails that job alone, before it
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 log = logging.getLogger("debm.batching")
+timing = logging.getLogger("debm.timing")  # per-stage timestamps, see service.routers.score
 
 # run(key, items) -> one result per item, in order.  Called on the batcher's thread.
 RunBatch = Callable[[Hashable, list[Any]], list[Any]]
@@ -56,15 +59,20 @@ class Batcher:
 
     def __init__(self, run: RunBatch, *, max_batch_size: int, max_wait_ms: float,
                  name: str = "batcher", on_batch: Callable[[Hashable, int, int, float], None]
-                 | None = None):
+                 | None = None, window_after_lone: bool = False):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
         self.run, self.max_batch_size = run, max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch  # (key, requests, size, seconds), for metrics and tests
+        # False: after a batch of one request the next leaves without the window (module
+        # docstring); True: every batch waits its window (tests that need requests to meet).
+        self.window_after_lone = window_after_lone
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._stopped = False
+        # Requests in the batch that ran last; the first batch waits its window.
+        self._last_requests = 2
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -96,7 +104,13 @@ class Batcher:
                     return None
                 self._cond.wait()
             first = self._queue[0]
-            deadline = first.arrived + self.max_wait
+            # The window only pays when requests come together: after a batch of one request
+            # (a lone client, or the first of a burst) the next one leaves at once, and
+            # requests that arrive while it runs form the next batch anyway.  A lone request
+            # saved 2-6 ms of wait (docs/PERFORMANCE.md, round five).
+            together = self._last_requests > 1 or self.window_after_lone
+            window = self.max_wait if together else 0.0
+            deadline = first.arrived + window
             while True:
                 same = [p for p in self._queue if p.key == first.key]
                 if sum(p.size for p in same) >= self.max_batch_size or self._stopped:
@@ -113,6 +127,7 @@ class Batcher:
                     break
                 batch.append(p)
                 total += p.size
+            self._last_requests = len(batch)
             taken = {id(p) for p in batch}
             self._queue = [p for p in self._queue if id(p) not in taken]
             return batch
@@ -126,6 +141,9 @@ class Batcher:
 
     def _run(self, batch: list[_Pending]) -> None:
         key = batch[0].key
+        if timing.isEnabledFor(logging.DEBUG):
+            timing.debug("batch.arrived - %.6f", batch[0].arrived)
+            timing.debug("batch.taken - %.6f", time.monotonic())
         started = time.perf_counter()
         try:
             results = self.run(key, [p.item for p in batch])
@@ -141,6 +159,8 @@ class Batcher:
                 self._run([pending])
             return
         seconds = time.perf_counter() - started
+        if timing.isEnabledFor(logging.DEBUG):
+            timing.debug("batch.forward_done - %.6f", time.monotonic())
         if self.on_batch is not None:
             try:
                 self.on_batch(key, len(batch), sum(p.size for p in batch), seconds)

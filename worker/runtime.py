@@ -81,9 +81,13 @@ class TaskRuntime:
         """Scores of the images ``x`` under ``loaded``, through this process's batcher: the
         forward pass may be shared with concurrent requests for the same model (the scores
         do not depend on batch mates, see worker.batching)."""
+        return self.score_future(model_ref, loaded, x).result()
+
+    def score_future(self, model_ref: str, loaded, x):
+        """``score`` without waiting: the batcher's Future of the scores."""
         scoring = loaded.config.scoring
         key = (model_ref, id(loaded), scoring.sigma, scoring.draws, scoring.seed)
-        return self.batcher()(key, (loaded, x), len(x))
+        return self.batcher().submit(key, (loaded, x), len(x))
 
     def batcher(self) -> Batcher:
         with self._lock:
