@@ -14,8 +14,10 @@ Then, against the same PNG digits:
            upload and scores inline in its handler with the raw model: what HTTP + multipart +
            one decode + the forward cost with nothing else;
   raw      the model alone in this process (1 and N threads, the better; as service_load);
-  service  ``--requests`` sequential requests, each stage's offset from the moment the client
-           sent it; the median over the requests is reported per stage.
+  service  ``--requests`` sequential requests on each path, alternated: the default (the fast
+           path in embedded mode) and ``?wait=60`` (a job record: every request's path before
+           issue 24); each stage's offset from the moment the client sent it, the median over
+           the requests per stage.
 """
 
 from __future__ import annotations
@@ -60,6 +62,19 @@ class TimedServices(service_load.Services):
             cmd = [sys.executable, "-c", BOOT, str(self.workdir / f"{name}.timing"), *cmd[2:]]
         super().spawn(name, cmd, env)
 
+    redis_url: str | None = None
+
+    def env(self, **extra) -> dict:
+        self.redis_url = extra.get("REDIS_URL", self.redis_url)
+        return super().env(**extra)
+
+    def redis_calls(self) -> dict[str, int]:
+        """Redis's command counts so far (distributed mode), by command."""
+        import redis
+
+        stats = redis.Redis.from_url(self.redis_url).info("commandstats")
+        return {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+
     def stamps(self) -> list[tuple[str, str, float]]:
         out = []
         for path in self.workdir.glob("*.timing"):
@@ -71,20 +86,46 @@ class TimedServices(service_load.Services):
 
 def service_timeline(base: str, pngs: list[bytes], requests: int, services: TimedServices
                      ) -> dict:
+    """``requests`` sequential one-image requests on each path, alternated: ``default`` (no
+    query: the fast path where the server has one) and ``job`` (``?wait=60``: a job record,
+    the path of every request before issue 24)."""
     import httpx
 
-    sent = []
+    paths = {"default": {}, "job": {"wait": 60}}
+    sent: dict[str, list] = {name: [] for name in paths}
+    calls: dict[str, dict] = {}
     with httpx.Client(base_url=base, headers=service_load.HEADERS, timeout=60) as http:
-        for i in range(requests + 3):  # 3 warm-up requests, not reported
-            start = time.monotonic()
-            response = http.post("/ood-score", files={"files": ("d.png", pngs[i % len(pngs)],
-                                                               "image/png")})
-            end = time.monotonic()
-            response.raise_for_status()
-            if i >= 3:
-                sent.append((response.json()["job_id"], start, end))
-    time.sleep(0.5)  # the worker's last stamps (after the response) reach their files
+        for i in range(requests + 3):  # 3 warm-up requests per path, not reported
+            for name, params in paths.items():
+                if services.redis_url and i == 3:
+                    calls[name] = {"before": services.redis_calls(), "at": time.monotonic()}
+                start = time.monotonic()
+                response = http.post("/ood-score", params=params, files={
+                    "files": ("d.png", pngs[i % len(pngs)], "image/png")})
+                end = time.monotonic()
+                response.raise_for_status()
+                if i >= 3:
+                    sent[name].append((response.json()["job_id"], start, end))
+                time.sleep(0.05)  # the worker's stamps after the response, before the next
+    time.sleep(0.5)  # the last stamps reach their files
     stamps = services.stamps()
+    out = {name: timeline(requests_sent, stamps) for name, requests_sent in sent.items()}
+    if services.redis_url:  # both paths alternate: the Redis calls of one request of each
+        idle = services.redis_calls()
+        time.sleep(2.0)  # heartbeats, Celery's polls: what Redis sees with no request
+        after = services.redis_calls()
+        first = calls["default"]
+        total = {k: v - first["before"].get(k, 0) for k, v in idle.items()}
+        background = sum(after.values()) - sum(idle.values())
+        span = time.monotonic() - 2.0 - first["at"]
+        out["redis"] = {"commands_per_request_pair": {
+            k: round(v / requests, 1) for k, v in sorted(total.items()) if v},
+            "all_per_request_pair": round(sum(total.values()) / requests, 1),
+            "background_per_second": background / 2.0, "span_s": span}
+    return out
+
+
+def timeline(sent: list[tuple[str, float, float]], stamps: list) -> dict:
     per_request = []
     for job_id, start, end in sent:
         offsets = {"client.sent": 0.0, "client.received": end - start}
@@ -104,11 +145,11 @@ def floor_latency(base: str, pngs: list[bytes], requests: int) -> dict:
 
     latencies = []
     with httpx.Client(base_url=base, timeout=60) as http:
-        for i in range(requests + 3):
+        for i in range(requests + 5):
             start = time.monotonic()
             http.post("/score", files={"files": ("d.png", pngs[i % len(pngs)], "image/png")}
                       ).raise_for_status()
-            if i >= 3:
+            if i >= 5:  # TorchScript optimises the trace over its first calls
                 latencies.append(time.monotonic() - start)
     return {"p50_ms": 1000 * statistics.median(latencies),
             "min_ms": 1000 * min(latencies)}
@@ -182,15 +223,23 @@ def run(args) -> dict:
 def table(r: dict) -> str:
     lines = [f"mode {r['mode']}, shipped defaults, {r['cpus']} CPUs, {r['started']}, load "
              f"average {' '.join(f'{x:.1f}' for x in r['load_average'])}, "
-             f"{r['requests']} sequential requests (medians)",
+             f"{r['requests']} sequential requests per path (medians)",
              f"raw forward p50 {1000 * r['raw']['p50_s']:.1f} ms ({r['raw']['threads']} thr; "
              f"after the service phase {1000 * r['raw_after']['p50_s']:.1f} ms), "
-             f"bare FastAPI floor p50 {r['floor']['p50_ms']:.1f} ms",
-             "| stage reached | offset ms | since previous ms |", "|---|---|---|"]
-    previous = 0.0
-    for stage, offset in sorted(r["service"]["median_ms"].items(), key=lambda kv: kv[1]):
-        lines.append(f"| {stage} | {offset:.1f} | {offset - previous:+.1f} |")
-        previous = offset
+             f"bare FastAPI floor p50 {r['floor']['p50_ms']:.1f} ms"]
+    for path, line in r["service"].items():
+        if path == "redis":
+            lines += ["", f"Redis commands per pair of requests (one per path): "
+                          f"{line['all_per_request_pair']} (background "
+                          f"{line['background_per_second']:.1f}/s over {line['span_s']:.1f} s): "
+                          f"{line['commands_per_request_pair']}"]
+            continue
+        lines += ["", f"path {path}", "| stage reached | offset ms | since previous ms |",
+                  "|---|---|---|"]
+        previous = 0.0
+        for stage, offset in sorted(line["median_ms"].items(), key=lambda kv: kv[1]):
+            lines.append(f"| {stage} | {offset:.1f} | {offset - previous:+.1f} |")
+            previous = offset
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.artifacts.keys import upload_prefix
+from core.prometheus import INLINE_SCORES
 from core.jobs import SUCCEEDED
 from core.work_units import score_work
 from model.formats.errors import user_message
@@ -174,12 +175,15 @@ async def score_inline(services, job_id: str, model_name: str, version: int,
                                          version, uploads)
         result = await asyncio.wrap_future(future)
     except ImageRejected as exc:
+        INLINE_SCORES.labels("refused").inc()
         raise HTTPException(IMAGE_STATUS.get(exc.kind, 422), str(exc)) from None
     except Exception as exc:
         message = user_message(exc)
+        INLINE_SCORES.labels("failed" if message is None else "refused").inc()
         if message is None:
             raise
         raise HTTPException(422, message) from None
+    INLINE_SCORES.labels("succeeded").inc()
     mark("api.result", job_id)
     return ScoreResult(job_id=job_id, model=result["model"], calibrated=result["calibrated"],
                        score=result.get("score", "texture"), results=result["results"])
