@@ -40,6 +40,11 @@ from typing import Any, Callable, Hashable
 log = logging.getLogger("debm.batching")
 timing = logging.getLogger("debm.timing")  # per-stage timestamps, see service.routers.score
 
+# The batches' thread ends after this long without a request, so that its OpenMP team does
+# not outlive the scoring traffic: while a second thread's team exists (a generate job's),
+# libgomp hardly spins and both forwards slow down by up to 2x (worker.threads).
+IDLE_EXIT_SECONDS = 1.0
+
 # run(key, items) -> one result per item, in order.  Called on the batcher's thread.
 RunBatch = Callable[[Hashable, list[Any]], list[Any]]
 
@@ -73,7 +78,15 @@ class Batcher:
         self._stopped = False
         # Requests in the batch that ran last; the first batch waits its window.
         self._last_requests = 2
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.name = name
+        self._thread: threading.Thread | None = None
+        with self._cond:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        """(Under the lock.)  The batches' thread; it ends after IDLE_EXIT_SECONDS without a
+        request and the next request starts another (worker.threads says why)."""
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
 
     def submit(self, key: Hashable, item: Any, size: int = 1) -> Future:
@@ -82,6 +95,8 @@ class Batcher:
             if self._stopped:
                 raise RuntimeError("the batcher is stopped")
             self._queue.append(pending)
+            if self._thread is None:
+                self._start_thread()
             self._cond.notify_all()
         return pending.future
 
@@ -93,7 +108,9 @@ class Batcher:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     # -- the batching loop -------------------------------------------------------------------
     def _take(self) -> list[_Pending] | None:
@@ -102,7 +119,9 @@ class Batcher:
             while not self._queue:
                 if self._stopped:
                     return None
-                self._cond.wait()
+                if not self._cond.wait(IDLE_EXIT_SECONDS) and not self._queue:
+                    self._thread = None  # idle: this thread ends, its OpenMP team with it
+                    return None
             first = self._queue[0]
             # The window only pays when requests come together: after a batch of one request
             # (a lone client, or the first of a burst) the next one leaves at once, and

@@ -25,7 +25,6 @@ from core.names import QUEUE_FOR_KIND
 from .handlers import BODIES, _check_request_pixels, _model_of
 from .lifecycle import StoreDown, execute
 from .runtime import runtime_for
-from .threads import on_own_thread
 
 log = logging.getLogger("debm.worker")
 timing = logging.getLogger("debm.timing")  # see service.routers.score
@@ -55,12 +54,6 @@ class LocalWorker:
         pool.submit(self._run, kind, job_id)
 
     def _run(self, kind: str, job_id: str) -> None:
-        if kind == "generate":  # its OpenMP team ends with the job (worker.threads)
-            on_own_thread(self._execute, kind, job_id, name="debm-generate")
-        else:
-            self._execute(kind, job_id)
-
-    def _execute(self, kind: str, job_id: str) -> None:
         if timing.isEnabledFor(logging.DEBUG):
             timing.debug("worker.start %s %.6f", job_id, time.monotonic())
         with self.app.active:

@@ -188,6 +188,11 @@ class Reporter:
                  live: LiveEvents | None = None):
         self.store, self.job_id, self.task, self.interval = store, job_id, task, interval
         self.live = live  # the job's event stream (progress, metrics, previews)
+        # Celery's task.request is per thread, and a generate chain reports from a thread of
+        # its own (worker.threads): the task id is taken here, on the task's thread.
+        request = getattr(task, "request", None) if task is not None else None
+        self._task_id = getattr(request, "id", None) \
+            if request is not None and not request.called_directly else None
         self._last = 0.0
         self._total = 0
 
@@ -206,10 +211,10 @@ class Reporter:
             if metrics is not None:
                 self.live.metrics(metrics)
         task = self.task
-        if task is not None and getattr(task.request, "id", None) and \
-                not task.request.called_directly:
+        if task is not None and self._task_id:
             try:
-                task.update_state(state="PROGRESS", meta={"job_id": self.job_id, **progress})
+                task.update_state(task_id=self._task_id, state="PROGRESS",
+                                  meta={"job_id": self.job_id, **progress})
             except Exception as exc:
                 log.warning("job %s: update_state failed: %s", self.job_id, exc)
 

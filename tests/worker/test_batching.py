@@ -220,3 +220,26 @@ def test_after_a_lone_request_the_next_leaves_without_the_window():
         assert time.perf_counter() - start >= 0.39
     finally:
         batcher.stop()
+
+
+def test_the_batch_thread_ends_when_idle_and_a_new_request_starts_another(monkeypatch):
+    import worker.batching as batching
+
+    monkeypatch.setattr(batching, "IDLE_EXIT_SECONDS", 0.2)
+    ran_on: list[str] = []
+
+    def run(key, items):
+        ran_on.append(threading.current_thread().ident)
+        return list(items)
+
+    batcher = Batcher(run, max_batch_size=8, max_wait_ms=0)
+    try:
+        assert batcher("k", 1) == 1 and batcher("k", 2) == 2  # busy: one thread
+        assert ran_on[0] == ran_on[1]
+        first = batcher._thread
+        first.join(5)  # idle: it ends (its OpenMP team with it, worker.threads)
+        assert not first.is_alive()
+        assert batcher("k", 3) == 3  # a new request starts another
+        assert ran_on[2] != ran_on[0] or batcher._thread is not first
+    finally:
+        batcher.stop()
