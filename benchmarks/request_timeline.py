@@ -23,7 +23,6 @@ Then, against the same PNG digits:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys

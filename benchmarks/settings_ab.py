@@ -91,7 +91,7 @@ def measure_round(raw, base: str, pngs: list[bytes], args) -> dict:
     out["one_image"] = {"raw_p50_s": one_raw["p50_s"], "service_p50_s": one["p50_s"],
                         "overhead_s": one["p50_s"] - one_raw["p50_s"]}
     if not args.skip_generate:
-        raw_s = raw.generate(64)
+        raw_s = raw.generate(64)["seconds"]
         service = service_load.generate_once(base, service_load.KEY, 64)
         out["generate64"] = {"raw_s": raw_s, "service_s": service["seconds"],
                              "status": service["status"], "ratio": service["seconds"] / raw_s}

@@ -123,6 +123,13 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
             return await score_inline(services, job_id, model_name, version, files)
         finally:
             dispatcher.release_inline(principal.key_id, len(files))
+    return await score_job(services, principal, job_id, model_name, version, files, seconds)
+
+
+async def score_job(services, principal, job_id: str, model_name: str, version: int,
+                    files: list[UploadedFile], seconds: float):
+    """The job path: the uploads into the artifact store, a durable job record, the task,
+    and a wait of ``seconds`` for its end (a 202 with the job if it is not done by then)."""
     uploads = upload_prefix(job_id)
 
     def store_files() -> list[dict]:
