@@ -4,8 +4,6 @@ Concurrent ``/ood-score`` jobs for the same model (and the same scoring sigma, d
 seed) are merged into one forward batch of up to ``max_batch_size`` images; the batch leaves
 as soon as it is full, or ``max_wait_ms`` after its first request arrived.  Requests that
 arrive while a batch runs form the next one, so under load batches fill without waiting.
-After a batch of one request (a lone client), the next request leaves at once: the window
-would only add its wait, and requests that arrive while it runs are batched next.
 
 Every request is still its own job and its own task: it holds its own lease, is acknowledged
 late on its own, is validated by its own task (a bad upload fails that job alone, before it
@@ -64,20 +62,15 @@ class Batcher:
 
     def __init__(self, run: RunBatch, *, max_batch_size: int, max_wait_ms: float,
                  name: str = "batcher", on_batch: Callable[[Hashable, int, int, float], None]
-                 | None = None, window_after_lone: bool = False):
+                 | None = None):
         if max_batch_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch_size must be >= 1 and max_wait_ms >= 0")
         self.run, self.max_batch_size = run, max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.on_batch = on_batch  # (key, requests, size, seconds), for metrics and tests
-        # False: after a batch of one request the next leaves without the window (module
-        # docstring); True: every batch waits its window (tests that need requests to meet).
-        self.window_after_lone = window_after_lone
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._stopped = False
-        # Requests in the batch that ran last; the first batch waits its window.
-        self._last_requests = 2
         self.name = name
         self._thread: threading.Thread | None = None
         with self._cond:
@@ -123,13 +116,7 @@ class Batcher:
                     self._thread = None  # idle: this thread ends, its OpenMP team with it
                     return None
             first = self._queue[0]
-            # The window only pays when requests come together: after a batch of one request
-            # (a lone client, or the first of a burst) the next one leaves at once, and
-            # requests that arrive while it runs form the next batch anyway.  A lone request
-            # saved 2-6 ms of wait (docs/PERFORMANCE.md, round five).
-            together = self._last_requests > 1 or self.window_after_lone
-            window = self.max_wait if together else 0.0
-            deadline = first.arrived + window
+            deadline = first.arrived + self.max_wait
             while True:
                 same = [p for p in self._queue if p.key == first.key]
                 if sum(p.size for p in same) >= self.max_batch_size or self._stopped:
@@ -146,7 +133,6 @@ class Batcher:
                     break
                 batch.append(p)
                 total += p.size
-            self._last_requests = len(batch)
             taken = {id(p) for p in batch}
             self._queue = [p for p in self._queue if id(p) not in taken]
             return batch

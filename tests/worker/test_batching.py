@@ -184,7 +184,6 @@ def test_score_jobs_batched_equal_alone_and_a_bad_upload_fails_alone(runtime):
     batches = []
     batcher = runtime.batcher()
     batcher.max_wait = 0.5  # a wide window, so that the threads surely meet in it
-    batcher.window_after_lone = True  # even right after the one-request batches above
     batcher.on_batch = lambda key, n, size, s: batches.append(n)
     ids = [_score_job(runtime, pngs) for pngs in requests]
     bad = _score_job(runtime, [digit_png(seed=99)])
@@ -200,26 +199,6 @@ def test_score_jobs_batched_equal_alone_and_a_bad_upload_fails_alone(runtime):
         assert job.status == "succeeded", job.error
         got = [r["score"] for r in job.result["results"]]
         assert got == pytest.approx(want, rel=1e-6, abs=0)
-
-
-def test_after_a_lone_request_the_next_leaves_without_the_window():
-    """A lone client pays no window: after a batch of one request the next one leaves at
-    once (requests that arrive while it runs are batched next); ``window_after_lone`` keeps
-    the window for every batch."""
-    batcher = Batcher(lambda key, items: list(items), max_batch_size=100, max_wait_ms=400)
-    try:
-        start = time.perf_counter()
-        assert batcher("k", "first") == "first"  # the first batch waits its window
-        assert time.perf_counter() - start >= 0.39
-        start = time.perf_counter()
-        assert batcher("k", "second") == "second"  # after a batch of one: at once
-        assert time.perf_counter() - start < 0.2
-        batcher.window_after_lone = True
-        start = time.perf_counter()
-        assert batcher("k", "third") == "third"
-        assert time.perf_counter() - start >= 0.39
-    finally:
-        batcher.stop()
 
 
 def test_the_batch_thread_ends_when_idle_and_a_new_request_starts_another(monkeypatch):
