@@ -7,8 +7,10 @@ and once they outnumber the CPUs it spins only ~100 times before a waiting worke
 then wakes a sleeping thread.  Measured with the demo checkpoint, 2 threads on 2 CPUs, one
 image: 22-23 ms when one thread of the process has ever run the model, 41-45 ms once a
 second one has (docs/PERFORMANCE.md, round five).  So the batcher's thread is the only
-long-lived thread that runs the model in a serving process; a model load and an embedded
-generate job run on a thread of their own that ends with the work, and their team with it.
+long-lived thread that runs the model in a serving process (and it ends after a second
+without requests, ``worker.batching.IDLE_EXIT_SECONDS``); a model load (``worker.cache``) and
+a generate chain (``worker.handlers.run_generate``) run on a thread of their own that ends
+with the work, and their team with it.
 """
 
 from __future__ import annotations
