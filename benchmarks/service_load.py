@@ -6,9 +6,14 @@
 
 ``embedded`` starts ``debm serve`` on a free loopback port with a temporary data directory;
 ``distributed`` starts its own redis-server (temporary directory, free port), the API under
-uvicorn and one Celery inference worker (and a training worker for the training row).  The
-raw model (the same checkpoint, the same torch thread count as the workers) runs in this
-process first, so every service figure has its reference from the same run:
+uvicorn and one Celery inference worker (``-Q inference -c 32 -P threads``, as the compose
+file runs it; and a training worker for the training row).  **The services run at the shipped
+defaults**: no torch thread count or other setting is forced on them (only the data
+directory, an admin key and the seed checkpoint; ``--env`` adds settings for an A/B run, and
+the report lists them).  The raw model (the same checkpoint) runs in this process right
+before each service phase, **at its best thread count**: every raw figure is taken at 1 torch
+thread and at one per CPU, the better one is kept and the report says which, so that every
+service figure has its reference from the same run:
 
     /ood-score images/s with 1, 8, 32 concurrent one-image clients  vs  one batched forward
     one-image /ood-score p50 / p99                                   vs  one raw scoring call
@@ -27,7 +32,6 @@ import io
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -38,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from raw_reference import REPO, RawModel, percentile, raw_training, rate  # noqa: F401
 
 KEY = "bench-admin-key-0123456789"
 HEADERS = {"X-API-Key": KEY}
@@ -50,23 +54,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def digit_pngs(count: int) -> list[bytes]:
@@ -83,82 +70,6 @@ def digit_pngs(count: int) -> list[bytes]:
     return out
 
 
-# --- the raw model ----------------------------------------------------------------------------
-
-class RawModel:
-    """The checkpoint in this process, measured right before each service phase (the machine
-    may be shared: a reference taken minutes apart would compare different loads)."""
-
-    def __init__(self, args, pngs: list[bytes]):
-        import torch
-
-        from model.checkpoints import load_checkpoint
-        try:
-            from model.formats.imagefile import decode_image
-        except ImportError:  # the layout before model/formats/
-            from model.imagefile import decode_image
-        from model.images import pil_to_model_tensor
-        from model.pipeline import prepare_for_inference, resolve_device
-
-        torch.set_num_threads(args.threads)
-        self.args = args
-        self.loaded = prepare_for_inference(
-            load_checkpoint(args.checkpoint, device=resolve_device(args.device)))
-        net = self.loaded.config.network
-        images = [decode_image(p, max_pixels=1 << 24).image for p in pngs[:32]]
-        self.x = pil_to_model_tensor(images, image_size=net.image_size, channels=net.channels)
-        self.score_one()  # warm-up
-
-    def score_one(self) -> dict:
-        from model.pipeline import score_images
-
-        one = timed(lambda: score_images(self.loaded, self.x[:1]), self.args.raw_repeats * 5)
-        return {"p50_s": statistics.median(one), "p99_s": percentile(one, 99)}
-
-    def score_batch(self) -> dict:
-        from model.pipeline import score_images
-
-        best = min(timed(lambda: score_images(self.loaded, self.x), self.args.raw_repeats))
-        return {"seconds": best, "images_per_s": len(self.x) / best}
-
-    def generate(self, n: int) -> float:
-        from model.pipeline import generate
-
-        return min(timed(lambda: generate(self.loaded, n=n, seed=0), self.args.gen_repeats))
-
-
-def raw_training(args, workdir: Path) -> dict:
-    """``debm train`` with the same preset, dataset and steps as the service's training job.
-    Iterations/s are taken between the first and the last step (its progress lines), so the
-    dataset load and the final calibration count in neither row."""
-    out = workdir / "cli-train"
-    cmd = [sys.executable, "-m", "debm.cli", "train", "--preset", args.train_preset,
-           "--dataset", "mnist5k", "--warmup", "0", "--iters", str(args.train_iters),
-           "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    marks: dict[int, float] = {}
-    deadline = time.monotonic() + args.train_timeout
-    for line in proc.stderr:  # "step 3/10 contrastive ..." after every step (10 or fewer)
-        match = re.match(r"step (\d+)/(\d+)", line)
-        if match:
-            marks[int(match.group(1))] = time.perf_counter()
-        if time.monotonic() > deadline:
-            proc.kill()
-            break
-    proc.wait(60)
-    return rate(marks, proc.returncode)
-
-
-def rate(marks: dict[int, float], returncode: int | None = 0) -> dict:
-    if returncode != 0 or len(marks) < 2:
-        return {"error": f"exit {returncode}, {len(marks)} steps seen"}
-    first, last = min(marks), max(marks)
-    return {"steps": last - first, "seconds": marks[last] - marks[first],
-            "it_per_s": (last - first) / (marks[last] - marks[first])}
-
-
 # --- starting the service ---------------------------------------------------------------------
 
 class Services:
@@ -169,12 +80,13 @@ class Services:
     def env(self, **extra) -> dict:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith("DEBM_") and k != "REDIS_URL"}
-        env.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(self.args.threads),
-                    "DEBM_TORCH_THREADS": str(self.args.threads),
-                    "DEBM_DATA_DIR": str(self.workdir / "data"),
+        env.update({"PYTHONPATH": str(REPO), "DEBM_DATA_DIR": str(self.workdir / "data"),
                     "DEBM_ADMIN_KEYS": f"bench:{KEY}", "DEBM_LOG_LEVEL": "WARNING",
                     "DEBM_SEED_CHECKPOINT": str(Path(self.args.checkpoint).resolve()),
                     "PYTHONUNBUFFERED": "1"})
+        threads = getattr(self.args, "threads", None)
+        if threads:  # the A/B scripts pin it; service_load leaves the shipped default
+            env.update({"OMP_NUM_THREADS": str(threads), "DEBM_TORCH_THREADS": str(threads)})
         for item in self.args.env:
             name, _, value = item.partition("=")
             env[name] = value
@@ -254,7 +166,10 @@ def worker_command(queue: str, args) -> list[str]:
 # --- load against the service -----------------------------------------------------------------
 
 async def score_clients(base: str, key: str, pngs: list[bytes], clients: int, per_client: int,
-                        time_cap: float) -> dict:
+                        time_cap: float, warmup: bool = False) -> dict:
+    """``clients`` concurrent clients, ``per_client`` one-image requests each.  With
+    ``warmup`` every client first sends one untimed request on its connection and the timed
+    phase starts when all have: steady state, not connection set-up."""
     import httpx
 
     latencies: list[float] = []
@@ -263,7 +178,17 @@ async def score_clients(base: str, key: str, pngs: list[bytes], clients: int, pe
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(base_url=base, headers={"X-API-Key": key}, timeout=120,
                                  limits=limits) as http:
+        warmed = asyncio.Event()
+        waiting = [clients]
+
         async def client(index: int) -> None:
+            if warmup:
+                await http.post("/ood-score", files={"files": ("d.png", pngs[index % len(pngs)],
+                                                               "image/png")})
+                waiting[0] -= 1
+                if waiting[0] == 0:
+                    warmed.set()
+                await warmed.wait()
             for i in range(per_client):
                 if time.monotonic() > deadline:
                     return
@@ -274,8 +199,11 @@ async def score_clients(base: str, key: str, pngs: list[bytes], clients: int, pe
                 latencies.append(time.perf_counter() - start)
                 codes[response.status_code] = codes.get(response.status_code, 0) + 1
 
+        tasks = [asyncio.ensure_future(client(i)) for i in range(clients)]
+        if warmup:
+            await warmed.wait()
         start = time.perf_counter()
-        await asyncio.gather(*(client(i) for i in range(clients)))
+        await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
     ok = codes.get(200, 0)
     return {"clients": clients, "requests": sum(codes.values()), "ok": ok,
@@ -323,11 +251,12 @@ def training_job(base: str, key: str, args) -> dict:
 def run(args) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="debm-bench-"))
     pngs = digit_pngs(256)
-    result: dict = {"mode": "url" if args.url else args.mode, "threads": args.threads,
+    result: dict = {"mode": "url" if args.url else args.mode, "threads": "service default",
+                    "settings": args.env, "load_average": os.getloadavg(),
                     "checkpoint": args.checkpoint, "python": platform.python_version(),
                     "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                                                      time.gmtime())}
-    print(f"raw model ({args.threads} torch thread(s)) ...", file=sys.stderr, flush=True)
+    print("raw model ...", file=sys.stderr, flush=True)
     raw = RawModel(args, pngs)
     services = Services(args, workdir)
     try:
@@ -340,7 +269,7 @@ def run(args) -> dict:
         result["concurrent"] = {
             clients: interleaved(raw, lambda clients=clients: asyncio.run(score_clients(
                 base, key, pngs, clients, max(1, args.images_per_level // clients),
-                args.time_cap)), args.rounds)
+                args.time_cap, warmup=True)), args.rounds)
             for clients in args.clients}
         result["generate"] = {n: generate_rounds(raw, lambda n=n: generate_once(base, key, n),
                                                  n, args.gen_rounds)
@@ -378,9 +307,10 @@ def generate_rounds(raw: RawModel, service_call, n: int, rounds: int) -> dict:
     """The direct sampler and /generate alternated ``rounds`` times; the median round."""
     runs = []
     for _ in range(max(1, rounds)):
-        raw_s = raw.generate(n)
+        raw_run = raw.generate(n)
         service = service_call()
-        runs.append({"raw_s": raw_s, "service": service, "ratio": service["seconds"] / raw_s})
+        runs.append({"raw_s": raw_run["seconds"], "raw_threads": raw_run["threads"],
+                     "service": service, "ratio": service["seconds"] / raw_run["seconds"]})
     median = sorted(runs, key=lambda run: run["ratio"])[len(runs) // 2]
     return {**median, "ratios": [round(run["ratio"], 3) for run in runs], "rounds": runs}
 
@@ -392,18 +322,21 @@ def table(r: dict) -> str:
         spread = "" if len(c.get("ratios", [])) < 2 else \
             f" (rounds {min(c['ratios']):.2f}-{max(c['ratios']):.2f})"
         rows.append((f"/ood-score {clients} clients, img/s ({c.get('refused_429', 0)} of "
-                     f"{c.get('requests', svc['requests'])} refused)", f"{ref:.1f} (batch of 32)",
+                     f"{c.get('requests', svc['requests'])} refused)",
+                     f"{ref:.1f} (batch of 32, {c['raw'].get('threads')} thr)",
                      f"{svc['images_per_s']:.1f}", f"{svc['images_per_s'] / ref:.2f}x{spread}"))
     one = r["one_image"]
     for q in ("p50", "p99"):
         ref, got = one["raw"][f"{q}_s"], one["service"][f"{q}_s"]
-        rows.append((f"one image {q} ms", f"{1000 * ref:.1f}", f"{1000 * got:.1f}",
+        rows.append((f"one image {q} ms", f"{1000 * ref:.1f} ({one['raw'].get('threads')} thr)",
+                     f"{1000 * got:.1f}",
                      f"+{1000 * (got - ref):.1f} ms"))
     for n, g in r["generate"].items():
         svc = g["service"]
         spread = "" if len(g.get("ratios", [])) < 2 else \
             f" (rounds {min(g['ratios']):.2f}-{max(g['ratios']):.2f})"
-        rows.append((f"/generate n={n} s (HTTP {svc['status']})", f"{g['raw_s']:.2f}",
+        rows.append((f"/generate n={n} s (HTTP {svc['status']})",
+                     f"{g['raw_s']:.2f} ({g.get('raw_threads')} thr)",
                      f"{svc['seconds']:.2f}", f"{svc['seconds'] / g['raw_s']:.2f}x{spread}"))
     if "training_service" in r:
         svc, cli = r["training_service"], r.get("training_cli", {})
@@ -414,8 +347,10 @@ def table(r: dict) -> str:
             rows.append(("training it/s", str(cli.get("error", ""))[:40],
                          str(svc.get("error", ""))[:40], "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [f"mode {r['mode']}, {r['threads']} torch thread(s), {r['cpus']} CPUs, "
-             f"{r['started']}"]
+    lines = [f"mode {r['mode']}, service at its shipped defaults"
+             f"{' + ' + ' '.join(r['settings']) if r.get('settings') else ''}, {r['cpus']} CPUs, "
+             f"{r['started']}, load average at the start "
+             f"{' '.join(f'{x:.1f}' for x in r.get('load_average', ()))}"]
     for i, row in enumerate(rows):
         lines.append("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
         if i == 0:
@@ -430,11 +365,15 @@ def main() -> int:
     parser.add_argument("--key", help="API key for --url (an admin key for the training row)")
     parser.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "demo"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, raw and workers")
+    parser.add_argument("--raw-threads", type=int, nargs="+",
+                        help="torch thread counts to try for the raw model (default: 1 and "
+                             "one per CPU; the better is kept). The services always run at "
+                             "their shipped default")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--images-per-level", type=int, default=64,
-                        help="one-image requests per concurrency level")
-    parser.add_argument("--sequential", type=int, default=30,
+    parser.add_argument("--images-per-level", type=int, default=192,
+                        help="timed one-image requests per concurrency level (after one "
+                             "untimed warm-up request per client)")
+    parser.add_argument("--sequential", type=int, default=15,
                         help="sequential one-image requests for p50/p99")
     parser.add_argument("--generate-n", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--rounds", type=int, default=3,
@@ -456,6 +395,7 @@ def main() -> int:
                         help="NAME=VALUE for the service processes (repeatable)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
+    args.threads = None  # Services: no thread count forced on the service (the shipped default)
     if args.url and not args.key:
         parser.error("--url needs --key")
     report(run(args), table, args.json, sys.argv[1:])

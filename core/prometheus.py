@@ -5,7 +5,8 @@ Two kinds of series:
 - **Process series**, recorded where the work happens, in this module's registry:
   ``debm_http_request_duration_seconds`` (API), ``debm_batch_images`` / ``debm_batch_requests``
   / ``debm_batch_seconds`` (the inference batcher), ``debm_model_load_seconds`` (the model
-  cache), ``debm_worker_up`` (each worker thread or process that consumes a queue).
+  cache), ``debm_inline_scores`` (scoring requests answered without a job record, embedded
+  mode), ``debm_worker_up`` (each worker thread or process that consumes a queue).
 - **Store series**, computed at scrape time from the job store, which every API process
   shares: ``debm_queue_depth{queue}``, ``debm_jobs{kind,state}`` and
   ``debm_workers_alive{queue}`` (live heartbeats).  They are the same whichever API process is
@@ -84,6 +85,11 @@ CHECKPOINT_CACHE_MISSES = Counter(
 CHECKPOINT_CACHE_BYTES = Gauge(
     "debm_checkpoint_cache_bytes", "bytes of checkpoint files in the local cache",
     registry=REGISTRY)
+# Scoring requests answered on the embedded fast path (service.routers.score.score_inline):
+# they keep no job record, so ``debm_jobs`` does not count them; this does, by outcome.
+INLINE_SCORES = Counter(
+    "debm_inline_scores", "scoring requests answered inline, without a job record",
+    ["outcome"], registry=REGISTRY)
 WORKER_UP = Gauge(
     "debm_worker_up", "1 while this process's worker for the queue consumes it",
     ["queue", "worker"], registry=REGISTRY)

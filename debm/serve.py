@@ -90,6 +90,7 @@ class EmbeddedWorkers:
                 return True
 
             services.dispatcher.local = run_here
+            services.dispatcher.score_inline = local.score_inline
             name = f"{INFERENCE_QUEUE}@embedded-{host}"
             # Its beats also recover lost jobs periodically (worker.recovery), not only at
             # the next start: queued jobs against what the pool holds, running ones by lease.

@@ -8,6 +8,7 @@ task without its record, and the Celery task id is the job id (so ``revoke`` can
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any, Callable
 
 from core.artifacts.keys import upload_prefix
@@ -39,6 +40,31 @@ class Dispatcher:
         self.settings, self.store, self.celery, self.data = settings, store, celery_app, data
         self.local: Callable[[str, str], bool] | None = None
         self.artifacts = None  # core.artifacts store of the uploads (set by create_app)
+        # Embedded mode: ``(model_name, version, [(bytes, filename)]) -> Future`` of a small
+        # scoring request's result, scored without a job record (debm.serve sets it;
+        # service.routers.score says when it is used).
+        self.score_inline: Callable[..., Any] | None = None
+        self._inline: dict[str, int] = {}  # images being scored inline, per key
+        self._inline_lock = threading.Lock()
+
+    def reserve_inline(self, owner: str, images: int) -> bool:
+        """Room for ``images`` more on the inline path of this key: at most one batch
+        (DEBM_MAX_BATCH_SIZE) per key at a time; beyond it, requests take the job path, where
+        the job and work quotas apply."""
+        with self._inline_lock:
+            held = self._inline.get(owner, 0)
+            if held + images > self.settings.max_batch_size:
+                return False
+            self._inline[owner] = held + images
+            return True
+
+    def release_inline(self, owner: str, images: int) -> None:
+        with self._inline_lock:
+            held = self._inline.get(owner, 0) - images
+            if held > 0:
+                self._inline[owner] = held
+            else:
+                self._inline.pop(owner, None)
 
     def _full(self, scope: str) -> QueueFull:
         s = self.settings

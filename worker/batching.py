@@ -36,6 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
 log = logging.getLogger("debm.batching")
+timing = logging.getLogger("debm.timing")  # per-stage timestamps, see service.routers.score
+
+# The batches' thread ends after this long without a request, so that its OpenMP team does
+# not outlive the scoring traffic: while a second thread's team exists (a generate job's),
+# libgomp hardly spins and both forwards slow down by up to 2x (worker.threads).
+IDLE_EXIT_SECONDS = 1.0
 
 # run(key, items) -> one result per item, in order.  Called on the batcher's thread.
 RunBatch = Callable[[Hashable, list[Any]], list[Any]]
@@ -65,7 +71,15 @@ class Batcher:
         self._queue: list[_Pending] = []
         self._cond = threading.Condition()
         self._stopped = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self.name = name
+        self._thread: threading.Thread | None = None
+        with self._cond:
+            self._start_thread()
+
+    def _start_thread(self) -> None:
+        """(Under the lock.)  The batches' thread; it ends after IDLE_EXIT_SECONDS without a
+        request and the next request starts another (worker.threads says why)."""
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
 
     def submit(self, key: Hashable, item: Any, size: int = 1) -> Future:
@@ -74,6 +88,8 @@ class Batcher:
             if self._stopped:
                 raise RuntimeError("the batcher is stopped")
             self._queue.append(pending)
+            if self._thread is None:
+                self._start_thread()
             self._cond.notify_all()
         return pending.future
 
@@ -85,7 +101,9 @@ class Batcher:
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     # -- the batching loop -------------------------------------------------------------------
     def _take(self) -> list[_Pending] | None:
@@ -94,7 +112,9 @@ class Batcher:
             while not self._queue:
                 if self._stopped:
                     return None
-                self._cond.wait()
+                if not self._cond.wait(IDLE_EXIT_SECONDS) and not self._queue:
+                    self._thread = None  # idle: this thread ends, its OpenMP team with it
+                    return None
             first = self._queue[0]
             deadline = first.arrived + self.max_wait
             while True:
@@ -126,6 +146,9 @@ class Batcher:
 
     def _run(self, batch: list[_Pending]) -> None:
         key = batch[0].key
+        if timing.isEnabledFor(logging.DEBUG):
+            timing.debug("batch.arrived - %.6f", batch[0].arrived)
+            timing.debug("batch.taken - %.6f", time.monotonic())
         started = time.perf_counter()
         try:
             results = self.run(key, [p.item for p in batch])
@@ -141,6 +164,8 @@ class Batcher:
                 self._run([pending])
             return
         seconds = time.perf_counter() - started
+        if timing.isEnabledFor(logging.DEBUG):
+            timing.debug("batch.forward_done - %.6f", time.monotonic())
         if self.on_batch is not None:
             try:
                 self.on_batch(key, len(batch), sum(p.size for p in batch), seconds)

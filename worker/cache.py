@@ -32,6 +32,8 @@ from core.prometheus import (CHECKPOINT_CACHE_BYTES, CHECKPOINT_CACHE_HITS,
                              CHECKPOINT_CACHE_MISSES, MODEL_LOAD_SECONDS)
 from core.registry import CorruptCheckpoint, ModelRegistry, RegistryError, verify_checkpoint
 
+from .threads import on_own_thread
+
 log = logging.getLogger("debm.worker")
 STAMP = ".cached"  # written last into a complete, verified version; its mtime is last use
 
@@ -159,8 +161,10 @@ class ModelCache:
                 self.device = resolve_device(self.device_spec)
             folder = self.files.path(name, int(version))
             started = time.perf_counter()
-            loaded = prepare_for_inference(load_checkpoint(folder, device=self.device),
-                                           self.options)
+            # On a thread of its own (loading traces the model: it runs it), so that no
+            # long-lived thread keeps an OpenMP team (worker.threads).
+            loaded = on_own_thread(lambda: prepare_for_inference(
+                load_checkpoint(folder, device=self.device), self.options), name="debm-load")
             MODEL_LOAD_SECONDS.labels(f"{name}:{version}").observe(
                 time.perf_counter() - started)
             self.loads += 1

@@ -33,6 +33,7 @@ from .lease import CancelCheck
 from .lifecycle import Body, JobInputError
 from .progress_events import VISUALS, LiveEvents, TrainingVisuals
 from .runtime import Reporter, TaskRuntime
+from .threads import on_own_thread
 
 log = logging.getLogger("debm.worker")
 
@@ -91,8 +92,13 @@ def run_generate(runtime: TaskRuntime, job: JobRecord, report: Reporter,
     model_ref, loaded = _model_of(runtime, params)
     # Never merged with other requests (worker.batching says why); at most
     # generate_concurrency chains run at once per process (worker.lifecycle.execute).
-    result = generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
-                      should_cancel=should_cancel, on_state=report.preview, **overrides)
+    def sample():
+        return generate(loaded, n=n, seed=seed, sampler=sampler, on_progress=report.sampling,
+                        should_cancel=should_cancel, on_state=report.preview, **overrides)
+
+    # On a thread that ends with the chain: its OpenMP team must not outlive it and slow
+    # every later forward of this process (worker.threads).
+    result = on_own_thread(sample, name="debm-generate")
     prefix = result_prefix(job.id)
     # Staged beside the data directory's results folder (so the local backend renames it
     # into place, replacing an earlier attempt's folder in one atomic exchange), or

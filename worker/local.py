@@ -18,15 +18,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from core.names import QUEUE_FOR_KIND
 
-from .handlers import BODIES
+from .handlers import BODIES, _check_request_pixels, _model_of
 from .lifecycle import StoreDown, execute
 from .runtime import runtime_for
 
 log = logging.getLogger("debm.worker")
+timing = logging.getLogger("debm.timing")  # see service.routers.score
 
 
 class LocalWorker:
@@ -64,6 +65,8 @@ class LocalWorker:
 
     def _run(self, kind: str, job_id: str) -> None:
         retry = False
+        if timing.isEnabledFor(logging.DEBUG):
+            timing.debug("worker.start %s %.6f", job_id, time.monotonic())
         with self.app.active:
             try:
                 execute(runtime_for(self.app), job_id, kind, BODIES[kind], task=None,
@@ -83,6 +86,57 @@ class LocalWorker:
                 if not retry:
                     with self._pending_lock:
                         self._pending.discard(job_id)
+        if timing.isEnabledFor(logging.DEBUG):
+            timing.debug("worker.end %s %.6f", job_id, time.monotonic())
+
+    def score_inline(self, model_name: str, version: int, uploads: list[tuple[bytes, str]]
+                     ) -> Future:
+        """The fast path of a small scoring request (service.routers.score): no job record,
+        no upload written, no pool thread.  Decodes here (the caller's thread) exactly as
+        ``handlers.run_score`` does, hands the images to the batcher and returns a Future of
+        the same result document; the scores are those of the job path, because a request's
+        scores do not depend on its batch mates (worker.batching).  The caller sends at most
+        one batch (DEBM_MAX_BATCH_SIZE images); larger requests take the job path."""
+        import torch
+
+        from model.formats.imagefile import ImageRejected, decode_image
+        from model.images import pil_to_model_tensor
+        from model.pipeline import interpret_scores
+
+        runtime = runtime_for(self.app)
+        settings = runtime.settings
+        _check_request_pixels(settings, uploads)
+        model_ref, loaded = _model_of(runtime, {"model_name": model_name,
+                                                "model_version": version})
+        net, scoring = loaded.config.network, loaded.config.scoring
+        tensors = []
+        for data, name in uploads:  # as run_score: shrunk towards the model's size
+            try:
+                image = decode_image(data, max_pixels=settings.max_image_pixels,
+                                     shrink_to=net.image_size).image
+            except ImageRejected as exc:
+                raise ImageRejected(f"{name}: {exc}", kind=exc.kind) from None
+            tensors.append(pil_to_model_tensor([image], image_size=net.image_size,
+                                               channels=net.channels))
+        scored = runtime.score_future(model_ref, loaded, torch.cat(tensors))
+        result: Future = Future()
+
+        def finish(done: Future) -> None:  # on the batcher's thread: a few float ops
+            try:
+                scores = [float(s) for s in done.result()]
+                extra = interpret_scores(loaded.calibration, scores, sigma=scoring.sigma,
+                                         draws=scoring.draws, seed=scoring.seed,
+                                         score=scoring.score)
+                result.set_result({
+                    "model": model_ref, "calibrated": loaded.calibration is not None,
+                    "score": scoring.score, "sigma": scoring.sigma, "draws": scoring.draws,
+                    "results": [{"filename": name, "score": score, **info} for (_, name),
+                                score, info in zip(uploads, scores, extra)]})
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting request
+                result.set_exception(exc)
+
+        scored.add_done_callback(finish)
+        return result
 
     def alive(self) -> bool:
         return not self._closed.is_set()

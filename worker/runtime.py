@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,11 +89,33 @@ class TaskRuntime:
         """Scores of the images ``x`` under ``loaded``, through this process's batcher: the
         forward pass may be shared with concurrent requests for the same model (the scores
         do not depend on batch mates, see worker.batching)."""
+        return self.score_future(model_ref, loaded, x).result()
+
+    def score_future(self, model_ref: str, loaded, x):
+        """``score`` without waiting: the batcher's Future of the scores."""
         scoring = loaded.config.scoring
         key = (model_ref, id(loaded), scoring.sigma, scoring.draws, scoring.seed)
-        # Images scored before by this process come from its score cache (worker.score_cache).
-        return self.score_cache().scores(
-            model_ref, loaded, x, lambda rows: self.batcher()(key, (loaded, rows), len(rows)))
+        cache = self.score_cache()
+        if cache.capacity <= 0:
+            return self.batcher().submit(key, (loaded, x), len(x))
+        # Images scored before by this process come from its score cache (worker.score_cache);
+        # the others share a forward pass through the batcher.
+        keys, found, missing = cache.split(model_ref, loaded, x)
+        result: Future = Future()
+        if not missing:
+            result.set_result(cache.fill(keys, found, missing, None))
+            return result
+        rows = x[missing] if len(missing) < len(keys) else x
+        computed = self.batcher().submit(key, (loaded, rows), len(rows))
+
+        def remember(done: Future) -> None:  # on the batcher's thread: a few list ops
+            try:
+                result.set_result(cache.fill(keys, found, missing, done.result()))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+                result.set_exception(exc)
+
+        computed.add_done_callback(remember)
+        return result
 
     def score_cache(self) -> ScoreCache:
         with self._lock:
@@ -197,6 +220,11 @@ class Reporter:
                  live: LiveEvents | None = None):
         self.store, self.job_id, self.task, self.interval = store, job_id, task, interval
         self.live = live  # the job's event stream (progress, metrics, previews)
+        # Celery's task.request is per thread, and a generate chain reports from a thread of
+        # its own (worker.threads): the task id is taken here, on the task's thread.
+        request = getattr(task, "request", None) if task is not None else None
+        self._task_id = getattr(request, "id", None) \
+            if request is not None and not request.called_directly else None
         self._last = 0.0
         self._total = 0
 
@@ -215,10 +243,10 @@ class Reporter:
             if metrics is not None:
                 self.live.metrics(metrics)
         task = self.task
-        if task is not None and getattr(task.request, "id", None) and \
-                not task.request.called_directly:
+        if task is not None and self._task_id:
             try:
-                task.update_state(state="PROGRESS", meta={"job_id": self.job_id, **progress})
+                task.update_state(task_id=self._task_id, state="PROGRESS",
+                                  meta={"job_id": self.job_id, **progress})
             except Exception as exc:
                 log.warning("job %s: update_state failed: %s", self.job_id, exc)
 

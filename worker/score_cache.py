@@ -77,10 +77,14 @@ class ScoreCache:
     def scores(self, model_ref: str, loaded, x, compute: Callable):
         """The scores of the images ``x`` (N, C, H, W): cached ones looked up, the others
         computed by ``compute(rows)`` (one call, the misses only) and remembered."""
-        import torch
-
         if self.capacity <= 0:
             return compute(x)
+        keys, found, missing = self.split(model_ref, loaded, x)
+        fresh = compute(x[missing] if len(missing) < len(keys) else x) if missing else None
+        return self.fill(keys, found, missing, fresh)
+
+    def split(self, model_ref: str, loaded, x) -> tuple[list, dict[int, float], list[int]]:
+        """(each image's key, the cached scores by row, the rows to compute); counted."""
         base = model_key(model_ref, loaded)
         keys = [(*base, pixel_digest(image)) for image in x]
         found: dict[int, float] = {}
@@ -91,8 +95,13 @@ class ScoreCache:
                     found[i] = self._items[key]
         missing = [i for i in range(len(keys)) if i not in found]
         self._count(len(found), len(missing))
+        return keys, found, missing
+
+    def fill(self, keys: list, found: dict[int, float], missing: list[int], fresh):
+        """Remember ``fresh`` (the scores of the ``missing`` rows) and return every row's."""
+        import torch
+
         if missing:
-            fresh = compute(x[missing] if len(missing) < len(keys) else x)
             values = fresh.detach().float().cpu().tolist()
             with self._lock:
                 for i, value in zip(missing, values):

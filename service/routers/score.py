@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -10,8 +12,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from core.artifacts.keys import upload_prefix
+from core.prometheus import INLINE_SCORES
 from core.jobs import SUCCEEDED
 from core.work_units import score_work
+from model.formats.errors import user_message
 from model.formats.imagefile import ImageRejected, decode_image, read_header
 
 from ..deps import ServicesDep, UsePrincipal
@@ -23,6 +27,16 @@ from ..uploads import UploadedFile, read_files, read_form
 from .common import check_wait, render_result, result_json, wait_for
 
 log = logging.getLogger("debm.api")
+# Per-stage timestamps of one request, written only while this logger is at DEBUG
+# (DEBM_LOG_LEVEL=DEBUG, or benchmarks/request_timeline.py, which turns on this logger alone).
+# time.monotonic is one clock for every process on the host, so stages in the API and in a
+# worker process line up.
+timing = logging.getLogger("debm.timing")
+
+
+def mark(stage: str, job_id: str) -> None:
+    if timing.isEnabledFor(logging.DEBUG):
+        timing.debug("%s %s %.6f", stage, job_id, time.monotonic())
 
 router = APIRouter(tags=["score"])
 
@@ -88,6 +102,8 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
                         description="seconds to wait (default DEBM_SCORE_WAIT_SECONDS)")]
                     = None):
     settings = services.settings
+    job_id = services.dispatcher.new_id()
+    mark("api.enter", job_id)
     await check_callback_url(services, callback_url, ["query", "callback_url"],
                              principal.key_id)
     seconds = check_wait(wait, services) if wait is not None else settings.score_wait_seconds
@@ -97,6 +113,7 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
     if idempotency_key is None or not await run_in_threadpool(
             idempotency_store(services).peek, principal.key_id, idempotency_key):
         await check_capacity(services, principal.key_id)
+    mark("api.checked", job_id)
     form = await read_form(request, max_files=settings.max_images_per_request + 1)
     try:
         files = await read_files(form, max_bytes=settings.max_upload_bytes)
@@ -108,13 +125,36 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
     if len(files) > settings.max_images_per_request:
         raise HTTPException(413, f"{len(files)} images; the limit is "
                                  f"{settings.max_images_per_request} per request")
+    mark("api.multipart", job_id)
     await run_in_threadpool(validate_images, files, settings.max_image_pixels,
                             settings.max_request_pixels)
+    mark("api.decoded", job_id)
+    dispatcher = services.dispatcher
+    # The fast path keeps no job: a client that asked for one (?wait=, a webhook, an
+    # Idempotency-Key to replay) takes the job path.
+    if wait is None and callback_url is None and idempotency_key is None and \
+            dispatcher.score_inline is not None and \
+            len(files) <= settings.max_batch_size and \
+            dispatcher.reserve_inline(principal.key_id, len(files)):
+        try:
+            return await score_inline(services, principal.key_id, job_id, model_name,
+                                      version, files)
+        finally:
+            dispatcher.release_inline(principal.key_id, len(files))
+    return await score_job(services, principal, job_id, model_name, version, files, seconds,
+                           model=model, callback_url=callback_url,
+                           idempotency_key=idempotency_key)
 
 
+async def score_job(services, principal, job_id: str, model_name: str, version: int,
+                    files: list[UploadedFile], seconds: float, *, model: str | None,
+                    callback_url: str | None, idempotency_key: str | None) -> JSONResponse:
+    """The job path, once per idempotency key (service.idempotency): the uploads into the
+    artifact store, a durable job record, the task, and a wait of ``seconds`` for its end (a
+    202 with the job if it is not done by then)."""
     async def create() -> JSONResponse:
-        return await _queue_and_wait(services, principal.key_id, files, model_name, version,
-                                     seconds, callback_url)
+        return await _queue_and_wait(services, principal.key_id, job_id, files, model_name,
+                                     version, seconds, callback_url)
 
     request_print = fingerprint("/ood-score", {"model": model, "callback": callback_url}, [
         [upload.filename, file_digest(upload.data)] for upload in files]) \
@@ -123,11 +163,10 @@ async def ood_score(request: Request, services: ServicesDep, principal: UsePrinc
                         render=lambda job_id: render_result(services, job_id))
 
 
-async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model_name: str,
-                          version: int, seconds: float, callback_url: str | None = None
-                          ) -> JSONResponse:
+async def _queue_and_wait(services, owner: str, job_id: str, files: list[UploadedFile],
+                          model_name: str, version: int, seconds: float,
+                          callback_url: str | None = None) -> JSONResponse:
     """Store the uploads, queue the job, and wait up to ``seconds`` for its scores."""
-    job_id = services.dispatcher.new_id()
     uploads = upload_prefix(job_id)
 
     def store_files() -> list[dict]:
@@ -142,6 +181,7 @@ async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model
 
     try:
         entries = await run_in_threadpool(store_files)
+        mark("api.stored", job_id)
         params = {"model_name": model_name, "model_version": version, "files": entries}
         job = await run_in_threadpool(services.dispatcher.submit, "score", owner,
                                       params, job_id=job_id, work=score_work(len(files)))
@@ -152,11 +192,44 @@ async def _queue_and_wait(services, owner: str, files: list[UploadedFile], model
             log.warning("uploads of %s not removed: %s", job_id, exc)
         raise
     await register(services, job.id, callback_url, owner)
+    mark("api.created", job_id)
     done = await wait_for(services, job.id, seconds) if seconds > 0 else job
+    mark("api.woken", job_id)
     if done is not None and done.status == SUCCEEDED:
         result = await run_in_threadpool(result_json, services, done)
+        mark("api.result", job_id)
         return JSONResponse(result.model_dump(mode="json"), status_code=200)
     current = done or job
     accepted = JobAccepted(job_id=job.id, status=current.status, kind="score",
                            model=f"{model_name}:{version}", url=f"/jobs/{job.id}")
     return JSONResponse(accepted.model_dump(), status_code=202)
+
+
+async def score_inline(services, owner: str, job_id: str, model_name: str, version: int,
+                       files: list[UploadedFile]) -> ScoreResult:
+    """The fast path (embedded mode, no ``wait`` given, at most one batch of images, and
+    room on this key's inline path, see ``Dispatcher.reserve_inline``): the images go
+    straight to the in-process batcher, without an upload written or a durable job record.
+    A scoring request keeps nothing (idempotent, its result is the response), so the record
+    and its two fsyncs (~20 ms of a ~25 ms forward, docs/PERFORMANCE.md round five) bought
+    nothing here; ``?wait=N`` asks for the job path (a record, GET /jobs/{id}, a 202 after N
+    seconds).  ``job_id`` then names the request only: no record is kept under it."""
+    uploads = [(f.data, str(f.filename or f"{i:04d}.img")[:255]) for i, f in enumerate(files)]
+    try:
+        future = await run_in_threadpool(services.dispatcher.score_inline, model_name,
+                                         version, uploads)
+        result = await asyncio.wrap_future(future)
+    except ImageRejected as exc:
+        INLINE_SCORES.labels("refused").inc()
+        raise HTTPException(IMAGE_STATUS.get(exc.kind, 422), str(exc)) from None
+    except Exception as exc:
+        message = user_message(exc)
+        INLINE_SCORES.labels("failed" if message is None else "refused").inc()
+        if message is None:
+            raise
+        raise HTTPException(422, message) from None
+    INLINE_SCORES.labels("succeeded").inc()
+    mark("api.result", job_id)
+    # No RateLimit headers: this request created no job and holds no quota once answered.
+    return ScoreResult(job_id=job_id, model=result["model"], calibrated=result["calibrated"],
+                       score=result.get("score", "texture"), results=result["results"])

@@ -204,3 +204,26 @@ def test_score_jobs_batched_equal_alone_and_a_bad_upload_fails_alone(runtime):
         assert job.status == "succeeded", job.error
         got = [r["score"] for r in job.result["results"]]
         assert got == pytest.approx(want, rel=1e-6, abs=0)
+
+
+def test_the_batch_thread_ends_when_idle_and_a_new_request_starts_another(monkeypatch):
+    import worker.batching as batching
+
+    monkeypatch.setattr(batching, "IDLE_EXIT_SECONDS", 0.2)
+    ran_on: list[str] = []
+
+    def run(key, items):
+        ran_on.append(threading.current_thread().ident)
+        return list(items)
+
+    batcher = Batcher(run, max_batch_size=8, max_wait_ms=0)
+    try:
+        assert batcher("k", 1) == 1 and batcher("k", 2) == 2  # busy: one thread
+        assert ran_on[0] == ran_on[1]
+        first = batcher._thread
+        first.join(5)  # idle: it ends (its OpenMP team with it, worker.threads)
+        assert not first.is_alive()
+        assert batcher("k", 3) == 3  # a new request starts another
+        assert ran_on[2] != ran_on[0] or batcher._thread is not first
+    finally:
+        batcher.stop()
