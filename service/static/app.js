@@ -241,7 +241,8 @@ async function scoreFiles(files) {
   const form = new FormData();
   files.forEach((f) => form.append("files", f, f.name));
   const started = performance.now();
-  let result = await api("POST", "/ood-score", { body: form });
+  // ?wait= asks for a job record (not the fast path), so a reload can fetch these scores again.
+  let result = await api("POST", "/ood-score?wait=60", { body: form });
   keepJob("score", result.job_id);
   if (result.results === undefined) {  // 202: not done within the wait
     const end = await follow(result.job_id, {});
